@@ -18,6 +18,7 @@ from bil.runtime.outer import FIELDS, OuterResult, outer_options, run_outer  # n
 from bil.runtime.outer.history import hyper_fields, make_record  # noqa: E402
 from bil.runtime.outer.hoag import first_L, schedule_eps, step_control  # noqa: E402
 from bil.runtime.outer.maid import (RunningConstants, SecantConstants, _nearest_start,  # noqa: E402
+                                    curvature_pair_ok, direction_certified, lbfgs_direction, screening_accuracy,
                                     adjoint_bracket, bound_terms, bounds_upper_lower, descent_test, error_bound,
                                     first_trial_step, merge_constants, point_bracket, secant_terms, secant_update,
                                     sufficient_decrease, tighten_dominant, tighten_until,
@@ -38,13 +39,18 @@ def true_F(o, rec):
 
 
 # ------------------------------------------------------------------ MAID
-def assert_certified_decrease(o, history, F0, lam, check_rejected=True):
-    """The true F drops by ≥ λα‖z‖² at every accepted step (and stays put otherwise); the last F."""
+def assert_certified_decrease(o, history, F0, lam, check_rejected=True, gradient=False):
+    """The true F drops at every accepted step (and stays put otherwise); the last F.
+
+    The certified drop is λα⟨z, d⟩: λα‖z‖² for gradient steps (``gradient=True``
+    checks that amount); for L-BFGS steps ⟨z, d⟩ > 0 is not recorded, so only the
+    decrease is checked."""
     prev = F0
     for rec in history:
         F = true_F(o, rec)
         if rec["step"] > 0:
-            assert F <= prev - lam * rec["step"] * rec["grad_norm"] ** 2 + 1e-13
+            need = lam * rec["step"] * rec["grad_norm"] ** 2 if gradient else 0.0
+            assert F <= prev - need + 1e-13
         elif check_rejected:
             assert F == pytest.approx(prev, abs=1e-15)
         prev = F
@@ -52,18 +58,19 @@ def assert_certified_decrease(o, history, F0, lam, check_rejected=True):
 
 
 @pytest.mark.parametrize("omega", ["secant", "bound"])
-def test_maid_converges_to_closed_form_and_decreases_true_upper(quad, omega):
+@pytest.mark.parametrize("direction,bracket", [("lbfgs", "adjoint"), ("gradient", "value")])
+def test_maid_converges_to_closed_form_and_decreases_true_upper(quad, omega, direction, bracket):
     o = quad
     F0 = o.F(o.theta_of(o.u0))
     n_const = o.calls["constants"]
-    r = run_outer(o, "maid", dict(tol=1e-6, max_iter=200, omega=omega))
+    r = run_outer(o, "maid", dict(tol=1e-6, max_iter=200, omega=omega, direction=direction, bracket=bracket))
     assert isinstance(r, OuterResult)
     assert r.converged and r.reason == "gradient norm below tol"
     np.testing.assert_allclose(o.theta_of(r.u), o.theta_star(), atol=1e-5)
     # the certified sufficient decrease makes the *true* upper value decrease
-    # by at least lam * alpha * |z|^2 at every accepted step
+    # (by at least lam * alpha * |z|^2 at every accepted gradient step)
     lam = outer_options("maid", {})["lam"]
-    assert assert_certified_decrease(o, r.history, F0, lam) < F0
+    assert assert_certified_decrease(o, r.history, F0, lam, gradient=direction == "gradient") < F0
     # the constants are re-estimated now and then, not at every trial
     assert 1 <= o.calls["constants"] - n_const < len(r.history)
     assert abs(r.upper - o.F(o.theta_star())) < 1e-9
@@ -108,10 +115,10 @@ def test_bounds_and_sufficient_decrease_known_constants():
     fp, fm = bounds_upper_lower(1.0, 2.0, 0.1, 4.0)        # slack = 0.2 + 0.02
     assert fp == pytest.approx(1.22) and fm == pytest.approx(0.78)
     assert bounds_upper_lower(3.0, 0.0, 0.5, 0.0) == (3.0, 3.0)
-    # f̄⁺(θ−αz) − f̄⁻(θ) + λα‖z‖² ≤ 0
-    assert sufficient_decrease(0.5, 1.0, 0.1, 1.0, 2.0)        # -0.5 + 0.4 <= 0
-    assert not sufficient_decrease(0.7, 1.0, 0.1, 1.0, 2.0)    # -0.3 + 0.4 > 0
-    assert sufficient_decrease(0.6, 1.0, 0.1, 1.0, 2.0)        # exactly 0
+    # f̄⁺(θ−αd) − f̄⁻(θ) + λα⟨z, d⟩ ≤ 0; rate ⟨z, d⟩ = ‖z‖² = 4 for d = z, ‖z‖ = 2
+    assert sufficient_decrease(0.5, 1.0, 0.1, 1.0, 4.0)        # -0.5 + 0.4 <= 0
+    assert not sufficient_decrease(0.7, 1.0, 0.1, 1.0, 4.0)    # -0.3 + 0.4 > 0
+    assert sufficient_decrease(0.6, 1.0, 0.1, 1.0, 4.0)        # exactly 0
     # a trial that truly decreases by 0.1 fails once the slack exceeds it
     f_old, f_new, gx, L_f = 1.0, 0.9, 1.0, 2.0
     for eps, ok in [(1e-3, True), (0.04, True), (0.06, False)]:
@@ -368,6 +375,164 @@ def test_maid_failed_lower_solves_are_never_accepted():
     assert o.calls["value"] > 0
 
 
+# ------------------------------------------------- L-BFGS directions, screening
+def test_lbfgs_direction_pieces():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=4)
+    assert np.array_equal(lbfgs_direction(z, []), z)
+    # pairs of a quadratic with Hessian A: the newest pair's secant equation H y = s holds,
+    # and H is symmetric positive definite
+    Q, _ = np.linalg.qr(rng.normal(size=(4, 4)))
+    A = Q @ np.diag([0.5, 1.0, 5.0, 40.0]) @ Q.T
+    pairs = [(s_, A @ s_) for s_ in rng.normal(size=(3, 4))]
+    s_new, y_new = pairs[-1]
+    np.testing.assert_allclose(lbfgs_direction(y_new, pairs), s_new, rtol=1e-10, atol=1e-12)
+    H = np.column_stack([lbfgs_direction(e, pairs) for e in np.eye(4)])
+    np.testing.assert_allclose(H, H.T, atol=1e-10)
+    assert np.linalg.eigvalsh((H + H.T) / 2).min() > 0
+    # with as many pairs as dimensions along the eigenvectors, H = A⁻¹ exactly
+    full = [(Q[:, i], A @ Q[:, i]) for i in range(4)]
+    np.testing.assert_allclose(lbfgs_direction(z, full), np.linalg.solve(A, z), rtol=1e-10)
+    # a multiple of the identity: H = I/c from one pair
+    np.testing.assert_allclose(lbfgs_direction(z, [(np.ones(4), 3.0 * np.ones(4))]), z / 3.0)
+    # curvature condition
+    assert curvature_pair_ok(np.array([1.0, 0.0]), np.array([2.0, 0.1]))
+    assert not curvature_pair_ok(np.array([1.0, 0.0]), np.array([-2.0, 0.1]))
+    assert not curvature_pair_ok(np.array([1.0, 0.0]), np.array([0.0, 3.0]))       # orthogonal
+    assert not curvature_pair_ok(np.array([1.0, 0.0]), np.array([np.nan, 0.0]))
+
+
+def test_direction_certified_rule():
+    """ω ≤ (1 − η)⟨z, d⟩/‖d‖ makes −d a descent direction for every ∇F with ‖z − ∇F‖ ≤ ω."""
+    z, d = np.array([1.0, 0.0]), np.array([1.0, 1.0])        # ⟨z, d⟩/‖d‖ = 1/√2
+    assert direction_certified(0.7, z, d, 0.0) and not direction_certified(0.72, z, d, 0.0)
+    assert not direction_certified(0.0, z, -d, 0.0)            # an ascent direction never passes
+    assert direction_certified(0.9, z, z, 0.05) and not direction_certified(0.96, z, z, 0.05)   # d = z: ‖z‖
+    # the worst ∇F in the ω-ball still has ⟨∇F, d⟩ > 0 when certified
+    for omega in (0.3, 0.7):
+        worst = z - omega * d / np.linalg.norm(d)
+        assert direction_certified(omega, z, d, 0.0) == (worst @ d > 0)
+
+
+def test_screening_accuracy_clips():
+    # slack ‖∇ₓf‖ε_c equals the predicted decrease α⟨z, d⟩
+    assert screening_accuracy(1e-3, 0.5, 0.02, 2.0) == pytest.approx(5e-3)
+    assert screening_accuracy(1e-3, 0.5, 1e3, 2.0) == pytest.approx(64e-3)      # at most 64ε
+    assert screening_accuracy(1e-3, 0.5, 1e-6, 2.0) == 1e-3                     # never below ε
+    assert screening_accuracy(1e-3, 0.5, 0.02, 0.0) == 1e-3                     # unknown scale: ε
+    assert screening_accuracy(1e-3, 0.5, math.nan, 2.0) == 1e-3
+
+
+def _ill_conditioned():
+    """A quadratic bilevel problem whose upper Hessian has condition number ~10⁴:
+    steepest descent crawls, quasi-Newton does not."""
+    return QuadraticOracles(n=8, shapes={"a": (), "b": (3,)}, rho=1e-4, s_range=(0.01, 1.5), seed=3)
+
+
+def test_maid_lbfgs_beats_gradient_steps_on_ill_conditioned_problem():
+    o = _ill_conditioned()
+    Fs = o.F(o.theta_star())
+    lam = outer_options("maid", {})["lam"]
+    F0 = o.F(o.theta_of(o.u0))
+    res = {}
+    for direction in ("lbfgs", "gradient"):
+        r = run_outer(o, "maid", dict(direction=direction, tol=1e-7, max_iter=400, budget=400000))
+        assert_certified_decrease(o, r.history, F0, lam, check_rejected=False, gradient=direction == "gradient")
+        last = r.history[-1]
+        res[direction] = (r, last["lower_iters_total"] + last["cg_iters_total"])
+    r, cost = res["lbfgs"]
+    assert r.converged, r.reason
+    np.testing.assert_allclose(o.theta_of(r.u), o.theta_star(), rtol=1e-4, atol=1e-4)
+    assert o.F(o.theta_of(r.u)) - Fs < 1e-9 * max(1.0, abs(Fs))
+    rg, cost_g = res["gradient"]
+    # gradient steps need many more outer iterations (or do not get there at all)
+    assert len(r.history) * 3 < len(rg.history) or not rg.converged
+    assert cost < cost_g
+
+
+class _Spy:
+    """Records the (kind, ε[, δ]) of every oracle call."""
+
+    def __init__(self, o):
+        self._o = o
+        self.log = []
+
+    def __getattr__(self, name):
+        return getattr(self._o, name)
+
+    def value(self, u, x0, eps):
+        self.log.append(("value", eps, tuple(np.concatenate([np.ravel(np.asarray(v)) for v in u.values()]))))
+        return self._o.value(u, x0, eps)
+
+    def hypergrad(self, u, x0, q0, eps, delta):
+        self.log.append(("hypergrad", eps, delta))
+        return self._o.hypergrad(u, x0, q0, eps, delta)
+
+
+def test_maid_screening_decides_trials_coarse_to_fine(quad):
+    """With screen=True a trial is first solved loosely and refined by 4× down to ε; the
+    steps it accepts are still certified, and it converges to the same point."""
+    o = quad
+    lam = outer_options("maid", {})["lam"]
+    F0 = o.F(o.theta_of(o.u0))
+    runs = {}
+    for screen in (True, False):
+        spy = _Spy(o)
+        r = run_outer(spy, "maid", dict(screen=screen, step0=10.0, tol=1e-6, max_iter=200))
+        assert r.converged, r.reason
+        assert_certified_decrease(o, r.history, F0, lam)
+        np.testing.assert_allclose(o.theta_of(r.u), o.theta_star(), atol=1e-5)
+        runs[screen] = spy.log
+    def chains(log):
+        """Per trial: the value calls' accuracies relative to the current ε (that of the
+        last hypergradient); consecutive calls at one θ are one trial."""
+        eps, out, at = None, [], None
+        for call in log:
+            if call[0] == "hypergrad":
+                eps, at = call[1], None
+            elif call[2] == at:
+                out[-1].append(call[1] / eps)
+            else:
+                out.append([call[1] / eps])
+                at = call[2]
+        return out
+
+    # without screening every trial is solved once, at the current ε
+    assert all(len(c) == 1 and c[0] == pytest.approx(1.0) for c in chains(runs[False]))
+    screened = chains(runs[True])
+    assert any(c[0] > 1.0 for c in screened)
+    for c in screened:
+        # from at most 64ε, refined by 4× (the last step clipped at ε), never below ε
+        assert 1.0 - 1e-12 <= c[-1] <= c[0] <= 64.0 + 1e-9
+        for a, b in zip(c, c[1:]):
+            assert b == pytest.approx(max(1.0, a / 4))
+
+
+def test_maid_failed_accuracy_limited_round_tightens_both_accuracies(quad):
+    """A trial whose central values decrease but whose bracket is too wide (an inflated
+    ‖∇ₓf‖ widens the value bracket; no adjoint correction) ends the round; the retry
+    recomputes z with ε by the predicted power of ν and δ by ν."""
+
+    class WideValueBracket(_NoQr):
+        def value(self, u, x0, eps):
+            v = self._o.value(u, x0, eps)
+            return v._replace(gx_norm=v.gx_norm * 1e3)
+
+    spy = _Spy(WideValueBracket(quad))
+    nu = outer_options("maid", {})["nu"]
+    run_outer(spy, "maid", dict(screen=False, omega="bound", max_iter=1, tol=1e-12, max_backtracks=0))
+    hg = [c for c in spy.log if c[0] == "hypergrad"]
+    # the hypergradient after the first value call is the retry of the failed round
+    first_value = next(i for i, c in enumerate(spy.log) if c[0] == "value")
+    before = [c for c in spy.log[:first_value] if c[0] == "hypergrad"][-1]
+    retry = next(c for c in spy.log[first_value:] if c[0] == "hypergrad")
+    assert retry[2] == pytest.approx(nu * before[2])                      # δ ← νδ
+    # ε by the power of ν the trial's values ask for, capped at ν⁴ (a 1000× wider bracket
+    # asks for more): an accuracy-limited round, not the generic ε ← νε of other failures
+    assert retry[1] == pytest.approx(before[1] * nu ** 4)
+    assert len(hg) >= 2
+
+
 # ------------------------------------------------------------------ HOAG
 @pytest.mark.parametrize("schedule", ["quadratic", "cubic", "exponential"])
 def test_hoag_makes_progress(quad, schedule):
@@ -485,6 +650,8 @@ def test_resume_is_bit_identical(quad, method, opts, stop_at):
     part = run_outer(quad, method, opts, callback=cb)
     assert part.reason == "stopped by callback" and len(part.history) == stop_at
     state = _roundtrip(saved["state"])
+    if method == "maid":   # the L-BFGS memory travels with the state
+        assert np.shape(state["lbfgs/s"])[0] >= 1 and np.shape(state["lbfgs/s"]) == np.shape(state["lbfgs/y"])
     fresh = QuadraticOracles()          # resuming in a new process: new oracles, same problem
     resumed = run_outer(fresh, method, opts, state=state)
     assert len(full.history) == 12

@@ -92,35 +92,44 @@ def unroll(truncate=None, steps=1000):
 def maid(eps0=0.1, delta0=0.1, eta=1e-4, lam=1e-8, rho=0.5, nu=0.5, nu_plus=1.25,
          rho_plus=1.25, step0=1.0, max_step=1.0, max_iter=100, max_backtracks=8,
          budget=None, tol=1e-6, eps_min=1e-14, delta_min=1e-14, constants_every=5,
-         omega="secant", safety=2.0, bracket="value"):
+         omega="secant", safety=2.0, bracket="adjoint", direction="lbfgs", memory=5, screen=True):
     """Adaptively inexact descent (Salehi et al. 2025): ε, δ and the step are adapted.
 
     `eps0`, `delta0`: first accuracies (‖x̃ − x*‖ ≤ ε, CG residual ≤ δ).  `eta`:
     descent test ω ≤ (1 − eta)‖z‖.  `lam` (< eta; the reference code's eta²):
-    sufficient decrease f̄⁺(θ − αz) − f̄⁻(θ) + lam·α‖z‖² ≤ 0 on the certified
-    bracket of the upper values.  `rho`: backtracking factor.  `nu`: tightening
-    factor (only the accuracy whose term of ω dominates is tightened; ε alone
-    when only the value bracket failed).  `nu_plus`, `rho_plus`: loosening of
-    ε, δ and growth of the first trial step after a success (1.25: faster than
-    the reference's 1.05 / 1.11, which cost more on TV denoising).  `step0` is
-    the length ‖αz‖ of the very first trial step (unconstrained coordinates);
-    later first trials are rho_plus times the last accepted α, always within
-    the trust region ‖αz‖ ≤ `max_step`.  `max_iter`, `max_backtracks` (trials
-    per round, one more per retry), `budget` (total lower + CG iterations),
-    `tol` (stop when ‖z‖ + ω ≤ tol), `eps_min`, `delta_min` (floors).
-    `omega`: the error estimate ω of ‖z − ∇F‖ in the descent test: "secant"
-    (default) = safety·(k_ε·ε + k_δ·δ), slopes measured a posteriori on pairs
-    of hypergradients at the same θ (an estimate; steps stay certified by the
-    value bracket); "bound" = the a-priori bound with the engine's constants
-    (μ, L_f, ‖J‖, L_H, L_J), 10–9000× the true error on TV denoising.
-    `safety`: factor on the secant estimate.  `constants_every`: accepted
-    iterations between re-estimates of the engine's constants (running
-    extremes kept) and between re-measurements of the secant slopes.
+    sufficient decrease f̄⁺(θ − αd) − f̄⁻(θ) + lam·α⟨z, d⟩ ≤ 0 on the certified
+    bracket of the upper values (d = z for a gradient step).  `rho`:
+    backtracking factor.  `nu`: tightening factor (only the accuracy whose
+    term of ω dominates is tightened by the descent test; both after a failed
+    backtracking round).  `nu_plus`, `rho_plus`: loosening of ε, δ and growth
+    of the first trial step after a success (1.25: faster than the
+    reference's 1.05 / 1.11, which cost more on TV denoising).  `step0` is
+    the length ‖αz‖ of the first gradient trial step (unconstrained
+    coordinates); later gradient trials start at rho_plus times the last
+    accepted α, always within the trust region ‖αd‖ ≤ `max_step`.
+    `direction`: "lbfgs" (default) steps along an L-BFGS direction d = Hz
+    (`memory` pairs) whenever ω certifies it as a descent direction, first
+    trial α = 1, else along z; "gradient" always along z (the paper).
+    `screen`: evaluate each trial coarse to fine, from the accuracy at which
+    the bracket decides a trial far worse than predicted down to ε (True by
+    default; False solves every trial to ε at once).  `max_iter`,
+    `max_backtracks` (trials per round, one more per retry), `budget` (total
+    lower + CG iterations), `tol` (stop when ‖z‖ + ω ≤ tol), `eps_min`,
+    `delta_min` (floors).  `omega`: the error estimate ω of ‖z − ∇F‖ in the
+    descent test: "secant" (default) = safety·(k_ε·ε + k_δ·δ), slopes measured
+    a posteriori on pairs of hypergradients at the same θ (an estimate; steps
+    stay certified by the bracket); "bound" = the a-priori bound with the
+    engine's constants (μ, L_f, ‖J‖, L_H, L_J), 10–9000× the true error on TV
+    denoising.  `safety`: factor on the secant estimate.  `constants_every`:
+    accepted iterations between re-estimates of the engine's constants
+    (running extremes kept) and between re-measurements of the secant slopes.
     `bracket`: the certified bracket of the upper value used to accept steps:
-    "value" (default) = f(x̃) ± (‖∇ₓf‖ε + ½L_f ε²); "adjoint" = the corrected
-    value f(x̃) − ⟨q̃, ∇ₓg(x̃)⟩ ± (δε + ½(L_f + L_H‖q̃‖)ε²), second order in the
-    accuracies, but every trial point then costs a full hypergradient (lower
-    solve + CG), reused as the next point's on success.
+    "adjoint" (default) = the corrected value f(x̃) − ⟨q̃, ∇ₓg(x̃)⟩ ±
+    (δε + ½(L_f + L_H‖q̃‖)ε²), second order in the accuracies, intersected
+    with the value bracket (a trial whose value bracket cannot decide costs a
+    CG solve there, reused by the next point); "value" = f(x̃) ±
+    (‖∇ₓf‖ε + ½L_f ε²) only.  The paper's method is
+    `maid(direction="gradient", bracket="value", screen=False)`.
     """
     return dict(locals())
 

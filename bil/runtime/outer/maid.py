@@ -97,9 +97,13 @@ ALGORITHMS.md tightens ε and δ together.  Here, when the descent test fails,
 only the accuracy whose term of ω dominates is tightened (both when the terms
 are within a factor 2: :func:`tighten_dominant`); with the a-priori bound on TV
 the δ-term is ~10⁻² of the ε-term, so tightening δ with ε only bought CG
-iterations.  After an accuracy-limited backtracking round only ε is tightened
-(the bracket does not involve δ).  A failed round that is not
-accuracy-limited tightens both, as in the paper.
+iterations.  A failed backtracking round tightens both, as in the paper (ε by
+as many powers of ν as the last trial's values say are needed when the round
+was limited by the bracket's width, step 4 below).  Tightening ε alone there
+was tried: a poor direction (z from a too loose δ) also shows a small, real
+central decrease that its bracket cannot certify, and ε-only retries then
+backtracked along it again and again (TV: one iteration cost 1012 lower + CG
+iterations).
 
 Inexact backtracking
 --------------------
@@ -137,16 +141,46 @@ first evaluated with the value oracle (no CG); only when the value bracket
 fails but the trial's value-bracket lower end f(x̃) − ‖∇ₓf‖ε − ½L_f ε² still
 allows acceptance is the adjoint computed there (a hypergradient call: CG only,
 x̃ already meets ε), and on success its x̃, q̃ are the next point's (whose step 1
-then does no iterations).  After an accuracy-limited round only ε is tightened
-in this mode too (halving ε halves δε and quarters the ε² term).
+then does no iterations).  This is the default (``bracket="adjoint"``): near
+the optimum of TV denoising ε stays ~10⁻³ where the value bracket needs ~10⁻⁴.
+The recorded ``upper`` of a point is its corrected value f_c where known.
 
-Measured (``benchmarks/maid_vs_hoag.py --parts tv --maid '{"bracket": "adjoint"}'``):
-cost to 1% of the best true F on TV 1536 → 1362 lower + CG iterations (near the
-optimum ε stays ~10⁻³ instead of ~10⁻⁴), still above HOAG exponential (383):
-the early iterations, not the bracket, dominate there.  Over part (b)'s 9
-starts (budget 10⁴) 8 end within 1% of the best (eps0 = step0 = 10⁻³: 1.06%),
-against 9 of 9 with "value"; so "value" stays the default.  On the quadratic test double (tests/quadratic_oracles.py) to tol 1e-6:
-1182 → 253.
+Quasi-Newton directions (``direction="lbfgs"``, the default)
+-----------------------------------------------------------
+The paper steps along −z.  Hypers of very different curvature (TV's weight α
+and smoothing ν: about 100×) make that a slow walk along a flat valley, each
+step a full lower solve.  The default steps along −d, d = H z with H the
+L-BFGS inverse-Hessian approximation (``memory`` pairs (s, y): s the accepted
+step in θ, y the change of z, the new z taken at the next point once its
+descent test passed; pairs without positive curvature are skipped,
+:func:`curvature_pair_ok`).  Nothing certified changes:
+
+* −d is used only when it is a certified descent direction:
+  ⟨∇F, d⟩ ≥ ⟨z, d⟩ − ω‖d‖ > 0 when ω ≤ (1 − η)⟨z, d⟩/‖d‖
+  (:func:`direction_certified`); otherwise that iteration steps along −z;
+* the sufficient decrease becomes f̄⁺(θ − αd) − f̄⁻(θ) + λα⟨z, d⟩ ≤ 0, which
+  certifies F(θ − αd) ≤ F(θ) − λα⟨z, d⟩ as before;
+* the first trial is α = 1 (the quasi-Newton step), within the trust region
+  ‖αd‖ ≤ max_step; −z steps keep the step-size memory of step 4.
+
+Coarse-to-fine trials (``screen=True``, the default)
+----------------------------------------------------
+A trial's lower solve is the largest single cost of an iteration.  A trial
+that is far worse than predicted (an overshoot) is decided by a loose bracket,
+so each trial is first solved to ε_c = α⟨z, d⟩/‖∇ₓf(x̃)‖ (the accuracy at which
+the value bracket's slack equals the predicted first-order decrease; within
+[ε, 64ε], :func:`screening_accuracy`).  Its bracket there either already
+certifies the decrease (accepted), or cannot (even its lower end fails:
+rejected), or is undecided: then ε_c ← max(ε, ε_c/4), continued from the
+trial's own iterate (so nothing is solved twice).  Acceptance is certified at
+whatever accuracy decided it.
+
+Measured (``benchmarks/maid_vs_hoag.py``, TV denoising, cost = lower + CG
+iterations to reach 1%, 0.5%, 0.2% and 0.1% above the best true F any run
+reaches; the benchmark prints the table): the paper's MAID (``direction=
+"gradient"``, ``bracket="value"``, ``screen=False``) reaches 1% after 1994 and
+never 0.5% in 15000; the defaults reach them after 1252 / 1430 / 1957 / 1957.
+HOAG's exponential schedule reaches 1% after 449 but 0.2% only after 6049.
 
 Iteration (all constants are options of ``maid(...)`` in ``bil/stdlib/methods.py``)
 ---------
@@ -157,26 +191,29 @@ Iteration (all constants are options of ``maid(...)`` in ``bil/stdlib/methods.py
    their floors → stop ("eps floor reached").  Powers of ν that ω, evaluated
    with the last ‖∇ₓf‖ and ‖z‖, predicts to fail again are applied at once
    instead of costing a recomputation each.
-2. Trials α = α₀, ρα₀, ρ²α₀, ... (max_backtracks + 1 + r of them on the r-th
-   retry), α₀ = min(step, max_step/‖z‖) (the trust region ‖αz‖ ≤ max_step);
-   on the very first iteration step = step0/‖z‖, i.e. ``step0`` is the length
-   of the first trial step in unconstrained coordinates (robust to the scale of
-   the hypergradient).  Each trial is one lower solve at θ − αz, warm-started
-   from the lower iterate of the nearest point evaluated in this iteration (the
-   accepted point, or an earlier trial: a trial retried after tightening
-   continues from its own iterate).  A trial whose lower solve hits its cap (or
-   is non-finite) is failed.  A trial whose *central* values already show the
-   decrease (f(θ − αz) − f(θ) + λα‖z‖² ≤ 0) but whose bracket f̄± does not is
-   limited by the accuracy, not by the step: shorter steps only shrink the
-   attainable decrease while the slack stays, so the round ends there as failed.
-3. Success: accept, ε, δ ← ν̄ε, ν̄δ, next first trial step ← ρ̄α.  Failure of
-   the round: ε, δ ← νε, νδ; after an accuracy-limited trial only ε, by the
-   smallest power of ν for which that trial's values would pass, at most
-   ν^``_MAX_PREDICTED`` (a poor direction makes the central decrease tiny and
-   the prediction absurd); then retry from the same θ (step 1, which recomputes
-   z and f̄⁻ at the new accuracy) with one more trial; with ε at its floor →
-   stop ("eps floor reached").
-4. Stop also on max_iter, on ``budget`` (total lower + CG iterations), when the
+2. Direction d: the L-BFGS d = Hz when certified (above), else d = z.
+3. Trials α = α₀, ρα₀, ρ²α₀, ... (max_backtracks + 1 + r of them on the r-th
+   retry).  For d = z, α₀ = min(step, max_step/‖z‖) (the trust region
+   ‖αz‖ ≤ max_step); before the first accepted −z step, step = step0/‖z‖,
+   i.e. ``step0`` is the length of the first trial step in unconstrained
+   coordinates (robust to the scale of the hypergradient).  For d = Hz,
+   α₀ = min(1, max_step/‖d‖).  Each trial is a lower solve at θ − αd (coarse
+   to fine, above), warm-started from the lower iterate of the nearest point
+   evaluated in this iteration (the accepted point, or an earlier trial: a
+   trial retried after tightening continues from its own iterate).  A trial
+   whose lower solve hits its cap (or is non-finite) is failed.  A trial whose
+   *central* values already show the decrease (f(θ − αd) − f(θ) + λα⟨z, d⟩ ≤ 0)
+   but whose bracket f̄± does not is limited by the accuracy, not by the step:
+   shorter steps only shrink the attainable decrease while the slack stays, so
+   the round ends there as failed.
+4. Success: accept, ε, δ ← ν̄ε, ν̄δ; after a −z step the next first trial step
+   is ρ̄α.  Failure of the round: ε, δ ← νε, νδ; after an accuracy-limited
+   trial ε by the smallest power of ν for which that trial's values would
+   pass, at most ν^``_MAX_PREDICTED`` (a poor direction makes the central
+   decrease tiny and the prediction absurd), δ by ν; then retry from the same
+   θ (step 1, which recomputes z and f̄⁻ at the new accuracy) with one more
+   trial; with ε at its floor → stop ("eps floor reached").
+5. Stop also on max_iter, on ``budget`` (total lower + CG iterations), when the
    first trial no longer changes θ ("step too small"), or on solver failures.
 
 A lower solve or CG that hits its cap *at the current point* is continued from
@@ -200,7 +237,8 @@ from bil.runtime.outer.history import (OuterResult, Tracker, is_finite_tree, pac
 __all__ = ["RunningConstants", "merge_constants", "error_bound", "bounds_upper_lower", "sufficient_decrease",
            "adjoint_norm_bound", "descent_test", "update_accuracies", "tighten_until", "first_trial_step",
            "SecantConstants", "secant_update", "secant_terms", "bound_terms", "tighten_dominant", "OMEGA_MODES",
-           "adjoint_bracket", "point_bracket", "BRACKET_MODES", "run_maid"]
+           "adjoint_bracket", "point_bracket", "BRACKET_MODES", "DIRECTIONS", "curvature_pair_ok",
+           "lbfgs_direction", "direction_certified", "screening_accuracy", "run_maid"]
 
 #: consecutive continuations of a capped lower/CG solve at the current point
 _MAX_CONTINUATIONS = 3
@@ -292,9 +330,13 @@ def point_bracket(f: float, gx_norm: float, eps: float, c: RunningConstants, adj
     return min(hi, ahi), max(lo, alo), fc
 
 
-def sufficient_decrease(f_plus_new: float, f_minus_old: float, lam: float, alpha: float, z_norm: float) -> bool:
-    """MAID's acceptance test f̄⁺(θ − αz) − f̄⁻(θ) + λα‖z‖² ≤ 0."""
-    return f_plus_new - f_minus_old + lam * alpha * z_norm * z_norm <= 0.0
+def sufficient_decrease(f_plus_new: float, f_minus_old: float, lam: float, alpha: float, rate: float) -> bool:
+    """MAID's acceptance test f̄⁺(θ − αd) − f̄⁻(θ) + λα⟨z, d⟩ ≤ 0.
+
+    ``rate`` = ⟨z, d⟩ is the first-order decrease rate of the step direction d:
+    ‖z‖² for the paper's d = z.
+    """
+    return f_plus_new - f_minus_old + lam * alpha * rate <= 0.0
 
 
 def descent_test(omega: float, z_norm: float, eta: float) -> bool:
@@ -429,6 +471,65 @@ def tighten_dominant(eps: float, delta: float, nu: float, eps_min: float, delta_
     return eps, delta
 
 
+def curvature_pair_ok(s: np.ndarray, y: np.ndarray) -> bool:
+    """Keep an L-BFGS pair only with positive curvature ⟨s, y⟩ > 10⁻⁸‖s‖‖y‖ (keeps H ≻ 0)."""
+    sy = float(s @ y)
+    return math.isfinite(sy) and sy > 1e-8 * float(np.linalg.norm(s) * np.linalg.norm(y))
+
+
+def lbfgs_direction(z: np.ndarray, pairs: list) -> np.ndarray:
+    """d = H z, H the L-BFGS inverse-Hessian approximation of ``pairs`` [(s, y), ...]
+    (oldest first; two-loop recursion, H₀ = (⟨s, y⟩/⟨y, y⟩)·I from the newest pair).
+    Without pairs, d = z."""
+    q = np.array(z, dtype=np.float64)
+    if not pairs:
+        return q
+    coef = []
+    for s, y in reversed(pairs):
+        a = float(s @ q) / float(s @ y)
+        coef.append(a)
+        q -= a * y
+    s, y = pairs[-1]
+    q *= float(s @ y) / float(y @ y)
+    for (s, y), a in zip(pairs, reversed(coef)):
+        q += (a - float(y @ q) / float(s @ y)) * s
+    return q
+
+
+def direction_certified(omega: float, z: np.ndarray, d: np.ndarray, eta: float) -> bool:
+    """Is −d a certified descent direction?  ⟨∇F, d⟩ ≥ ⟨z, d⟩ − ω‖d‖, so ω ≤ (1 − η)⟨z, d⟩/‖d‖
+    suffices (for d = z this is the descent test ω ≤ (1 − η)‖z‖)."""
+    zd, dn = float(z @ d), float(np.linalg.norm(d))
+    return zd > 0 and dn > 0 and descent_test(omega, zd / dn, eta)
+
+
+def screening_accuracy(eps: float, alpha: float, rate: float, gx_norm: float,
+                       max_ratio: float = 64.0) -> float:
+    """First accuracy of a trial at θ − αd: the ε at which the value bracket's slack
+    ‖∇ₓf‖ε equals the first-order decrease α⟨z, d⟩, within [ε, max_ratio·ε].
+
+    A trial far worse than predicted is rejected there, one as good as predicted
+    is decided after one or two refinements (module docstring, "Coarse-to-fine
+    trials")."""
+    if not (gx_norm > 0 and math.isfinite(gx_norm) and rate > 0 and math.isfinite(rate)):
+        return eps
+    return min(max(eps, alpha * rate / gx_norm), max_ratio * eps)
+
+
+def _flat(tree) -> np.ndarray:
+    return np.concatenate([np.ravel(np.asarray(a, np.float64)) for a in jax.tree.leaves(tree)])
+
+
+def _unflat(v: np.ndarray, like):
+    leaves, treedef = jax.tree.flatten(like)
+    out, i = [], 0
+    for a in leaves:
+        a = np.asarray(a)
+        out.append(np.asarray(v[i:i + a.size].reshape(a.shape), dtype=a.dtype))
+        i += a.size
+    return jax.tree.unflatten(treedef, out)
+
+
 # ------------------------------------------------------------------ loop
 def _axpy(u, alpha, z):
     return jax.tree.map(lambda a, b: np.asarray(a - alpha * b, dtype=np.result_type(a, b)), u, z)
@@ -465,6 +566,9 @@ _MAX_PREDICTED = 4
 _MAX_PROBES = 4
 OMEGA_MODES = ("secant", "bound")
 BRACKET_MODES = ("value", "adjoint")
+DIRECTIONS = ("lbfgs", "gradient")
+#: refinement factor of a trial's accuracy between coarse-to-fine evaluations
+_SCREEN_FACTOR = 0.25
 
 
 def _qr_of(hg) -> float:
@@ -484,7 +588,10 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
     step0 = float(o["step0"])
     mode = str(o.get("omega", "secant"))
     safety = float(o.get("safety", 2.0))
-    bracket = str(o.get("bracket", "value"))
+    bracket = str(o.get("bracket", "adjoint"))
+    direction = str(o.get("direction", "lbfgs"))
+    memory = int(o.get("memory", 5))
+    screen = bool(o.get("screen", True))
     refresh_dist = 1.0 if max_step is None else max_step
     if not (0 < rho < 1 and 0 < nu < 1):
         raise ValueError("maid: rho and nu must lie in (0, 1)")
@@ -494,6 +601,10 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         raise ValueError(f"maid: bracket must be one of {', '.join(map(repr, BRACKET_MODES))}, not {bracket!r}")
     if not (safety > 0):
         raise ValueError("maid: safety must be > 0")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"maid: direction must be one of {', '.join(map(repr, DIRECTIONS))}, not {direction!r}")
+    if direction == "lbfgs" and memory < 1:
+        raise ValueError("maid: memory must be >= 1")
 
     tr = Tracker("maid", o.get("budget"), callback, state)
     u0 = _host_u(oracles.u0)
@@ -505,6 +616,8 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         f_cur = math.nan
         since_iters, since_dist = 0, 0.0     # since the last refresh of the constants
         since_probe = 0                      # accepted iterations since the last secant probes
+        pairs: list = []                     # L-BFGS (s, y), oldest first
+        last = None                          # (θ, z) flat at the last accepted point: the next pair
     else:
         u, x, q = unpack_iterates(state, oracles, u0)
         eps, delta, step = float(state["eps"]), float(state["delta"]), float(state["step"])
@@ -515,6 +628,11 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         ks = SecantConstants(*(float(state.get(f"secant/{k}", math.nan)) for k in SecantConstants._fields))
         since_iters, since_dist = int(state["const_since_iters"]), float(state["const_since_dist"])
         since_probe = int(state.get("secant_since_probe", 0))
+        S, Y = np.asarray(state.get("lbfgs/s", np.zeros((0, 0)))), np.asarray(state.get("lbfgs/y", np.zeros((0, 0))))
+        pairs = [(np.array(a, np.float64), np.array(b, np.float64)) for a, b in zip(S, Y)]
+        last = None
+        if "lbfgs/last_u" in state:
+            last = (np.asarray(state["lbfgs/last_u"], np.float64), np.asarray(state["lbfgs/last_z"], np.float64))
     probes = {k: (0 if state is None else int(state.get(f"probes/{k}", 0))) for k in ("eps", "delta")}
 
     def make_state() -> dict:
@@ -530,6 +648,11 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         for k, n in probes.items():
             st[f"probes/{k}"] = int(n)
         st["secant_since_probe"] = int(since_probe)
+        if pairs:
+            st["lbfgs/s"] = np.stack([a for a, _ in pairs])
+            st["lbfgs/y"] = np.stack([b for _, b in pairs])
+        if last is not None:
+            st["lbfgs/last_u"], st["lbfgs/last_z"] = last
         return st
 
     def omega_terms(e: float, d: float, gx: float, qn: float) -> tuple[float, float]:
@@ -601,7 +724,8 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
                     break
                 qr_cur = _qr_of(hg) if bracket == "adjoint" else math.nan
                 f_raw = f
-                f_cur = f
+                # the best estimate of F here: the adjoint-corrected value (second order in ε, δ)
+                f_cur = f - qr_cur if math.isfinite(qr_cur) else f
                 if refresh:
                     consts = merge_constants(consts, oracles.constants(u, x))
                     refresh = False
@@ -655,38 +779,67 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
             if stop is not None:
                 break
 
-            # ---- 2. backtracking on the inexact upper values
+            # ---- 2. direction: L-BFGS where certified, else the hypergradient
+            zf = _flat(z)
+            if direction == "lbfgs" and last is not None:
+                # the pair of the last accepted step, with this point's certified z
+                sv, yv = _flat(u) - last[0], zf - last[1]
+                if curvature_pair_ok(sv, yv):
+                    pairs = (pairs + [(sv, yv)])[-memory:]
+                last = None
+            df, quasi_newton = zf, False
+            if direction == "lbfgs" and pairs:
+                dq = lbfgs_direction(zf, pairs)
+                if direction_certified(omega, zf, dq, eta):
+                    df, quasi_newton = dq, True
+            d = _unflat(df, z) if quasi_newton else z
+            dn = float(np.linalg.norm(df))
+            rate = float(zf @ df)
+            # ---- 3. backtracking on the inexact upper values
             adj_cur = (qr_cur, qn, delta) if bracket == "adjoint" else None
             _, f_minus, f_cur = point_bracket(f_raw, gx, eps, consts, adj_cur)
-            alpha = first_trial_step(step, zn, max_step, step0)
+            # a quasi-Newton step is tried at its natural length first
+            alpha = first_trial_step(1.0 if quasi_newton else step, dn, max_step, step0)
             accuracy_bound = False
             for i in range(max_bt + 1 + retries):
                 if tr.exhausted():
                     stop = "budget exhausted"
                     break
-                u_try = _axpy(u, alpha, z)
+                u_try = _axpy(u, alpha, d)
                 if _same(u_try, u):
                     if i == 0:
                         stop = "step too small"
                     break
                 xs, qs = _nearest_start(u_try, u, (x, q), tried)
-                v = oracles.value(u_try, xs, eps)
-                vf, vli, vls, vgx = (np.asarray(a) for a in jax.device_get(
-                    (v.f, v.lower_iters, v.lower_status, v.gx_norm)))
-                vf, vgx, vls = float(vf), float(vgx), int(vls)
-                tr.spend(int(vli), 0)
+                # coarse to fine: first at the accuracy where the bracket decides a trial that is
+                # far worse (or as good) as predicted, refined from its own iterate down to ε
+                e_t = screening_accuracy(eps, alpha, rate, gx) if screen else eps
+                while True:
+                    v = oracles.value(u_try, xs, e_t)
+                    vf, vli, vls, vgx = (np.asarray(a) for a in jax.device_get(
+                        (v.f, v.lower_iters, v.lower_status, v.gx_norm)))
+                    vf, vgx, vls = float(vf), float(vgx), int(vls)
+                    tr.spend(int(vli), 0)
+                    if e_t <= eps or vls != 0 or not (math.isfinite(vf) and math.isfinite(vgx)):
+                        break
+                    hi_t, lo_t, _ = point_bracket(vf, vgx, e_t, consts)
+                    if (sufficient_decrease(hi_t, f_minus, lam, alpha, rate)           # accepted already
+                            or not sufficient_decrease(lo_t, f_minus, lam, alpha, rate)):  # certainly rejected
+                        break
+                    e_t = max(eps, e_t * _SCREEN_FACTOR)
+                    xs = v.x
                 v_x, v_q, adj_try = v.x, qs, None
                 if vls in (0, 1) and math.isfinite(vf):
                     tried.append((u_try, (v_x, v_q)))
                 accuracy_bound = False
                 if vls == 0 and math.isfinite(vf) and math.isfinite(vgx):
-                    f_plus_new, f_lo_new, vc = point_bracket(vf, vgx, eps, consts)
-                    ok = sufficient_decrease(f_plus_new, f_minus, lam, alpha, zn)
+                    f_plus_new, f_lo_new, vc = point_bracket(vf, vgx, e_t, consts)
+                    ok = sufficient_decrease(f_plus_new, f_minus, lam, alpha, rate)
                     # the central values pass, only the accuracy slack fails:
                     # shorter steps cannot help, tighten instead
-                    accuracy_bound = not ok and sufficient_decrease(vf, f_raw, lam, alpha, zn)
-                    if (not ok and bracket == "adjoint" and math.isfinite(qr_cur)
-                            and sufficient_decrease(f_lo_new, f_minus, lam, alpha, zn)):
+                    accuracy_bound = not ok and e_t <= eps and sufficient_decrease(vf, f_raw, lam, alpha, rate)
+                    if (not ok and bracket == "adjoint" and math.isfinite(qr_cur) and e_t <= eps
+                            and sufficient_decrease(f_lo_new, f_minus, lam, alpha, rate)):
                         # the value bracket is too wide, but the trial's true value may pass (its
                         # lower end does): certify with the corrected value, which needs the
                         # adjoint at the trial (CG only: x̃ already meets ε)
@@ -700,8 +853,8 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
                             v_x, v_q, adj_try = h2.x, h2.q, (_qr_of(h2), float(hqn), delta)
                             tried[-1] = (u_try, (v_x, v_q))
                             f_plus_new, _, vc = point_bracket(vf, vgx, eps, consts, adj_try)
-                            ok = sufficient_decrease(f_plus_new, f_minus, lam, alpha, zn)
-                            accuracy_bound = not ok and sufficient_decrease(vc, f_cur, lam, alpha, zn)
+                            ok = sufficient_decrease(f_plus_new, f_minus, lam, alpha, rate)
+                            accuracy_bound = not ok and sufficient_decrease(vc, f_cur, lam, alpha, rate)
                     if ok:
                         accepted_alpha = alpha
                         break
@@ -719,23 +872,29 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
                 # the bracket's width is driven by ε (the corrected one's δε term too, and
                 # halving ε halves it as well): tighten ε (δ stays) as far as the last
                 # trial's values say is needed
-                fv, gv, fc, gc, a, at = vf, vgx, f_raw, gx, alpha, adj_try
+                fv, gv, fc, gc, a, at, rt = vf, vgx, f_raw, gx, alpha, adj_try, rate
                 ac = adj_cur if at is not None else None
                 eps, _ = tighten_until(
                     eps, delta, nu, max(eps_min, eps * nu ** _MAX_PREDICTED), delta,
                     lambda e, d: sufficient_decrease(point_bracket(fv, gv, e, consts, at)[0],
-                                                     point_bracket(fc, gc, e, consts, ac)[1], lam, a, zn))
+                                                     point_bracket(fc, gc, e, consts, ac)[1], lam, a, rt))
+                # a poor direction also looks accuracy-limited (its central decrease is real but
+                # small): δ, which z depends on and the value bracket does not, is tightened too
+                delta = max(delta * nu, delta_min)
             else:
                 eps, delta = update_accuracies(eps, delta, nu, eps_min, delta_min)
             retries += 1
 
         if accepted_alpha is not None:
+            if direction == "lbfgs":
+                last = (_flat(u), zf)
             u, x, f_cur = u_try, v_x, vc
             if adj_try is not None:
                 q = v_q
-            step = rho_plus * accepted_alpha
+            if not quasi_newton:
+                step = rho_plus * accepted_alpha
             since_iters += 1
-            since_dist += accepted_alpha * zn
+            since_dist += accepted_alpha * dn
             since_probe += 1
             rec = tr.emit(upper=f_cur, grad_norm=zn, omega=omega, eps=eps_used, delta=delta_used,
                           step=accepted_alpha, backtracks=backtracks, hypers=oracles.to_user(u))
