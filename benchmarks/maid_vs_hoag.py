@@ -2,7 +2,7 @@
 
     python benchmarks/maid_vs_hoag.py            # full run (several minutes on 2 cores)
     python benchmarks/maid_vs_hoag.py --quick    # smoke run: small budgets, 3 robustness runs, coarse grid
-    python benchmarks/maid_vs_hoag.py --parts tv,robust   # a subset of: tv, robust, omega, digits
+    python benchmarks/maid_vs_hoag.py --parts tv,robust   # a subset of: tv, robust, omega, variants, digits
     python benchmarks/maid_vs_hoag.py --maid '{"nu_plus": 1.1}'   # extra maid(...) options
 
 Parts:
@@ -29,6 +29,13 @@ Parts:
 (ω) ``omega``: how pessimistic MAID's error bound ω is on TV: at θ₀ and at a
     few points of a MAID run, ω(ε, δ) against the true ‖z(ε, δ) − ∇F‖ (∇F from
     a 1e-11 solve), for the a-priori bound and the a-posteriori secant estimate.
+(v) ``variants``: the TV spec and four variations of it (another noise seed,
+    48×48 images, σ = 0.2, and a start at α = 0.3, ν = 0.05), each with MAID
+    (defaults), the paper variant and the three HOAG schedules at a budget of
+    6000 (``--variants-budget``); per problem, "best" is the smallest true F
+    of its five runs; the cost to 1%, 0.5%, 0.2% and 0.1% of it, and the
+    geometric mean over the problems (a level never reached counts as twice
+    the budget).
 (c) ``digits``: ``examples/digits_penalties.bil`` (640 per-coefficient
     penalties exp(θ), multinomial logistic regression, the spec's own
     ``maid(max_iter=200)``).  Validation cross-entropy (the upper objective,
@@ -221,7 +228,7 @@ def run_tv(args, maid_extra: dict) -> dict:
               f"F <= {target:.4f} (1% above best {best:.4f})")
         print(_table(["method", "cost to 1%", "wall s to 1%", "best F in run", "total cost", "total wall s"],
                      rows))
-        print(f"(a') cost (lower + CG iterations) to reach F within each level of the best {best:.6f} "
+        print(f"\n(a') cost (lower + CG iterations) to reach F within each level of the best {best:.6f} "
               f"(never = not within the budget of {budget})")
         lrows = []
         for label in ("MAID eps0=delta0=0.1", PAPER, "HOAG quadratic", "HOAG cubic", "HOAG exponential"):
@@ -365,6 +372,57 @@ def run_omega(args) -> dict:
     return dict(rows=rows)
 
 
+# ------------------------------------------------------------------ variants
+VARIANT_LEVELS = (0.01, 0.005, 0.002, 0.001)
+
+
+def _tv_variants() -> dict[str, str]:
+    base = open(os.path.join(ROOT, "examples", "tv_denoise.bil")).read()
+    out = {
+        "spec": base,
+        "noise seed 1": base.replace("seed=0", "seed=1"),
+        "48x48, seed 2": base.replace("size=64", "size=48").replace("seed=0", "seed=2"),
+        "alpha0=0.3, nu0=0.05": base.replace("alpha : positive = 0.0067", "alpha : positive = 0.3")
+                                    .replace("nu    : positive = 0.0067", "nu    : positive = 0.05"),
+        "sigma=0.2, seed 3": base.replace("sigma=0.1", "sigma=0.2").replace("seed=0", "seed=3"),
+    }
+    for name, text in out.items():
+        if name != "spec" and text == base:
+            raise RuntimeError(f"variant {name!r} no longer changes examples/tv_denoise.bil; update the benchmark")
+    return out
+
+
+def run_variants(args, maid_extra: dict) -> dict:
+    budget = args.variants_budget
+    methods = [("MAID", "maid", dict(eps0=0.1, delta0=0.1, **maid_extra)),
+               (PAPER, "maid", dict(eps0=0.1, delta0=0.1, **{**maid_extra, **PAPER_OPTIONS}))]
+    methods += [(f"HOAG {s}", "hoag", dict(schedule=s)) for s in ("quadratic", "cubic", "exponential")]
+    costs: dict[str, list] = {label: [] for label, _, _ in methods}
+    rows = []
+    for name, text in _tv_variants().items():
+        eng = bil.compile(text).engine
+        _warm_up(eng)
+        truef = TrueF(eng)
+        runs = []
+        for label, method, opts in methods:
+            r = run_outer(eng, method, dict(max_iter=100000, budget=budget, tol=1e-12, **opts))
+            runs.append((label, r, truef.along(r.history, lambda rec: _record_hypers(eng, rec))))
+        best = min(min(F) for _, _, F in runs if F)
+        for label, r, Fs in runs:
+            hits = [_first_within(r.history, Fs, (1 + p) * best) for p in VARIANT_LEVELS]
+            costs[label].append([_cost(h) if h else 2 * budget for h in hits])
+            rows.append([name, label] + [_fmt_cost(h) for h in hits] + [f"{Fs[-1]:.6f}" if Fs else "-"])
+        print(f"  {name}: best F {best:.6f}", flush=True)
+    levels = [f"{100 * p:g}%" for p in VARIANT_LEVELS]
+    print(f"(v) TV variants (budget {budget} each): cost to each level above the problem's best F")
+    print(_table(["problem", "method"] + levels + ["final F"], rows) + "\n")
+    geo = [[label] + [f"{math.exp(np.mean(np.log(np.asarray(c)[:, i]))):.0f}" for i in range(len(VARIANT_LEVELS))]
+           for label, c in costs.items()]
+    print(f"(v) geometric mean over the {len(_tv_variants())} problems (never = {2 * budget})")
+    print(_table(["method"] + levels, geo) + "\n")
+    return dict(rows=rows, geo=geo)
+
+
 # ------------------------------------------------------------------ digits
 def run_digits(args, maid_extra: dict) -> dict:
     t0 = time.perf_counter()
@@ -438,11 +496,12 @@ def plot_digits(dg: dict) -> list[str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small budgets, 3 robustness runs, 6-point grid")
-    ap.add_argument("--parts", default="tv,robust,omega,digits",
-                    help="comma-separated subset of tv,robust,omega,digits")
+    ap.add_argument("--parts", default="tv,robust,omega,variants,digits",
+                    help="comma-separated subset of tv,robust,omega,variants,digits")
     ap.add_argument("--maid", default="{}", help="extra maid(...) options as JSON, for every MAID run")
     ap.add_argument("--budget", type=int, default=None, help="lower + CG budget of each part-(a) run")
     ap.add_argument("--robust-budget", type=int, default=None, help="budget of each robustness run")
+    ap.add_argument("--variants-budget", type=int, default=None, help="budget of each run of part (v)")
     ap.add_argument("--no-plots", action="store_true")
     args = ap.parse_args(argv)
     args.parts = {p.strip() for p in args.parts.split(",") if p.strip()}
@@ -450,6 +509,8 @@ def main(argv=None) -> int:
         args.budget = 4000 if args.quick else 20000
     if args.robust_budget is None:
         args.robust_budget = 4000 if args.quick else 10000
+    if args.variants_budget is None:
+        args.variants_budget = 1500 if args.quick else 6000
     maid_extra = json.loads(args.maid)
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} cpu(s); "
           f"budgets: (a) {args.budget}, (b) {args.robust_budget}; maid extra options: {maid_extra or 'none'}\n",
@@ -460,6 +521,8 @@ def main(argv=None) -> int:
         tv = run_tv(args, maid_extra)
         if not args.no_plots:
             files += plot_tv(tv)
+    if "variants" in args.parts:
+        run_variants(args, maid_extra)
     if "omega" in args.parts:
         run_omega(args)
     if "digits" in args.parts:
