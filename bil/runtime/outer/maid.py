@@ -571,6 +571,21 @@ DIRECTIONS = ("lbfgs", "gradient")
 _SCREEN_FACTOR = 0.25
 
 
+class _Trial(NamedTuple):
+    """One evaluated trial point θ − αd of the backtracking."""
+
+    u: object
+    alpha: float
+    f: float                    # f(x̃) there (at the accuracy that decided it)
+    gx: float                   # ‖∇ₓf(x̃)‖
+    x: object                   # its lower iterate
+    q: object                   # its adjoint (the warm start, unless ``adj`` is set)
+    adj: tuple | None = None    # (⟨q̃, ∇ₓg⟩, ‖q̃‖, δ) when the adjoint was computed there
+    center: float = math.nan    # the bracket's centre: the best estimate of F there
+    ok: bool = False            # certified sufficient decrease
+    accuracy_bound: bool = False  # central values pass, the bracket's width fails
+
+
 def _qr_of(hg) -> float:
     qr = getattr(hg, "qr", None)
     return math.nan if qr is None else float(np.asarray(jax.device_get(qr)))
@@ -673,7 +688,7 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         retries = backtracks = 0
         zn = omega = math.nan
         eps_used, delta_used = eps, delta
-        accepted_alpha = None
+        accepted = None    # the accepted _Trial
         stop = None
         prev = None        # (ε, δ, z) of the last hypergradient at this point: secant pairs
         # every `constants_every` accepted iterations the secant constants are re-measured
@@ -689,7 +704,7 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         undo = {"eps": 0, "delta": 0}
         tried = []         # (u, x̃) of this iteration's finite trials: warm starts for retries
         pair_li = pair_ci = 0
-        while stop is None and accepted_alpha is None:
+        while stop is None and accepted is None:
             # ---- 1. certified hypergradient at the current point
             conts = 0
             while True:
@@ -798,18 +813,10 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
             # ---- 3. backtracking on the inexact upper values
             adj_cur = (qr_cur, qn, delta) if bracket == "adjoint" else None
             _, f_minus, f_cur = point_bracket(f_raw, gx, eps, consts, adj_cur)
-            # a quasi-Newton step is tried at its natural length first
-            alpha = first_trial_step(1.0 if quasi_newton else step, dn, max_step, step0)
-            accuracy_bound = False
-            for i in range(max_bt + 1 + retries):
-                if tr.exhausted():
-                    stop = "budget exhausted"
-                    break
-                u_try = _axpy(u, alpha, d)
-                if _same(u_try, u):
-                    if i == 0:
-                        stop = "step too small"
-                    break
+
+            def trial(u_try, alpha) -> _Trial:
+                """Evaluate θ − αd: lower solve (coarse to fine), bracket test, and where only the
+                value bracket is too wide, the adjoint-corrected one."""
                 xs, qs = _nearest_start(u_try, u, (x, q), tried)
                 # coarse to fine: first at the accuracy where the bracket decides a trial that is
                 # far worse (or as good) as predicted, refined from its own iterate down to ε
@@ -828,51 +835,67 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
                         break
                     e_t = max(eps, e_t * _SCREEN_FACTOR)
                     xs = v.x
-                v_x, v_q, adj_try = v.x, qs, None
+                t = _Trial(u=u_try, alpha=alpha, f=vf, gx=vgx, x=v.x, q=qs)
                 if vls in (0, 1) and math.isfinite(vf):
-                    tried.append((u_try, (v_x, v_q)))
-                accuracy_bound = False
-                if vls == 0 and math.isfinite(vf) and math.isfinite(vgx):
-                    f_plus_new, f_lo_new, vc = point_bracket(vf, vgx, e_t, consts)
-                    ok = sufficient_decrease(f_plus_new, f_minus, lam, alpha, rate)
-                    # the central values pass, only the accuracy slack fails:
-                    # shorter steps cannot help, tighten instead
-                    accuracy_bound = not ok and e_t <= eps and sufficient_decrease(vf, f_raw, lam, alpha, rate)
-                    if (not ok and bracket == "adjoint" and math.isfinite(qr_cur) and e_t <= eps
-                            and sufficient_decrease(f_lo_new, f_minus, lam, alpha, rate)):
-                        # the value bracket is too wide, but the trial's true value may pass (its
-                        # lower end does): certify with the corrected value, which needs the
-                        # adjoint at the trial (CG only: x̃ already meets ε)
-                        h2 = oracles.hypergrad(u_try, v_x, qs, eps, delta)
-                        hf, hli, hci, hls, hcs, hgx, hqn = (np.asarray(a) for a in jax.device_get(
-                            (h2.f, h2.lower_iters, h2.cg_iters, h2.lower_status, h2.cg_status, h2.gx_norm,
-                             h2.q_norm)))
-                        tr.spend(int(hli), int(hci))
-                        if int(hls) == 0 and int(hcs) == 0 and math.isfinite(float(hf)):
-                            vf, vgx = float(hf), float(hgx)
-                            v_x, v_q, adj_try = h2.x, h2.q, (_qr_of(h2), float(hqn), delta)
-                            tried[-1] = (u_try, (v_x, v_q))
-                            f_plus_new, _, vc = point_bracket(vf, vgx, eps, consts, adj_try)
-                            ok = sufficient_decrease(f_plus_new, f_minus, lam, alpha, rate)
-                            accuracy_bound = not ok and sufficient_decrease(vc, f_cur, lam, alpha, rate)
-                    if ok:
-                        accepted_alpha = alpha
-                        break
+                    tried.append((u_try, (t.x, t.q)))
+                if not (vls == 0 and math.isfinite(vf) and math.isfinite(vgx)):
+                    return t
+                f_plus_new, f_lo_new, vc = point_bracket(vf, vgx, e_t, consts)
+                ok = sufficient_decrease(f_plus_new, f_minus, lam, alpha, rate)
+                # the central values pass, only the accuracy slack fails:
+                # shorter steps cannot help, tighten instead
+                limited = not ok and e_t <= eps and sufficient_decrease(vf, f_raw, lam, alpha, rate)
+                t = t._replace(center=vc, ok=ok, accuracy_bound=limited)
+                if (not ok and bracket == "adjoint" and math.isfinite(qr_cur) and e_t <= eps
+                        and sufficient_decrease(f_lo_new, f_minus, lam, alpha, rate)):
+                    # the value bracket is too wide, but the trial's true value may pass (its
+                    # lower end does): certify with the corrected value, which needs the
+                    # adjoint at the trial (CG only: x̃ already meets ε)
+                    h2 = oracles.hypergrad(u_try, t.x, qs, eps, delta)
+                    hf, hli, hci, hls, hcs, hgx, hqn = (np.asarray(a) for a in jax.device_get(
+                        (h2.f, h2.lower_iters, h2.cg_iters, h2.lower_status, h2.cg_status, h2.gx_norm,
+                         h2.q_norm)))
+                    tr.spend(int(hli), int(hci))
+                    if int(hls) == 0 and int(hcs) == 0 and math.isfinite(float(hf)):
+                        adj = (_qr_of(h2), float(hqn), delta)
+                        tried[-1] = (u_try, (h2.x, h2.q))
+                        f_plus_new, _, vc = point_bracket(float(hf), float(hgx), eps, consts, adj)
+                        ok = sufficient_decrease(f_plus_new, f_minus, lam, alpha, rate)
+                        t = t._replace(f=float(hf), gx=float(hgx), x=h2.x, q=h2.q, adj=adj, center=vc, ok=ok,
+                                       accuracy_bound=not ok and sufficient_decrease(vc, f_cur, lam, alpha, rate))
+                return t
+
+            # a quasi-Newton step is tried at its natural length first
+            alpha = first_trial_step(1.0 if quasi_newton else step, dn, max_step, step0)
+            t = None
+            for i in range(max_bt + 1 + retries):
+                if tr.exhausted():
+                    stop = "budget exhausted"
+                    break
+                u_try = _axpy(u, alpha, d)
+                if _same(u_try, u):
+                    if i == 0:
+                        stop = "step too small"
+                    break
+                t = trial(u_try, alpha)
+                if t.ok:
+                    accepted = t
+                    break
                 backtracks += 1
-                if accuracy_bound:
+                if t.accuracy_bound:
                     break
                 alpha *= rho
-            if stop is not None or accepted_alpha is not None:
+            if stop is not None or accepted is not None:
                 break
             # ---- failed backtracking: tighten and retry from the same point
             if eps <= eps_min:
                 stop = "eps floor reached"
                 break
-            if accuracy_bound:
+            if t is not None and t.accuracy_bound:
                 # the bracket's width is driven by ε (the corrected one's δε term too, and
-                # halving ε halves it as well): tighten ε (δ stays) as far as the last
-                # trial's values say is needed
-                fv, gv, fc, gc, a, at, rt = vf, vgx, f_raw, gx, alpha, adj_try, rate
+                # halving ε halves it as well): tighten ε as far as the last trial's values
+                # say is needed
+                fv, gv, fc, gc, a, at, rt = t.f, t.gx, f_raw, gx, t.alpha, t.adj, rate
                 ac = adj_cur if at is not None else None
                 eps, _ = tighten_until(
                     eps, delta, nu, max(eps_min, eps * nu ** _MAX_PREDICTED), delta,
@@ -885,19 +908,19 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
                 eps, delta = update_accuracies(eps, delta, nu, eps_min, delta_min)
             retries += 1
 
-        if accepted_alpha is not None:
+        if accepted is not None:
             if direction == "lbfgs":
                 last = (_flat(u), zf)
-            u, x, f_cur = u_try, v_x, vc
-            if adj_try is not None:
-                q = v_q
+            u, x, f_cur = accepted.u, accepted.x, accepted.center
+            if accepted.adj is not None:
+                q = accepted.q
             if not quasi_newton:
-                step = rho_plus * accepted_alpha
+                step = rho_plus * accepted.alpha
             since_iters += 1
-            since_dist += accepted_alpha * dn
+            since_dist += accepted.alpha * dn
             since_probe += 1
             rec = tr.emit(upper=f_cur, grad_norm=zn, omega=omega, eps=eps_used, delta=delta_used,
-                          step=accepted_alpha, backtracks=backtracks, hypers=oracles.to_user(u))
+                          step=accepted.alpha, backtracks=backtracks, hypers=oracles.to_user(u))
             # loosen; a probe's tightening was for measuring only and does not carry over
             eps, delta = update_accuracies(eps / nu ** undo["eps"], delta / nu ** undo["delta"], nu_plus)
             if tr.notify(rec, make_state):
