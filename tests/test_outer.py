@@ -502,23 +502,45 @@ def test_maid_screening_decides_trials_coarse_to_fine(quad):
     screened = chains(runs[True])
     assert any(c[0] > 1.0 for c in screened)
     for c in screened:
-        # from at most 64ε, refined by 4× (the last step clipped at ε), never below ε
+        # from at most 64ε, refined by 4× (clipped at ε), never below ε; a trial accepted
+        # coarsely is then solved on to ε at once (its last call)
         assert 1.0 - 1e-12 <= c[-1] <= c[0] <= 64.0 + 1e-9
-        for a, b in zip(c, c[1:]):
-            assert b == pytest.approx(max(1.0, a / 4))
+        for k, (a, b) in enumerate(zip(c, c[1:])):
+            last = k == len(c) - 2
+            assert b == pytest.approx(max(1.0, a / 4)) or (last and b == pytest.approx(1.0))
+        assert c[-1] == pytest.approx(1.0) or len(c) == 1 or c[-1] == pytest.approx(c[-2] / 4)
+
+
+@pytest.mark.parametrize("ill,seed", [(False, 4), (False, 5), (True, 3)])
+def test_maid_records_within_the_screening_accuracy(ill, seed):
+    """A record's upper is the bracket centre at the accuracy that accepted the point, at most
+    64ε with screening: |upper − F| ≤ ‖∇ₓf‖·64ε + ½L_f (64ε)² with ‖∇ₓf‖ = ‖Cx − d‖ ≤ √(2F₀)
+    along a decreasing run; without screening the same holds at ε."""
+    o = (QuadraticOracles(n=8, rho=1e-4, s_range=(0.01, 1.5), seed=seed) if ill else QuadraticOracles(seed=seed))
+    F0 = o.F(o.theta_of(o.u0))
+    for screen, k in ((True, 64.0), (False, 1.0)):
+        r = run_outer(o, "maid", dict(tol=1e-6, max_iter=100, screen=screen))
+        for rec in r.history:
+            e = k * rec["eps"]
+            assert abs(rec["upper"] - true_F(o, rec)) <= 2.0 * math.sqrt(2.0 * F0) * e + e * e
+        e = k * r.history[-1]["eps"]
+        assert abs(r.upper - o.F(o.theta_of(r.u))) <= 2.0 * math.sqrt(2.0 * F0) * e + e * e
+
+
+class _WideValueBracket(_NoQr):
+    """The quadratic double with a 1000× wider value bracket (‖∇ₓf‖ inflated at trials) and no
+    adjoint correction: a decreasing trial's bracket cannot certify it (accuracy-limited)."""
+
+    def value(self, u, x0, eps):
+        v = self._o.value(u, x0, eps)
+        return v._replace(gx_norm=v.gx_norm * 1e3)
 
 
 def test_maid_failed_accuracy_limited_round_tightens_both_accuracies(quad):
     """A trial whose central values decrease but whose bracket is too wide (an inflated
     ‖∇ₓf‖ widens the value bracket; no adjoint correction) ends the round; the retry
     recomputes z with ε by the predicted power of ν and δ by ν."""
-
-    class WideValueBracket(_NoQr):
-        def value(self, u, x0, eps):
-            v = self._o.value(u, x0, eps)
-            return v._replace(gx_norm=v.gx_norm * 1e3)
-
-    spy = _Spy(WideValueBracket(quad))
+    spy = _Spy(_WideValueBracket(quad))
     nu = outer_options("maid", {})["nu"]
     run_outer(spy, "maid", dict(screen=False, omega="bound", max_iter=1, tol=1e-12, max_backtracks=0))
     hg = [c for c in spy.log if c[0] == "hypergrad"]
@@ -531,6 +553,19 @@ def test_maid_failed_accuracy_limited_round_tightens_both_accuracies(quad):
     # asks for more): an accuracy-limited round, not the generic ε ← νε of other failures
     assert retry[1] == pytest.approx(before[1] * nu ** 4)
     assert len(hg) >= 2
+
+
+def test_maid_eps_floor_still_tightens_delta_after_accuracy_limited_round(quad):
+    """With ε at its floor, an accuracy-limited round still tightens δ (a loose δ is one cause
+    of it); the run stops at the floor only once δ is there too."""
+    spy = _Spy(_WideValueBracket(quad))
+    nu = outer_options("maid", {})["nu"]
+    r = run_outer(spy, "maid", dict(screen=False, omega="bound", eps0=1e-3, eps_min=1e-3, delta0=0.1,
+                                    delta_min=0.1 * nu ** 3, max_iter=1, max_backtracks=0, tol=1e-12, step0=0.1))
+    deltas = [c[2] for c in spy.log if c[0] == "hypergrad"]
+    assert all(c[1] == pytest.approx(1e-3) for c in spy.log if c[0] == "hypergrad")
+    np.testing.assert_allclose(deltas[-4:], [0.1 * nu ** k for k in range(4)])
+    assert r.reason == "eps floor reached"
 
 
 # ------------------------------------------------------------------ HOAG
