@@ -112,6 +112,11 @@ def check_method(m: Method) -> None:
         raise BilError(f"`maid(omega=...)` must be \"secant\" or \"bound\", got {kw['omega']!r}", span)
     if m.name == "maid" and kw["bracket"] not in ("value", "adjoint"):
         raise BilError(f"`maid(bracket=...)` must be \"value\" or \"adjoint\", got {kw['bracket']!r}", span)
+    if m.name == "maid" and kw["direction"] not in ("lbfgs", "gradient"):
+        raise BilError(f"`maid(direction=...)` must be \"lbfgs\" or \"gradient\", got {kw['direction']!r}", span,
+                       "\"gradient\" is the published method (steps along the hypergradient)")
+    if m.name == "maid" and not isinstance(kw["screen"], bool):
+        raise BilError(f"`maid(screen=...)` must be true or false, got {kw['screen']!r}", span)
     if m.name == "unroll" and kw["truncate"] is not None:
         _pos_int(kw["truncate"], span, "unroll(truncate=...)")
     for name in ("eps0", "delta0", "lr", "mu", "L0", "step0", "max_step", "tol", "eta", "lam", "alpha", "budget",
