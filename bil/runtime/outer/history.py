@@ -113,6 +113,11 @@ def to_host(tree):
     return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
+def host_copy(tree):
+    """A pytree of (device) arrays as writable NumPy copies (the hypers an outer loop owns)."""
+    return jax.tree.map(lambda a: np.array(a), jax.device_get(tree))
+
+
 def tree_norm(tree) -> float:
     """Euclidean norm of a pytree of NumPy arrays, computed on the host."""
     s = 0.0
@@ -124,6 +129,25 @@ def tree_norm(tree) -> float:
 
 def is_finite_tree(tree) -> bool:
     return all(bool(np.all(np.isfinite(np.asarray(l)))) for l in jax.tree.leaves(tree))
+
+
+def tree_axpy(u, alpha: float, z):
+    """u − αz leaf by leaf on the host, keeping each leaf's dtype (the outer step)."""
+    return jax.tree.map(lambda a, b: np.asarray(a - alpha * b, dtype=np.result_type(a, b)), u, z)
+
+
+def hypergrad_step(oracles, tr: "Tracker", u, x, q, eps: float, delta: float):
+    """One hypergradient call whose iterations are spent on ``tr``.
+
+    Returns ``(hg, f, z, ok)``: the oracle's result, f(x̃) as a float, z on the
+    host, and whether the solve produced finite values (HOAG and the plain loops
+    stop otherwise)."""
+    hg = oracles.hypergrad(u, x, q, eps, delta)
+    f, li, ci, ls = jax.device_get((hg.f, hg.lower_iters, hg.cg_iters, hg.lower_status))
+    tr.spend(int(li), int(ci))
+    f = float(f)
+    z = to_host(hg.z)
+    return hg, f, z, int(ls) != 2 and math.isfinite(f) and is_finite_tree(z)
 
 
 def pack_tree(prefix: str, tree, out: dict) -> None:

@@ -42,8 +42,8 @@ import jax
 import numpy as np
 
 from bil.runtime.oracles import AbstractOracles
-from bil.runtime.outer.history import (OuterResult, Tracker, is_finite_tree, pack_iterates, pack_tree, start_iterates,
-                                       to_host, tree_norm, unpack_iterates, unpack_tree)
+from bil.runtime.outer.history import (OuterResult, Tracker, host_copy, hypergrad_step, pack_iterates, pack_tree,
+                                       start_iterates, tree_axpy, tree_norm, unpack_iterates, unpack_tree)
 
 __all__ = ["SCHEDULES", "schedule_eps", "step_control", "first_L", "run_hoag"]
 
@@ -90,10 +90,6 @@ def _clip(u, clip, log_hypers):
     return out
 
 
-def _host_u(u0):
-    return jax.tree.map(lambda a: np.array(a), jax.device_get(u0))
-
-
 def run_hoag(oracles: AbstractOracles, o: dict, *, callback=None, state=None) -> OuterResult:
     """HOAG on ``oracles`` with options ``o`` (the full ``hoag(...)`` dict)."""
     schedule, eps0 = str(o["schedule"]), float(o["eps0"])
@@ -103,7 +99,7 @@ def run_hoag(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
     log_hypers = oracles.log_hypers()
 
     tr = Tracker("hoag", o.get("budget"), callback, state)
-    u0 = _host_u(oracles.u0)
+    u0 = host_copy(oracles.u0)
     n_hypers = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(u0))
     reason = None
     converged = False
@@ -121,12 +117,9 @@ def run_hoag(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         gx0 = float(vgx)
         delta_scale = gx0 if (math.isfinite(gx0) and gx0 > 0) else 1.0
         x = v.x
-        hg = oracles.hypergrad(u, x, q, e * abs_scale, e * delta_scale)
-        f, li, ci, ls = jax.device_get((hg.f, hg.lower_iters, hg.cg_iters, hg.lower_status))
-        tr.spend(int(li), int(ci))
-        f_prev, eps_prev = float(f), e
-        z = to_host(hg.z)
-        if int(ls) == 2 or not (math.isfinite(f_prev) and is_finite_tree(z)):
+        hg, f_prev, z, ok = hypergrad_step(oracles, tr, u, x, q, e * abs_scale, e * delta_scale)
+        eps_prev = e
+        if not ok:
             reason = "non-finite hypergradient"
         x, q = hg.x, hg.q
         L = first_L(tree_norm(z), n_hypers)
@@ -152,16 +145,11 @@ def run_hoag(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         k = tr.iteration + 1
         tr.begin()
         alpha = 1.0 / L
-        u_new = _clip(jax.tree.map(lambda a, b: np.asarray(a - alpha * b, dtype=np.result_type(a, b)), u, z),
-                      clip, log_hypers)
+        u_new = _clip(tree_axpy(u, alpha, z), clip, log_hypers)
         dtheta = tree_norm(jax.tree.map(lambda a, b: a - b, u_new, u))
         e = schedule_eps(schedule, eps0, k)
-        hg = oracles.hypergrad(u_new, x, q, e * abs_scale, e * delta_scale)
-        f, li, ci, ls = jax.device_get((hg.f, hg.lower_iters, hg.cg_iters, hg.lower_status))
-        tr.spend(int(li), int(ci))
-        f = float(f)
-        z_new = to_host(hg.z)
-        if int(ls) == 2 or not (math.isfinite(f) and is_finite_tree(z_new)):
+        hg, f, z_new, ok = hypergrad_step(oracles, tr, u_new, x, q, e * abs_scale, e * delta_scale)
+        if not ok:
             reason = "non-finite hypergradient"
             rec = tr.emit(upper=f_prev, grad_norm=tree_norm(z), omega=math.nan, eps=eps_prev, delta=eps_prev,
                           step=0.0, backtracks=0, hypers=oracles.to_user(u))

@@ -236,8 +236,8 @@ import jax
 import numpy as np
 
 from bil.runtime.oracles import AbstractOracles
-from bil.runtime.outer.history import (OuterResult, Tracker, is_finite_tree, pack_iterates, start_iterates, to_host,
-                                       tree_norm, unpack_iterates)
+from bil.runtime.outer.history import (OuterResult, Tracker, host_copy, is_finite_tree, pack_iterates, start_iterates,
+                                       to_host, tree_axpy, tree_norm, unpack_iterates)
 
 __all__ = ["RunningConstants", "merge_constants", "error_bound", "bounds_upper_lower", "sufficient_decrease",
            "adjoint_norm_bound", "descent_test", "update_accuracies", "tighten_until", "first_trial_step",
@@ -539,16 +539,8 @@ def _unflat(v: np.ndarray, like):
 
 
 # ------------------------------------------------------------------ loop
-def _axpy(u, alpha, z):
-    return jax.tree.map(lambda a, b: np.asarray(a - alpha * b, dtype=np.result_type(a, b)), u, z)
-
-
 def _same(a, b) -> bool:
     return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
-def _host_u(u0):
-    return jax.tree.map(lambda a: np.array(a), jax.device_get(u0))
 
 
 def _tree_dist(a, b) -> float:
@@ -584,11 +576,10 @@ class _Trial(NamedTuple):
 
     u: object
     alpha: float
-    f: float                    # f(x̃) there (at the accuracy ``eps``)
+    f: float                    # f(x̃) there (at the accuracy that decided it)
     gx: float                   # ‖∇ₓf(x̃)‖
     x: object                   # its lower iterate
     q: object                   # its adjoint (the warm start, unless ``adj`` is set)
-    eps: float = math.nan       # the accuracy of x̃ (at most 64ε while screening)
     adj: tuple | None = None    # (⟨q̃, ∇ₓg⟩, ‖q̃‖, δ) when the adjoint was computed there
     center: float = math.nan    # the bracket's centre: the best estimate of F there
     ok: bool = False            # certified sufficient decrease
@@ -631,7 +622,7 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         raise ValueError("maid: memory must be >= 1")
 
     tr = Tracker("maid", o.get("budget"), callback, state)
-    u0 = _host_u(oracles.u0)
+    u0 = host_copy(oracles.u0)
     if state is None:
         u, x, q = start_iterates(oracles, u0)
         eps, delta, step = float(o["eps0"]), float(o["delta0"]), math.nan
@@ -846,7 +837,7 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
                         break
                     e_t = max(eps, e_t * _SCREEN_FACTOR)
                     xs = v.x
-                t = _Trial(u=u_try, alpha=alpha, f=vf, gx=vgx, x=v.x, q=qs, eps=e_t)
+                t = _Trial(u=u_try, alpha=alpha, f=vf, gx=vgx, x=v.x, q=qs)
                 if vls in (0, 1) and math.isfinite(vf):
                     tried.append((u_try, (t.x, t.q)))
                 if not (vls == 0 and math.isfinite(vf) and math.isfinite(vgx)):
@@ -883,7 +874,7 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
                 if tr.exhausted():
                     stop = "budget exhausted"
                     break
-                u_try = _axpy(u, alpha, d)
+                u_try = tree_axpy(u, alpha, d)
                 if _same(u_try, u):
                     if i == 0:
                         stop = "step too small"

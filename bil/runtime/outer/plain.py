@@ -16,12 +16,11 @@ from __future__ import annotations
 import math
 
 import jax
-import numpy as np
 import optax
 
 from bil.runtime.oracles import AbstractOracles
-from bil.runtime.outer.history import (OuterResult, Tracker, is_finite_tree, pack_iterates, pack_tree, start_iterates,
-                                       to_host, tree_norm, unpack_iterates, unpack_tree)
+from bil.runtime.outer.history import (OuterResult, Tracker, host_copy, hypergrad_step, pack_iterates, pack_tree,
+                                       start_iterates, to_host, tree_axpy, tree_norm, unpack_iterates, unpack_tree)
 
 __all__ = ["make_optimizer", "run_plain"]
 
@@ -34,10 +33,6 @@ def make_optimizer(method: str, lr: float) -> optax.GradientTransformation:
     raise ValueError(f"unknown plain outer method {method!r}")
 
 
-def _host_u(u0):
-    return jax.tree.map(lambda a: np.array(a), jax.device_get(u0))
-
-
 def run_plain(oracles: AbstractOracles, method: str, o: dict, *, callback=None, state=None) -> OuterResult:
     """gd / adam on ``oracles`` with options ``o`` (the full ``gd(...)``/``adam(...)`` dict)."""
     lr, steps, acc = float(o["lr"]), int(o["steps"]), float(o["tol"])
@@ -45,19 +40,15 @@ def run_plain(oracles: AbstractOracles, method: str, o: dict, *, callback=None, 
     update = jax.jit(opt.update)
 
     tr = Tracker(method, o.get("budget"), callback, state)
-    u0 = _host_u(oracles.u0)
+    u0 = host_copy(oracles.u0)
     reason = None
 
     if state is None:
         u, x, q = start_iterates(oracles, u0)
         tr.begin()
-        hg = oracles.hypergrad(u, x, q, acc, acc)
-        f, li, ci, ls = jax.device_get((hg.f, hg.lower_iters, hg.cg_iters, hg.lower_status))
-        tr.spend(int(li), int(ci))
-        f = float(f)
-        z = to_host(hg.z)
+        hg, f, z, ok = hypergrad_step(oracles, tr, u, x, q, acc, acc)
         x, q = hg.x, hg.q
-        if int(ls) == 2 or not (math.isfinite(f) and is_finite_tree(z)):
+        if not ok:
             reason = "non-finite hypergradient"
         opt_state = to_host(opt.init(u))
     else:
@@ -81,13 +72,9 @@ def run_plain(oracles: AbstractOracles, method: str, o: dict, *, callback=None, 
         tr.begin()
         updates, new_opt_state = update(z, opt_state, u)
         updates = to_host(updates)
-        u_new = jax.tree.map(lambda a, b: np.asarray(a + b, dtype=np.result_type(a, b)), u, updates)
-        hg = oracles.hypergrad(u_new, x, q, acc, acc)
-        fn, li, ci, ls = jax.device_get((hg.f, hg.lower_iters, hg.cg_iters, hg.lower_status))
-        tr.spend(int(li), int(ci))
-        fn = float(fn)
-        z_new = to_host(hg.z)
-        if int(ls) == 2 or not (math.isfinite(fn) and is_finite_tree(z_new)):
+        u_new = tree_axpy(u, -1.0, updates)
+        hg, fn, z_new, ok = hypergrad_step(oracles, tr, u_new, x, q, acc, acc)
+        if not ok:
             reason = "non-finite hypergradient"
             break
         u, x, q, z, f = u_new, hg.x, hg.q, z_new, fn
