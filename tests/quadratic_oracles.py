@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bil.runtime.engine import BUDGET, _cap
 from bil.runtime.oracles import AbstractOracles, Constants, HyperGrad, UpperValue
 
 
@@ -99,14 +100,14 @@ class QuadraticOracles(AbstractOracles):
         return np.concatenate([np.ravel(np.asarray(u[k])) for k in self.shapes])
 
     # ------------------------------------------------------------ jitted parts
-    def _lower(self, theta, x0, eps):
+    def _lower(self, theta, x0, eps, cap):
         A, b = jnp.asarray(self.A), jnp.asarray(self.B) @ theta + jnp.asarray(self.c)
         tol = self.mu * eps
         step = 1.0 / self.L_A
 
         def cond(c):
             x, k, gn = c
-            return (gn > tol) & (k < self.lower_max_iter) & jnp.isfinite(gn)
+            return (gn > tol) & (k < jnp.minimum(self.lower_max_iter, cap)) & jnp.isfinite(gn)
 
         def body(c):
             x, k, _ = c
@@ -114,8 +115,9 @@ class QuadraticOracles(AbstractOracles):
             return x, k + 1, jnp.linalg.norm(A @ x - b)
 
         x, k, gn = jax.lax.while_loop(cond, body, (x0, jnp.int32(0), jnp.linalg.norm(A @ x0 - b)))
-        status = jnp.where(~jnp.isfinite(gn), 2, jnp.where(gn > tol, 1, 0)).astype(jnp.int32)
-        return x, k, status
+        status = jnp.where(~jnp.isfinite(gn), 2, jnp.where(gn > tol, 1, 0))
+        status = jnp.where((status == 1) & (k >= cap) & (cap < self.lower_max_iter), BUDGET, status)
+        return x, k, status.astype(jnp.int32)
 
     def _upper(self, x, theta):
         r = jnp.asarray(self.C) @ x - jnp.asarray(self.d)
@@ -123,20 +125,20 @@ class QuadraticOracles(AbstractOracles):
         gx = jnp.asarray(self.C).T @ r
         return f, gx
 
-    def _value_impl(self, u, x0, eps):
+    def _value_impl(self, u, x0, eps, cap):
         self.traces["value"] += 1
         theta = self.flatten(u)
-        x, k, status = self._lower(theta, x0, eps)
+        x, k, status = self._lower(theta, x0, eps, cap)
         f, gx = self._upper(x, theta)
         return UpperValue(f=f, x=x, lower_iters=k, lower_status=status, gx_norm=jnp.linalg.norm(gx))
 
-    def _cg(self, b, q0, delta):
+    def _cg(self, b, q0, delta, cap):
         A = jnp.asarray(self.A)
         r0 = b - A @ q0
 
         def cond(c):
             q, r, p, rr, k, st = c
-            return (st < 0) & (jnp.sqrt(rr) > delta) & (k < self.cg_max_iter)
+            return (st < 0) & (jnp.sqrt(rr) > delta) & (k < jnp.minimum(self.cg_max_iter, cap))
 
         def body(c):
             q, r, p, rr, k, st = c
@@ -157,15 +159,16 @@ class QuadraticOracles(AbstractOracles):
         q, r, p, rr, k, st = jax.lax.while_loop(
             cond, body, (q0, r0, r0, jnp.dot(r0, r0), jnp.int32(0), jnp.int32(-1)))
         res = jnp.linalg.norm(b - A @ q)
-        st = jnp.where(st >= 0, st, jnp.where(res > delta, 1, 0)).astype(jnp.int32)
-        return q, k, st
+        st = jnp.where(st >= 0, st, jnp.where(res > delta, 1, 0))
+        st = jnp.where((st == 1) & (k >= cap) & (cap < self.cg_max_iter), BUDGET, st)
+        return q, k, st.astype(jnp.int32)
 
-    def _hypergrad_impl(self, u, x0, q0, eps, delta):
+    def _hypergrad_impl(self, u, x0, q0, eps, delta, cap):
         self.traces["hypergrad"] += 1
         theta = self.flatten(u)
-        x, k, status = self._lower(theta, x0, eps)
+        x, k, status = self._lower(theta, x0, eps, cap)
         f, gx = self._upper(x, theta)
-        q, kc, cst = self._cg(gx, q0, delta)
+        q, kc, cst = self._cg(gx, q0, delta, jnp.maximum(cap - k, 0))
         jtq = jnp.asarray(self.B).T @ q          # −Jᵀq
         z = self.rho * theta + jtq
         return HyperGrad(f=f, z=self.unflatten(z), x=x, q=q, lower_iters=k, cg_iters=kc, lower_status=status,
@@ -188,13 +191,13 @@ class QuadraticOracles(AbstractOracles):
     def init_adjoint(self, x):
         return jnp.zeros_like(x)
 
-    def value(self, u, x0, eps):
+    def value(self, u, x0, eps, cap=None):
         self.calls["value"] += 1
-        return self._value(u, x0, eps)
+        return self._value(u, x0, eps, _cap(cap))
 
-    def hypergrad(self, u, x0, q0, eps, delta):
+    def hypergrad(self, u, x0, q0, eps, delta, cap=None):
         self.calls["hypergrad"] += 1
-        return self._hypergrad(u, x0, q0, eps, delta)
+        return self._hypergrad(u, x0, q0, eps, delta, _cap(cap))
 
     def constants(self, u, x):
         self.calls["constants"] += 1

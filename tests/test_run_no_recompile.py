@@ -28,3 +28,22 @@ def test_maid_run_never_recompiles_after_first_iteration():
     # A second run with other accuracies reuses the same executables.
     prog.run(max_iter=2, eps0=1e-3, delta0=1e-2)
     assert {k: f._cache_size() for k, f in eng._jitted.items() if k in first} == first
+
+
+def test_budget_is_strict_and_traced_on_a_per_sample_program():
+    """``budget`` caps each oracle call by what is left (split over the samples), so a run
+    never spends more than its budget; the cap is traced, so it compiles nothing new."""
+    from bil.runtime.outer import run_outer
+
+    prog = bil.compile(EXAMPLES / "tv_denoise.bil")
+    eng = prog.engine
+    run_outer(eng, "maid", dict(max_iter=1))
+    sizes = {k: f._cache_size() for k, f in eng._jitted.items()}
+    for method, opts in [("maid", {}), ("hoag", {"schedule": "exponential"})]:
+        for budget in (40, 137):
+            r = run_outer(eng, method, dict(opts, max_iter=1000, budget=budget))
+            last = r.history[-1]
+            assert r.reason == "budget exhausted"
+            assert last["lower_iters_total"] + last["cg_iters_total"] <= budget
+            assert r.upper == r.upper  # a number, not NaN: the cut-short solve was not used
+    assert {k: f._cache_size() for k, f in eng._jitted.items() if k in sizes} == sizes

@@ -30,6 +30,9 @@ from bil.runtime.oracles import AbstractOracles, Constants, HyperGrad, UpperValu
 
 IMPLICIT_METHODS = ("implicit", "neumann")
 
+#: lower/CG status of a solve stopped by the call's ``cap`` (the outer loop's budget)
+BUDGET = 4
+
 
 class Solved(NamedTuple):
     x: Any
@@ -51,6 +54,22 @@ def _scalar(v, dtype):
     if isinstance(v, (int, float, np.number, np.ndarray)):
         return np.asarray(v, dtype)
     return jnp.asarray(v, dtype)
+
+
+#: ``cap=None``: no per-call limit beyond the solvers' own ``max_iter``
+_NO_CAP = np.iinfo(np.int32).max
+
+
+def _cap(cap):
+    """A per-call iteration cap as a jit argument (an int32, so None and any
+    number share one compiled function)."""
+    return np.asarray(_NO_CAP if cap is None else max(0, min(int(cap), _NO_CAP)), np.int32)
+
+
+def _budget_status(status, iters, cap, own_max):
+    """Status 4 (``BUDGET``) where a solve stopped at a per-call cap below its own max_iter."""
+    cut = (status == 1) & (iters >= cap) & (cap < own_max)
+    return jnp.where(cut, BUDGET, status).astype(jnp.int32)
 
 
 class Engine(AbstractOracles):
@@ -108,17 +127,23 @@ class Engine(AbstractOracles):
         return jnp.sqrt(jnp.sum(v ** 2)) if self.low.batched else v
 
     # --------------------------------------------------------- lower solve
-    def _solve(self, theta, d, X0, tol) -> Solved:
-        """Solve every sample's lower problem to ‖∇g‖ ≤ tol/√N, warm-started at X0."""
+    def _solve(self, theta, d, X0, tol, cap=None) -> Solved:
+        """Solve every sample's lower problem to ‖∇g‖ ≤ tol/√N, warm-started at X0.
+
+        ``cap`` (traced int, optional) limits the iterations summed over samples:
+        each sample gets ``cap // N``; a solve stopped there has status ``BUDGET``."""
         low = self.low
         per_tol = tol / math.sqrt(self.n)
         if low.optimizer is not None:
             return self._train(theta, d, X0)
+        per_cap = None if cap is None else cap // self.n
+        max_iter = self.max_iter if cap is None else jnp.minimum(per_cap, self.max_iter)
 
         def one(theta, d, x0):
-            r = solvers.solve(self.solver.name, self._g1, x0, (theta, d), per_tol, self.max_iter,
+            r = solvers.solve(self.solver.name, self._g1, x0, (theta, d), per_tol, max_iter,
                               options=self.solver.kwargs, bounds=low.bounds)
-            return r.x, r.iters, r.grad_norm, r.status
+            st = r.status if cap is None else _budget_status(r.status, r.iters, per_cap, self.max_iter)
+            return r.x, r.iters, r.grad_norm, st
 
         x, it, gn, stt = self._vmap(one, (None, low.data_axes, 0))(theta, d, X0)
         return Solved(x, self._sum(it), self._rss(gn), self._max(stt))
@@ -154,8 +179,9 @@ class Engine(AbstractOracles):
 
         return jax.tree.map(m, x, gx, lo, hi)
 
-    def _adjoint(self, theta, d, X, B, Q0, delta, method):
-        """Solve H q = b per sample (b = ∇ₓF), to ‖Hq − b‖ ≤ delta overall."""
+    def _adjoint(self, theta, d, X, B, Q0, delta, method, cap=None):
+        """Solve H q = b per sample (b = ∇ₓF), to ‖Hq − b‖ ≤ delta overall; CG
+        iterations summed over samples at most ``cap`` (traced, optional)."""
         low = self.low
         per_delta = delta / math.sqrt(self.n)
         kind = method.name
@@ -184,8 +210,13 @@ class Engine(AbstractOracles):
                 return q, jnp.int32(0), res, jnp.where(ok, 0, 2).astype(jnp.int32)
             if kind == "neumann":
                 return self._neumann(hv, b, kw)
-            r = linear.cg(hv, b, q0, per_delta, int(kw.get("max_iter", 1000)))
-            return r.x, r.iters, r.residual, r.status
+            own = int(kw.get("max_iter", 1000))
+            if cap is None:
+                r = linear.cg(hv, b, q0, per_delta, own)
+                return r.x, r.iters, r.residual, r.status
+            per_cap = cap // self.n
+            r = linear.cg(hv, b, q0, per_delta, jnp.minimum(per_cap, own))
+            return r.x, r.iters, r.residual, _budget_status(r.status, r.iters, per_cap, own)
 
         q, it, res, stt = self._vmap(one, (None, low.data_axes, 0, 0, 0))(theta, d, X, B, Q0)
         return q, self._sum(it), self._rss(res), self._max(stt)
@@ -210,7 +241,7 @@ class Engine(AbstractOracles):
         return q, jnp.int32(k), res, jnp.where(jnp.isfinite(res), 0, 2).astype(jnp.int32)
 
     # ----------------------------------------------------- hypergradients
-    def _implicit(self, p, coords, d, X, Q0, delta, method):
+    def _implicit(self, p, coords, d, X, Q0, delta, method, cap=None):
         """The adjoint and z = ∇ₚf − Jᵀq at a lower solution X (held fixed).
 
         One reverse pass of f gives f, B = ∇ₓf and ∇ₚf together; q solves
@@ -219,7 +250,7 @@ class Engine(AbstractOracles):
         """
         X = jax.lax.stop_gradient(X)
         f, (B, zf) = jax.value_and_grad(lambda X, p: self.F(X, self._theta(p, coords), d), argnums=(0, 1))(X, p)
-        Q, cg_it, res, cg_st = self._adjoint(self._theta(p, coords), d, X, B, Q0, delta, method)
+        Q, cg_it, res, cg_st = self._adjoint(self._theta(p, coords), d, X, B, Q0, delta, method, cap)
         Q = jax.lax.stop_gradient(Q)
 
         def jq(p):
@@ -230,11 +261,12 @@ class Engine(AbstractOracles):
         z = jax.tree.map(jnp.subtract, zf, jtq)
         return f, z, B, Q, (cg_it, res, cg_st), _norm(jtq), qr
 
-    def _hypergrad_impl(self, p, X0, Q0, tol, delta, d, coords, method):
+    def _hypergrad_impl(self, p, X0, Q0, tol, delta, d, coords, method, cap=None):
         if method.name == "unroll":
             return self._unrolled(p, coords, d, method)
-        sol = self._solve(self._theta(p, coords), d, X0, tol)
-        f, z, B, Q, (cg_it, res, cg_st), jtq, qr = self._implicit(p, coords, d, sol.x, Q0, delta, method)
+        sol = self._solve(self._theta(p, coords), d, X0, tol, cap)
+        cg_cap = None if cap is None else jnp.maximum(cap - sol.iters, 0)
+        f, z, B, Q, (cg_it, res, cg_st), jtq, qr = self._implicit(p, coords, d, sol.x, Q0, delta, method, cg_cap)
         # ⟨q, ∇ₓg(x̃)⟩ for MAID's adjoint-corrected value; with active bounds ∇ₓg(x*) ≠ 0: unknown
         if self.low.bounds is not None:
             qr = jnp.full((), jnp.nan, self.low.dtype)
@@ -330,14 +362,18 @@ class Engine(AbstractOracles):
         fn = self._jit("solve", lambda th, X0, tol, d: self._solve(th, d, X0, tol))
         return fn(theta, X0, _scalar(tol, self.low.dtype), self.low.data)
 
-    def hypergradient(self, p, X0, Q0, tol, delta, coords="u", method=None):
-        """(HyperGrad, (lower grad norm, CG residual)) — one jitted call."""
+    def hypergradient(self, p, X0, Q0, tol, delta, coords="u", method=None, cap=None):
+        """(HyperGrad, (lower grad norm, CG residual)) — one jitted call.
+
+        ``cap``: at most this many lower + CG iterations (summed over samples) in
+        this call; a solve it stops has status ``BUDGET``.  Traced: any cap, or
+        none, runs the same compiled code."""
         method = method or self.method
         key = ("hg", coords, method.name, tuple(sorted((k, repr(v)) for k, v in method.kwargs.items())))
-        fn = self._jit(key, lambda p, X0, Q0, tol, delta, d: self._hypergrad_impl(p, X0, Q0, tol, delta, d,
-                                                                                  coords, method))
+        fn = self._jit(key, lambda p, X0, Q0, tol, delta, cap, d: self._hypergrad_impl(
+            p, X0, Q0, tol, delta, d, coords, method, cap))
         dt = self.low.dtype
-        return fn(p, X0, Q0, _scalar(tol, dt), _scalar(delta, dt), self.low.data)
+        return fn(p, X0, Q0, _scalar(tol, dt), _scalar(delta, dt), _cap(cap), self.low.data)
 
     # AbstractOracles --------------------------------------------------
     def to_user(self, u):
@@ -354,18 +390,18 @@ class Engine(AbstractOracles):
     def init_adjoint(self, x):
         return jax.tree.map(jnp.zeros_like, x)
 
-    def value(self, u, x0, eps) -> UpperValue:
-        def impl(u, X0, tol, d):
+    def value(self, u, x0, eps, cap=None) -> UpperValue:
+        def impl(u, X0, tol, cap, d):
             theta = self.low.transform.to_user(u)
-            sol = self._solve(theta, d, X0, tol)
+            sol = self._solve(theta, d, X0, tol, cap)
             B = jax.grad(self.F)(sol.x, theta, d)
             return UpperValue(self.F(sol.x, theta, d), sol.x, sol.iters, sol.status, _norm(B))
 
         fn = self._jit("value", impl)
-        return fn(u, x0, _scalar(self._lower_tol(eps), self.low.dtype), self.low.data)
+        return fn(u, x0, _scalar(self._lower_tol(eps), self.low.dtype), _cap(cap), self.low.data)
 
-    def hypergrad(self, u, x0, q0, eps, delta) -> HyperGrad:
-        hg, _ = self.hypergradient(u, x0, q0, self._lower_tol(eps), delta, coords="u")
+    def hypergrad(self, u, x0, q0, eps, delta, cap=None) -> HyperGrad:
+        hg, _ = self.hypergradient(u, x0, q0, self._lower_tol(eps), delta, coords="u", cap=cap)
         return hg
 
     def _lower_tol(self, eps):
@@ -441,7 +477,10 @@ class Engine(AbstractOracles):
         def norm(label, v):
             return "" if v is None else f" ({label} = {float(v):.3g})"
 
-        s = int(lower_status)
+        s, c = int(lower_status), int(cg_status)
+        if BUDGET in (s, c):
+            return BilRuntimeError(f"the {what} was stopped by the iteration budget", span,
+                                   "raise `budget=` in `outer:`, or resume the run with a larger one")
         if s == 2:
             return BilRuntimeError(f"the {what} produced NaN or Inf", span,
                                    "check the objective's domain (log/sqrt of non-positive values, division by 0)"
@@ -453,7 +492,6 @@ class Engine(AbstractOracles):
                                    (f32_hint if f32 else
                                     "raise `max_iter:` in the lower block, loosen the tolerance, or try another "
                                     "`solver:` (e.g. lbfgs or newton_cg)"))
-        c = int(cg_status)
         if c == 3:
             return BilRuntimeError("the lower objective's Hessian is not positive definite at the solution, so the "
                                    "implicit hypergradient is undefined", span,

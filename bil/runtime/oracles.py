@@ -24,7 +24,7 @@ class UpperValue(NamedTuple):
     f: Any            # f(x̃, θ)
     x: Any            # x̃ (warm start for the next call)
     lower_iters: Any  # lower iterations spent (summed over samples)
-    lower_status: Any  # 0 ok, 1 iteration cap, 2 non-finite (max over samples)
+    lower_status: Any  # 0 ok, 1 iteration cap, 2 non-finite, 4 the call's `cap` (max over samples)
     gx_norm: Any      # ‖∇ₓ f(x̃, θ)‖
 
 
@@ -38,7 +38,7 @@ class HyperGrad(NamedTuple):
     lower_iters: Any
     cg_iters: Any
     lower_status: Any
-    cg_status: Any    # 0 ok, 1 cap, 2 non-finite, 3 Hessian not positive definite
+    cg_status: Any    # 0 ok, 1 cap, 2 non-finite, 3 Hessian not positive definite, 4 the call's `cap`
     gx_norm: Any      # ‖∇ₓ f(x̃)‖
     q_norm: Any       # ‖q‖
     jtq_norm: Any     # ‖Jᵀ q‖
@@ -81,12 +81,20 @@ class AbstractOracles(ABC):
         """A zero adjoint shaped like ``x``."""
 
     @abstractmethod
-    def value(self, u: dict, x0: Any, eps: float) -> UpperValue:
-        """Solve the lower problem to ‖x̃ − x*‖ ≤ eps from ``x0`` and evaluate f."""
+    def value(self, u: dict, x0: Any, eps: float, cap: int | None = None) -> UpperValue:
+        """Solve the lower problem to ‖x̃ − x*‖ ≤ eps from ``x0`` and evaluate f.
+
+        ``cap``: at most this many lower iterations in this call (the outer
+        loop's remaining ``budget``); a solve stopped by it reports
+        ``lower_status`` 4 (``BUDGET``).  None: only the solver's own max_iter."""
 
     @abstractmethod
-    def hypergrad(self, u: dict, x0: Any, q0: Any, eps: float, delta: float) -> HyperGrad:
-        """Lower solve to accuracy eps, CG to absolute residual delta, then z."""
+    def hypergrad(self, u: dict, x0: Any, q0: Any, eps: float, delta: float,
+                  cap: int | None = None) -> HyperGrad:
+        """Lower solve to accuracy eps, CG to absolute residual delta, then z.
+
+        ``cap`` limits lower + CG iterations together (lower first, CG gets the
+        rest); a solve it stops reports status 4, as in :meth:`value`."""
 
     @abstractmethod
     def constants(self, u: dict, x: Any) -> Constants:

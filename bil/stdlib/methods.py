@@ -114,7 +114,8 @@ def maid(eps0=0.1, delta0=0.1, eta=1e-4, lam=1e-8, rho=0.5, nu=0.5, nu_plus=1.25
     the bracket decides a trial far worse than predicted down to ε (True by
     default; False solves every trial to ε at once).  `max_iter`,
     `max_backtracks` (trials per round, one more per retry), `budget` (total
-    lower + CG iterations), `tol` (stop when ‖z‖ + ω ≤ tol), `eps_min`,
+    lower + CG iterations, strict: every solve is capped by what is left),
+    `tol` (stop when ‖z‖ + ω ≤ tol), `eps_min`,
     `delta_min` (floors).  `omega`: the error estimate ω of ‖z − ∇F‖ in the
     descent test: "secant" (default) = safety·(k_ε·ε + k_δ·δ), slopes measured
     a posteriori on pairs of hypergradients at the same θ (an estimate; steps
@@ -137,7 +138,9 @@ def maid(eps0=0.1, delta0=0.1, eta=1e-4, lam=1e-8, rho=0.5, nu=0.5, nu_plus=1.25
 @register("hoag", kind="outer")
 def hoag(schedule="quadratic", eps0=0.1, max_iter=100, budget=None, tol=1e-6,
          clip=(-10.0, 6.0)):
-    """Pedregosa's HOAG with a decreasing tolerance `schedule` (quadratic, cubic, exponential)."""
+    """Pedregosa's HOAG with a decreasing tolerance `schedule` (quadratic, cubic, exponential).
+
+    `budget`: total lower + CG iterations, strict as in `maid`."""
     return dict(locals())
 
 

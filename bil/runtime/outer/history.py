@@ -136,18 +136,27 @@ def tree_axpy(u, alpha: float, z):
     return jax.tree.map(lambda a, b: np.asarray(a - alpha * b, dtype=np.result_type(a, b)), u, z)
 
 
-def hypergrad_step(oracles, tr: "Tracker", u, x, q, eps: float, delta: float):
-    """One hypergradient call whose iterations are spent on ``tr``.
+#: oracle status of a solve stopped by the call's ``cap`` (the remaining budget)
+BUDGET = 4
 
-    Returns ``(hg, f, z, ok)``: the oracle's result, f(x̃) as a float, z on the
-    host, and whether the solve produced finite values (HOAG and the plain loops
-    stop otherwise)."""
-    hg = oracles.hypergrad(u, x, q, eps, delta)
-    f, li, ci, ls = jax.device_get((hg.f, hg.lower_iters, hg.cg_iters, hg.lower_status))
-    tr.spend(int(li), int(ci))
+
+def hypergrad_step(oracles, tr: "Tracker", u, x, q, eps: float, delta: float):
+    """One hypergradient call, capped by the remaining budget, whose iterations are
+    spent on ``tr``.
+
+    Returns ``(hg, f, z, why)``: the oracle's result, f(x̃) as a float, z on the
+    host, and None, or why the loop must stop without using this result
+    ("budget exhausted" when the budget cut a solve short, "non-finite
+    hypergradient")."""
+    hg = oracles.hypergrad(u, x, q, eps, delta, cap=tr.remaining())
+    f, li, ci, ls, cs = jax.device_get((hg.f, hg.lower_iters, hg.cg_iters, hg.lower_status, hg.cg_status))
+    tr.spend(int(li), int(ci), ls, cs)
     f = float(f)
     z = to_host(hg.z)
-    return hg, f, z, int(ls) != 2 and math.isfinite(f) and is_finite_tree(z)
+    if tr.cut:
+        return hg, f, z, "budget exhausted"
+    ok = int(ls) != 2 and math.isfinite(f) and is_finite_tree(z)
+    return hg, f, z, None if ok else "non-finite hypergradient"
 
 
 def pack_tree(prefix: str, tree, out: dict) -> None:
@@ -193,6 +202,7 @@ class Tracker:
         self._t0 = time.perf_counter()
         self._excluded = 0.0          # time spent in callbacks / state building
         self.in_iteration = False
+        self.cut = False              # an oracle call was stopped by the budget
         self.it_lower = 0
         self.it_cg = 0
 
@@ -204,8 +214,12 @@ class Tracker:
             self.it_lower = 0
             self.it_cg = 0
 
-    def spend(self, lower: int, cg: int = 0) -> None:
+    def spend(self, lower: int, cg: int = 0, *statuses) -> None:
+        """Count an oracle call's iterations; ``statuses`` are its lower/CG statuses:
+        one that says the budget cut the call short ends the run (:meth:`exhausted`)."""
         self.begin()
+        if any(int(s) == BUDGET for s in statuses):
+            self.cut = True
         self.it_lower += int(lower)
         self.it_cg += int(cg)
         self.lower_total += int(lower)
@@ -215,9 +229,18 @@ class Tracker:
     def spent_this_iteration(self) -> bool:
         return self.in_iteration
 
+    def remaining(self) -> int | None:
+        """Lower + CG iterations left in the budget (the ``cap`` of the next oracle
+        call, so that a run never spends more than its budget); None without one."""
+        if self.budget is None:
+            return None
+        return max(0, int(math.floor(self.budget)) - self.lower_total - self.cg_total)
+
     def exhausted(self) -> bool:
-        """True when the total lower + CG iterations reached the budget."""
-        return self.budget is not None and self.lower_total + self.cg_total >= self.budget
+        """True when the total lower + CG iterations reached the budget, or the
+        budget cut an oracle call short (what is left is less than one iteration
+        per sample)."""
+        return self.cut or (self.budget is not None and self.lower_total + self.cg_total >= self.budget)
 
     def limit_reason(self, max_iter: int) -> str | None:
         """Why the loop must stop before another iteration (iteration cap, budget), else None."""

@@ -31,7 +31,9 @@ Iteration k (k = 1, 2, ...): step θ_{k−1} → θ_k with the pending z_{k−1}
 hypergradient at θ_k (tolerance index j = k); step control; record k
 (``upper`` = f(θ_k), ``grad_norm`` = ‖z_k‖, ``eps`` = ``delta`` = ε_k,
 ``step`` = 1/L used, ``omega`` = NaN).  The work at θ₀ is counted in record 1.
-Stops when ‖z_k‖ ≤ tol, after max_iter records, or when the budget is spent.
+Stops when ‖z_k‖ ≤ tol, after max_iter records, or when the budget is spent
+(each oracle call is capped by what is left; a step is never taken from a
+solve the budget cut short).
 """
 
 from __future__ import annotations
@@ -111,17 +113,18 @@ def run_hoag(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         g0 = float(oracles.lower_grad_norm(u, x))
         abs_scale = g0 / mu if (math.isfinite(g0) and g0 > 0 and mu > 0 and math.isfinite(mu)) else 1.0
         e = schedule_eps(schedule, eps0, 0)
-        v = oracles.value(u, x, e * abs_scale)
-        vli, vgx = jax.device_get((v.lower_iters, v.gx_norm))
-        tr.spend(int(vli), 0)
+        v = oracles.value(u, x, e * abs_scale, cap=tr.remaining())
+        vli, vgx, vls = jax.device_get((v.lower_iters, v.gx_norm, v.lower_status))
+        tr.spend(int(vli), 0, vls)
         gx0 = float(vgx)
         delta_scale = gx0 if (math.isfinite(gx0) and gx0 > 0) else 1.0
         x = v.x
-        hg, f_prev, z, ok = hypergrad_step(oracles, tr, u, x, q, e * abs_scale, e * delta_scale)
         eps_prev = e
-        if not ok:
-            reason = "non-finite hypergradient"
-        x, q = hg.x, hg.q
+        if tr.cut:
+            reason, f_prev, z = "budget exhausted", float(v.f), jax.tree.map(np.zeros_like, u0)
+        else:
+            hg, f_prev, z, reason = hypergrad_step(oracles, tr, u, x, q, e * abs_scale, e * delta_scale)
+            x, q = hg.x, hg.q
         L = first_L(tree_norm(z), n_hypers)
     else:
         u, x, q = unpack_iterates(state, oracles, u0)
@@ -148,9 +151,9 @@ def run_hoag(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         u_new = _clip(tree_axpy(u, alpha, z), clip, log_hypers)
         dtheta = tree_norm(jax.tree.map(lambda a, b: a - b, u_new, u))
         e = schedule_eps(schedule, eps0, k)
-        hg, f, z_new, ok = hypergrad_step(oracles, tr, u_new, x, q, e * abs_scale, e * delta_scale)
-        if not ok:
-            reason = "non-finite hypergradient"
+        hg, f, z_new, why = hypergrad_step(oracles, tr, u_new, x, q, e * abs_scale, e * delta_scale)
+        if why is not None:  # the step is not taken from a cut-short or non-finite solve
+            reason = why
             rec = tr.emit(upper=f_prev, grad_norm=tree_norm(z), omega=math.nan, eps=eps_prev, delta=eps_prev,
                           step=0.0, backtracks=0, hypers=oracles.to_user(u))
             tr.notify(rec, make_state)

@@ -218,7 +218,8 @@ Iteration (all constants are options of ``maid(...)`` in ``bil/stdlib/methods.py
    decrease tiny and the prediction absurd), δ by ν; then retry from the same
    θ (step 1, which recomputes z and f̄⁻ at the new accuracy) with one more
    trial; with ε at its floor → stop ("eps floor reached").
-5. Stop also on max_iter, on ``budget`` (total lower + CG iterations), when the
+5. Stop also on max_iter, on ``budget`` (total lower + CG iterations; every
+   oracle call is capped by what is left, so a run never spends more), when the
    first trial no longer changes θ ("step too small"), or on solver failures.
 
 A lower solve or CG that hits its cap *at the current point* is continued from
@@ -711,11 +712,16 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
                 if tr.exhausted():
                     stop = "budget exhausted"
                     break
-                hg = oracles.hypergrad(u, x, q, eps, delta)
+                hg = oracles.hypergrad(u, x, q, eps, delta, cap=tr.remaining())
                 f, li, ci, ls, cs, gx, qn = (np.asarray(v) for v in jax.device_get(
                     (hg.f, hg.lower_iters, hg.cg_iters, hg.lower_status, hg.cg_status, hg.gx_norm, hg.q_norm)))
                 f, gx, qn, ls, cs = float(f), float(gx), float(qn), int(ls), int(cs)
-                tr.spend(int(li), int(ci))
+                tr.spend(int(li), int(ci), ls, cs)
+                if tr.cut:
+                    # cut short by the budget: keep the partial iterates as the warm start of a resume
+                    x, q = hg.x, hg.q
+                    stop = "budget exhausted"
+                    break
                 pair_li += int(li)
                 pair_ci += int(ci)
                 if ls == 2:
@@ -822,11 +828,11 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
                 # far worse (or as good) as predicted, refined from its own iterate down to ε
                 e_t = screening_accuracy(eps, alpha, rate, gx) if screen else eps
                 while True:
-                    v = oracles.value(u_try, xs, e_t)
+                    v = oracles.value(u_try, xs, e_t, cap=tr.remaining())
                     vf, vli, vls, vgx = (np.asarray(a) for a in jax.device_get(
                         (v.f, v.lower_iters, v.lower_status, v.gx_norm)))
                     vf, vgx, vls = float(vf), float(vgx), int(vls)
-                    tr.spend(int(vli), 0)
+                    tr.spend(int(vli), 0, vls)
                     if e_t <= eps or vls != 0 or not (math.isfinite(vf) and math.isfinite(vgx)):
                         break
                     hi_t, lo_t, _ = point_bracket(vf, vgx, e_t, consts)
@@ -853,11 +859,11 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
                     # the value bracket is too wide, but the trial's true value may pass (its
                     # lower end does): certify with the corrected value, which needs the
                     # adjoint at the trial (CG only: x̃ already meets ε)
-                    h2 = oracles.hypergrad(u_try, t.x, qs, eps, delta)
+                    h2 = oracles.hypergrad(u_try, t.x, qs, eps, delta, cap=tr.remaining())
                     hf, hli, hci, hls, hcs, hgx, hqn = (np.asarray(a) for a in jax.device_get(
                         (h2.f, h2.lower_iters, h2.cg_iters, h2.lower_status, h2.cg_status, h2.gx_norm,
                          h2.q_norm)))
-                    tr.spend(int(hli), int(hci))
+                    tr.spend(int(hli), int(hci), hls, hcs)
                     if int(hls) == 0 and int(hcs) == 0 and math.isfinite(float(hf)):
                         adj = (_qr_of(h2), float(hqn), delta)
                         tried[-1] = (u_try, (h2.x, h2.q))

@@ -46,10 +46,8 @@ def run_plain(oracles: AbstractOracles, method: str, o: dict, *, callback=None, 
     if state is None:
         u, x, q = start_iterates(oracles, u0)
         tr.begin()
-        hg, f, z, ok = hypergrad_step(oracles, tr, u, x, q, acc, acc)
+        hg, f, z, reason = hypergrad_step(oracles, tr, u, x, q, acc, acc)
         x, q = hg.x, hg.q
-        if not ok:
-            reason = "non-finite hypergradient"
         opt_state = to_host(opt.init(u))
     else:
         u, x, q = unpack_iterates(state, oracles, u0)
@@ -73,9 +71,9 @@ def run_plain(oracles: AbstractOracles, method: str, o: dict, *, callback=None, 
         updates, new_opt_state = update(z, opt_state, u)
         updates = to_host(updates)
         u_new = tree_axpy(u, -1.0, updates)
-        hg, fn, z_new, ok = hypergrad_step(oracles, tr, u_new, x, q, acc, acc)
-        if not ok:
-            reason = "non-finite hypergradient"
+        hg, fn, z_new, why = hypergrad_step(oracles, tr, u_new, x, q, acc, acc)
+        if why is not None:  # the step is not taken from a cut-short or non-finite solve
+            reason = why
             break
         u, x, q, z, f = u_new, hg.x, hg.q, z_new, fn
         opt_state = to_host(new_opt_state)
