@@ -193,6 +193,18 @@ def test_neumann_approaches_implicit(ridge_prog):
     assert float(g_neu["lam"]) == pytest.approx(float(g_imp["lam"]), rel=1e-6)
 
 
+@pytest.mark.parametrize("method, products", [("neumann(k=7)", 7 + 30), ("neumann(k=7, alpha=0.001)", 7)])
+def test_neumann_counts_every_hessian_product(ridge_prog, method, products):
+    """Neumann's cost (cg_iters) includes the power iteration that estimates 1/L when
+    alpha is not given: every method is compared on the same cost axis."""
+    eng = ridge_prog.engine
+    theta = ridge_prog._theta({"lam": 30.0})
+    X0 = eng.init_lower_user(theta)
+    hg, _ = eng.hypergradient(theta, X0, eng.init_adjoint(X0), 1e-10, 1e-10, coords="theta",
+                              method=ridge_prog._method(method))
+    assert int(hg.cg_iters) == products
+
+
 def test_objective_is_a_differentiable_jax_function(ridge_prog, ridge_data):
     lam = 2.0
     ref_v, ref_g = ridge_closed_form(*ridge_data, lam)

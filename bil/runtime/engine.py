@@ -30,6 +30,9 @@ from bil.runtime.oracles import AbstractOracles, Constants, HyperGrad, UpperValu
 
 IMPLICIT_METHODS = ("implicit", "neumann")
 
+#: power iterations for Neumann's 1/L when ``neumann(alpha=...)`` is not given
+_NEUMANN_POWER_ITERS = 30
+
 #: lower/CG status of a solve stopped by the call's ``cap`` (the outer loop's budget)
 BUDGET = 4
 
@@ -226,9 +229,12 @@ class Engine(AbstractOracles):
         """q = α Σ_{j<k} (I − αH)^j b, α = 1/L by power iteration unless given."""
         k = int(kw["k"])
         alpha = kw.get("alpha")
+        products = k
         if alpha is None:
-            L = _power_norm(hv, b, 30)
+            L = _power_norm(hv, b, _NEUMANN_POWER_ITERS)
             alpha = 1.0 / (1.05 * L)
+            # the power iteration's Hessian products cost like CG iterations: count them
+            products += _NEUMANN_POWER_ITERS
 
         def body(carry, _):
             q, term = carry
@@ -238,7 +244,7 @@ class Engine(AbstractOracles):
         (s, _), _ = jax.lax.scan(body, (b, b), None, length=k - 1)
         q = jax.tree.map(lambda v: alpha * v, s)
         res = _norm(jax.tree.map(jnp.subtract, hv(q), b))
-        return q, jnp.int32(k), res, jnp.where(jnp.isfinite(res), 0, 2).astype(jnp.int32)
+        return q, jnp.int32(products), res, jnp.where(jnp.isfinite(res), 0, 2).astype(jnp.int32)
 
     # ----------------------------------------------------- hypergradients
     def _implicit(self, p, coords, d, X, Q0, delta, method, cap=None):
