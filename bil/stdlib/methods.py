@@ -82,7 +82,9 @@ def unroll(truncate=None, steps=1000):
     For a `train` goal the training steps themselves are unrolled.  For an
     argmin, `steps` iterations of accelerated gradient descent from the lower
     variables' initial values are unrolled (line-search solvers have
-    data-dependent loops that reverse mode cannot traverse).
+    data-dependent loops that reverse mode cannot traverse), with step 1/L, L
+    the largest Hessian norm at the start and at a solution from the spec's
+    solver (solved, not differentiated; its iterations count in the cost).
     """
     return dict(truncate=truncate, steps=steps)
 
