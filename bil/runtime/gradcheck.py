@@ -3,7 +3,7 @@ central finite differences, with their relative differences."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -17,16 +17,19 @@ class GradcheckReport:
     ok: bool
     tol: float
     method: str = "implicit"  # the method whose agreement decides `ok`
+    notes: list = field(default_factory=list)  # lines printed before the verdict
 
     def table(self) -> str:
         methods = list(self.grads)
         w = max(12, *(len(n) for n in self.names))
-        lines = ["  ".join([f"{'hyper':<{w}}"] + [f"{m:>16}" for m in methods])]
+        cw = {m: max(16, len(m)) for m in methods}
+        lines = ["  ".join([f"{'hyper':<{w}}"] + [f"{m:>{cw[m]}}" for m in methods])]
         for i, n in enumerate(self.names):
-            lines.append("  ".join([f"{n:<{w}}"] + [f"{self.grads[m][i]:>16.9g}" for m in methods]))
+            lines.append("  ".join([f"{n:<{w}}"] + [f"{self.grads[m][i]:>{cw[m]}.9g}" for m in methods]))
         lines.append("")
         for m, r in self.rel.items():
             lines.append(f"max relative difference {m} vs finite differences: {r:.2e}")
+        lines.extend(self.notes)
         lines.append("OK" if self.ok else
                      f"MISMATCH: {self.method} and finite differences differ by more than {self.tol:g}")
         return "\n".join(lines)
@@ -55,7 +58,9 @@ def gradcheck(prog, hypers=None, *, tol: float = 1e-5, solve_tol: float = 1e-11,
     (at most ``max_entries`` entries: the largest-magnitude ones of the
     reference gradient) with the lower problem solved to ``solve_tol``.  The
     reference is ``implicit`` for an argmin and ``unroll`` for a training
-    procedure; each column uses the spec's own options when the spec names
+    procedure (a spec's ``unroll(truncate=K)``, biased by design, gets a column
+    of its own and the reference is the full unroll); each column uses the
+    spec's own options when the spec names
     that method, and the spec's ``neumann`` gets a column of its own.  An
     entry where both the reference and the finite difference are within the
     difference's roundoff (10·eps·|F|/2h) of zero agrees.
@@ -69,6 +74,16 @@ def gradcheck(prog, hypers=None, *, tol: float = 1e-5, solve_tol: float = 1e-11,
     if spec.name == "neumann" and not train:
         names.insert(1, "neumann")
     methods = {m: spec if spec.name == m else m for m in names}
+    notes = []
+    K = spec.kwargs.get("truncate") if spec.name == "unroll" else None
+    if K is not None:
+        # truncated backpropagation is biased by design: it is shown, but the unroll column
+        # (and the verdict, for a train goal) is the full unrolled derivative
+        steps = spec.kwargs.get("steps")
+        methods["unroll"] = "unroll" if (train or steps is None) else f"unroll(steps={int(steps)})"
+        methods[f"unroll(truncate={K})"] = spec
+        notes.append(f"unroll(truncate={K}) backpropagates through the last {K} steps only: an approximation "
+                     "by design, shown for information (not checked)")
     full = {m: prog.value_and_hypergrad(base, tol=solve_tol, method=meth)[1] for m, meth in methods.items()}
     key = names[0]
     ref = full[key]
@@ -94,4 +109,4 @@ def gradcheck(prog, hypers=None, *, tol: float = 1e-5, solve_tol: float = 1e-11,
     scale = np.maximum(np.abs(fd), 1e-12)
     zero = np.maximum(np.abs(grads[key]), np.abs(fd)) <= noise  # both zero up to roundoff
     rel = {m: float(np.max(np.where(zero, 0.0, np.abs(grads[m] - fd) / scale), initial=0.0)) for m in full}
-    return GradcheckReport(label, grads, rel, ok=rel[key] <= tol, tol=tol, method=key)
+    return GradcheckReport(label, grads, rel, ok=rel[key] <= tol, tol=tol, method=key, notes=notes)
