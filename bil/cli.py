@@ -208,6 +208,8 @@ def _gradcheck(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------- bil run
 #: a checkpoint may differ from the resuming command in these keys only (extending a run)
 _RESUME_FREE_KEYS = frozenset({"solve.outer.max_iter", "solve.outer.steps", "solve.outer.budget"})
+#: stop reasons after which --resume continues the run (with raised limits); any other stop is final
+_RESUMABLE_STOPS = frozenset({"max_iter reached", "budget exhausted", "stopped by callback"})
 #: hidden, for tests: seconds to sleep after each outer iteration (so a kill lands mid-run)
 _SLEEP_ENV = "BIL_TEST_SLEEP_PER_ITER"
 
@@ -221,22 +223,24 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                         "solve.outer.KW, solve.hypergradient.KW; VALUE is a .bil expression")
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint in the output folder (same spec; the --set values it "
-                        "was written with are reused unless given again)")
+                        "was written with are reused; only solve.outer.max_iter/steps/budget may be given anew)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display and no summary table")
 
 
 def _resume_overrides(given: list[tuple[str, str]], meta: dict, ckpt: Path) -> list[tuple[str, str]]:
-    """The overrides to resume with: the checkpoint's unless given; a mismatch is an error."""
-    saved = [tuple(kv) for kv in meta.get("overrides", [])]
-    if not given:
-        return saved
-    a = {k: v for k, v in saved if k not in _RESUME_FREE_KEYS}
-    b = {k: v for k, v in given if k not in _RESUME_FREE_KEYS}
-    if a != b:
-        shown = " ".join(f"--set {k}={v}" for k, v in saved) or "no --set"
-        raise CliError(f"`{ckpt}` was written with {shown}; resume with the same settings "
-                       f"(or leave out --set to reuse them), or run without --resume to start over")
-    return given
+    """The overrides to resume with: the checkpoint's, updated with the given ones.  Only the
+    limits (``_RESUME_FREE_KEYS``) may change; any other key given with another value, or
+    not in the checkpoint, is an error."""
+    saved = dict(tuple(kv) for kv in meta.get("overrides", []))
+    changed = [k for k, v in given if k not in _RESUME_FREE_KEYS and saved.get(k) != v]
+    if changed:
+        shown = " ".join(f"--set {k}={v}" for k, v in saved.items()) or "no --set"
+        free = ", ".join(sorted(_RESUME_FREE_KEYS))
+        raise CliError(f"`{ckpt}` was written with {shown}; a resumed run may change only {free} "
+                       f"(not {', '.join(f'`{k}`' for k in changed)}); run without --resume to start over")
+    merged = dict(saved)
+    merged.update(dict(given))
+    return list(merged.items())
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -262,6 +266,13 @@ def _run(args: argparse.Namespace) -> int:
                 raise CliError(f"`{args.file}` changed since `{ckpt}` was written; run without --resume to "
                                f"start over")
             resumed = _resume_overrides(overrides, meta, ckpt)
+            finished = meta.get("finished")
+            if finished is not None and finished not in _RESUMABLE_STOPS:
+                # nothing left to do: its outputs are on disk (re-running would add an iteration)
+                print(f"bil: the run in `{out}` already finished after iteration {meta.get('iteration')} "
+                      f"({finished}); its results are there. Run without --resume to start over",
+                      file=sys.stderr)
+                return EXIT_OK
             if resumed != overrides:
                 overrides = resumed
                 program, spec = compile_file(args.file, overrides)
@@ -312,6 +323,9 @@ def _run(args: argparse.Namespace) -> int:
                 raise
             raise CliError(f"cannot resume from `{ckpt}`: {e}; run without --resume to start over") from None
 
+    # the final state, so that --resume continues from here (raised limits) or knows it is done
+    checkpoint.save(ckpt, result.state, {**meta, "iteration": int(result.state.get("iteration", 0)),
+                                         "finished": result.reason})
     res = results.write_all(out, problem=program.name, result=result, spec_bytes=spec)
     panels = plots.image_panels(program, result.lower)
     if panels is not None:

@@ -265,7 +265,7 @@ def test_resume_refuses_a_changed_spec_or_settings(full_run, spec_dir, tmp_path,
     assert code == 2 and "changed since" in err and "Traceback" not in err
     changed.write_text(SPEC)
     code, _, err = bil_main(capsys, "run", changed, "--out", out, "--resume", "--set", "lower.tol=1e-3")
-    assert code == 2 and "resume with the same settings" in err
+    assert code == 2 and "may change only" in err and "`lower.tol`" in err
     changed.write_text(SPEC.replace("maid(max_iter=6)", "hoag(max_iter=6)"))
     code, _, err = bil_main(capsys, "run", changed, "--out", out, "--resume")
     assert code == 2 and "changed since" in err
@@ -273,6 +273,47 @@ def test_resume_refuses_a_changed_spec_or_settings(full_run, spec_dir, tmp_path,
     changed.write_text(SPEC)
     code, _, err = bil_main(capsys, "run", changed, "--out", out, "--resume")
     assert code == 2 and "cannot read checkpoint" in err and "Traceback" not in err
+
+
+def test_resume_extends_a_run_with_a_raised_limit_only(full_run, spec_dir, tmp_path):
+    """The last checkpoint is the final state: a finished run resumed with a raised limit
+    (given alone: the other --set values are the checkpoint's) goes on from there, bit for
+    bit as one run with that limit."""
+    _, full = full_run
+    (tmp_path / "data.npz").write_bytes((spec_dir / "data.npz").read_bytes())
+    (tmp_path / "tiny.bil").write_text(SPEC)
+    out = tmp_path / "o"
+    r = bil_cmd("run", "tiny.bil", "--out", out, "--quiet", "--set", "solve.checkpoint_every=5",
+                "--set", "solve.outer.max_iter=3", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    _, meta = checkpoint.load(out / "checkpoint.npz")
+    assert meta["iteration"] == 3 and meta["finished"] == "max_iter reached"
+    r = bil_cmd("run", "tiny.bil", "--out", out, "--quiet", "--resume", "--set", "solve.outer.max_iter=5",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    once = tmp_path / "once"
+    r = bil_cmd("run", "tiny.bil", "--out", once, "--quiet", "--set", "solve.checkpoint_every=5",
+                "--set", "solve.outer.max_iter=5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    a = json.loads((once / "result.json").read_text())
+    b = json.loads((out / "result.json").read_text())
+    assert a["iterations"] == 5
+    for key in ("hypers", "upper", "iterations", "lower_iters", "cg_iters", "reason"):
+        assert a[key] == b[key], key
+    assert _without_wall(_history_rows(once / "history.csv")) == _without_wall(_history_rows(out / "history.csv"))
+
+
+def test_resume_of_a_converged_run_changes_nothing(spec_dir, tmp_path):
+    (tmp_path / "data.npz").write_bytes((spec_dir / "data.npz").read_bytes())
+    (tmp_path / "tiny.bil").write_text(SPEC)
+    out = tmp_path / "o"
+    r = bil_cmd("run", "tiny.bil", "--out", out, "--quiet", "--set", "solve.outer.max_iter=200", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    before = (out / "result.json").read_text(), (out / "history.csv").read_text()
+    assert json.loads(before[0])["reason"] == "gradient norm below tol"
+    r = bil_cmd("run", "tiny.bil", "--out", out, "--resume", cwd=tmp_path)
+    assert r.returncode == 0 and "already finished" in r.stderr
+    assert ((out / "result.json").read_text(), (out / "history.csv").read_text()) == before
 
 
 # ------------------------------------------------------------ overrides
