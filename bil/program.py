@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bil.compiler.dump import dump_graph, dump_ir
-from bil.compiler.errors import BilRuntimeError
+from bil.compiler.errors import BilError, BilRuntimeError
 from bil.compiler.state import CompileState, Method
 
 
@@ -203,9 +203,14 @@ class Program:
         from bil.runtime.outer import run_outer
 
         m = self.state.options["solve"]["outer"]
-        unknown = set(overrides) - set(m.kwargs)
+        unknown = sorted(set(overrides) - set(m.kwargs))
         if unknown:
-            raise ValueError(f"unknown option(s) {sorted(unknown)} for outer `{m.name}`; known: {sorted(m.kwargs)}")
+            # the iteration limit is `max_iter` for maid/hoag, `steps` for adam/gd
+            alias = {"max_iter": "steps", "steps": "max_iter"}
+            guess = [alias[k] for k in unknown if alias.get(k) in m.kwargs]
+            raise BilError(f"unknown option(s) {', '.join(f'`{k}`' for k in unknown)} for outer `{m.name}`",
+                           m.span, (f"did you mean `{guess[0]}`? " if guess else "")
+                           + f"`{m.name}` takes: {', '.join(sorted(m.kwargs))}")
         res = run_outer(self.engine, m.name, {**m.kwargs, **overrides}, callback=callback, state=state)
         lower = {k: np.asarray(v) for k, v in res.x.items()}
         return Result(hypers=res.hypers, lower=lower, upper=float(res.upper), history=list(res.history),

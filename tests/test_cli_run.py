@@ -331,6 +331,31 @@ def test_set_outer_option(spec_dir):
     assert st.options["solve"]["outer"].name == "hoag" and st.options["solve"]["outer"].kwargs["schedule"] == "cubic"
 
 
+TRAIN_SPEC = """\
+data X, y = (randn(20, 3, seed=0), randn(20, seed=1))
+hyper lr : positive = 0.1
+lower {
+    w : real[3] = 0
+    train 0.5 * sumsq(X @ w - y) with sgd(lr=lr) for 10 steps
+}
+upper minimize 0.5 * sumsq(X @ w - y)
+"""
+
+
+def test_set_outer_keyword_of_a_defaulted_adam(tmp_path, capsys):
+    """A train goal without `outer:` gets adam: its keywords are settable, and the maid/hoag
+    limit `max_iter` points to adam's `steps` (on the CLI and in prog.run)."""
+    st = bil.compile(TRAIN_SPEC, overrides={"solve.outer.steps": 3}).state
+    assert st.options["solve"]["outer"].name == "adam" and st.options["solve"]["outer"].kwargs["steps"] == 3
+    spec = tmp_path / "t.bil"
+    spec.write_text(TRAIN_SPEC)
+    code, _, err = bil_main(capsys, "run", spec, "--out", tmp_path / "o", "--set", "solve.outer.max_iter=5")
+    assert code == 2 and "did you mean `solve.outer.steps`" in err and "maid" not in err
+    with pytest.raises(BilError, match="max_iter") as e:
+        bil.compile(TRAIN_SPEC).run(max_iter=2)
+    assert "did you mean `steps`" in e.value.hint
+
+
 def test_set_whole_method(spec_dir):
     st = bil.compile(spec_dir / "tiny.bil", overrides={"solve.outer": 'hoag(schedule="cubic")'}).state
     outer = st.options["solve"]["outer"]

@@ -126,7 +126,7 @@ def _default_method(module: ir.Module, block: str, opt: str) -> str | None:
     lower = _find(module, ir.Lower)
     train = lower is not None and isinstance(lower.goal, ir.Train)
     if (block, opt) == ("solve", "outer"):
-        return "maid"
+        return "adam" if train else "maid"   # as passes/options.py fills it in
     if (block, opt) == ("solve", "hypergradient"):
         return "unroll" if train else "implicit"
     if (block, opt) == ("lower", "solver"):
@@ -192,7 +192,11 @@ def _unknown_key(module: ir.Module, key: str, span: Span) -> BilError:
     from bil.stdlib import closest
 
     keys = valid_keys(module)
-    guess = closest(key, keys)
+    # the iteration limit is `max_iter` for maid/hoag and `steps` for adam/gd (and vice versa)
+    swap = {"max_iter": "steps", "steps": "max_iter"}
+    head, _, last = key.rpartition(".")
+    alias = f"{head}.{swap[last]}" if last in swap else None
+    guess = alias if alias in keys else closest(key, keys)
     return BilError(f"unknown --set key `{key}`", Span(span.source, 1, 1, 1, len(key) + 1),
                     (f"did you mean `{guess}`? " if guess else "") + "valid keys: " +
                     ", ".join(valid_keys(module, compact=True)))
