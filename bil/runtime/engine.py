@@ -314,7 +314,8 @@ class Engine(AbstractOracles):
         α=0.08, ν=0.004: 1e18 after 300 steps) while the values still look
         plausible.  L is held constant (a step size, not part of the model);
         momentum
-        (√L−√μ)/(√L+√μ) when the spec gives μ, else Nesterov's k/(k+3).  Only
+        (√L−√μ)/(√L+√μ) when the spec gives μ, else Nesterov's k/(k+3) with
+        adaptive restart (k counts from the last restart).  Only
         a given μ counts: the estimate of :meth:`mu` is a heuristic, and the
         unrolled map must not depend on whether an outer loop asked for it.
         """
@@ -337,21 +338,26 @@ class Engine(AbstractOracles):
             L = jax.lax.stop_gradient(1.05 * jnp.maximum(hess_norm(x0), hess_norm(ref.x)))
 
             def step(carry, k):
-                x, x_prev = carry
-                beta = ((jnp.sqrt(L) - jnp.sqrt(mu)) / (jnp.sqrt(L) + jnp.sqrt(mu))) if mu else k / (k + 3.0)
+                x, x_prev, j = carry
+                beta = ((jnp.sqrt(L) - jnp.sqrt(mu)) / (jnp.sqrt(L) + jnp.sqrt(mu))) if mu else j / (j + 3.0)
                 y = jax.tree.map(lambda a, b: a + beta * (a - b), x, x_prev)
                 gy = grad(y, (theta, d))
                 x_new = proj(jax.tree.map(lambda a, g_: a - g_ / L, y, gy))
-                return (x_new, x), None
+                # adaptive restart (O'Donoghue & Candès): drop the momentum when the step turns
+                # against it.  Without μ, k/(k+3) momentum is sublinear on ill-conditioned
+                # problems (ridge: 1% off after 1000 steps); restarted it converges linearly.
+                # The restart is a discrete decision, not differentiated.
+                turn = jax.lax.stop_gradient(otu.tree_vdot(otu.tree_sub(y, x_new), otu.tree_sub(x_new, x)) > 0)
+                return (x_new, x, jnp.where(turn, 0.0, j + 1.0)), None
 
             step = jax.checkpoint(step)
             ks = jnp.arange(steps, dtype=low.dtype)
-            carry = (x0, x0)
+            carry = (x0, x0, jnp.zeros((), low.dtype))
             if truncate is not None and truncate < steps:
                 carry, _ = jax.lax.scan(step, carry, ks[: steps - truncate])
                 carry = jax.lax.stop_gradient(carry)
                 ks = ks[steps - truncate:]
-            (x, _), _ = jax.lax.scan(step, carry, ks)
+            (x, _, _), _ = jax.lax.scan(step, carry, ks)
             gn = _norm(grad(x, (theta, d)))
             return x, jnp.int32(steps) + ref.iters, gn, jnp.where(jnp.isfinite(gn), 0, 2).astype(jnp.int32)
 

@@ -84,7 +84,8 @@ def unroll(truncate=None, steps=1000):
     variables' initial values are unrolled (line-search solvers have
     data-dependent loops that reverse mode cannot traverse), with step 1/L, L
     the largest Hessian norm at the start and at a solution from the spec's
-    solver (solved, not differentiated; its iterations count in the cost).
+    solver (solved, not differentiated; its iterations count in the cost),
+    and adaptive momentum restart.
     """
     return dict(truncate=truncate, steps=steps)
 
