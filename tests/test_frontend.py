@@ -132,3 +132,31 @@ upper minimize 0.5 * sumsq(X @ w - y)
     np.testing.assert_allclose(w, np.linalg.solve(X.T @ X + 2.0 * np.eye(3), X.T @ y), rtol=1e-6)
     with pytest.raises(bil.BilError, match="not a data name of the spec"):
         bil.compile(src, data={"X": X, "y": y, "lam": 1.0})
+
+
+_DEF_SPECS = {
+    "inline": "",
+    "def_no_params": "def r2() = 0.5 * sumsq(X @ w - y)\n",
+    "def_with_params": "def resid(A) = A @ w - y\n",
+}
+_GOALS = {
+    "inline": "0.5 * sumsq(X @ w - y) + 0.5 * lam * sumsq(w)",
+    "def_no_params": "r2() + 0.5 * lam * sumsq(w)",
+    "def_with_params": "0.5 * sumsq(resid(X)) + 0.5 * lam * sumsq(w)",
+}
+
+
+def test_defs_may_use_lower_variables_in_the_lower_objective():
+    """A def that names a lower variable (not as a parameter), called in the goal, made the
+    dependency graph cyclic (def -> lower -> variable -> def): an internal error."""
+    out = {}
+    for k in _DEF_SPECS:
+        src = ("data X, y = (randn(30, 4, seed=0), randn(30, seed=1))\nhyper lam : positive = 1.0\n"
+               + _DEF_SPECS[k] + "lower {\n    w : real[4] = 0\n    minimize " + _GOALS[k]
+               + "\n}\nupper minimize 0.5 * sumsq(X @ w - y + 0.1)\n")
+        prog = bil.compile(src)
+        assert prog.state.structure["hypers_in_lower"] == ["lam"]
+        out[k] = prog.value_and_hypergrad({"lam": 2.0}, tol=1e-12)
+    for k in ("def_no_params", "def_with_params"):
+        assert out[k][0] == pytest.approx(out["inline"][0], rel=1e-12)
+        assert float(out[k][1]["lam"]) == pytest.approx(float(out["inline"][1]["lam"]), rel=1e-9)

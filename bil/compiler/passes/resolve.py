@@ -67,9 +67,8 @@ class Resolve:
                 continue  # `with sgd for ...`: checked against the optimizer table later
             for dep in self._refs(st, e, allowed=("data", "hyper", "lower_var", "def"), where="the lower problem",
                                   calls_ok=(e is not goal_exprs[0])):
-                # The lower variables are bound by the argmin, not inputs to it.
-                if dep not in {v.name for v in lo.vars}:
-                    g.add_edge(dep, LOWER_NODE)
+                for src in self._lower_inputs(g, dep, {v.name for v in lo.vars}):
+                    g.add_edge(src, LOWER_NODE)
         # The lower variables are *defined* by the lower problem.
         for v in lo.vars:
             g.add_edge(LOWER_NODE, v.name)
@@ -97,6 +96,21 @@ class Resolve:
             path = " -> ".join(cycle + [first])
             raise BilError(f"recursive definition: {path}", st.defs[first].span,
                            "defs are inlined, so they cannot call themselves")
+
+    @staticmethod
+    def _lower_inputs(g, dep: str, lower_vars: set) -> set:
+        """The inputs of the lower problem behind a name its goal uses.  The lower variables
+        are bound by the argmin, not inputs to it; so is a def that uses them (it is inlined
+        into the goal): its own inputs are the problem's inputs instead (an edge from the def
+        would close a cycle def -> lower -> variable -> def)."""
+        if dep in lower_vars:
+            return set()
+        if g.nodes[dep].get("kind") != "def" or not (nx.ancestors(g, dep) & lower_vars):
+            return {dep}
+        out: set = set()
+        for p in g.predecessors(dep):
+            out |= Resolve._lower_inputs(g, p, lower_vars)
+        return out
 
     @staticmethod
     def _domain_exprs(dom) -> list:
