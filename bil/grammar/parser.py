@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import math
 from importlib import resources
 
 import lark
@@ -17,6 +18,9 @@ from lark import Token, Transformer, v_args
 
 from bil.compiler import ir
 from bil.compiler.errors import BilError
+
+#: the largest integer literal (int64, as JAX and NumPy hold it)
+_MAX_INT = 2**63 - 1
 from bil.compiler.source import Source, Span
 
 KEYWORDS = ("problem", "data", "hyper", "def", "lower", "upper", "solve", "minimize", "train",
@@ -47,6 +51,8 @@ def parse(text: str, file: str = "<string>") -> ir.Module:
     except lark.exceptions.VisitError as e:
         if isinstance(e.orig_exc, RecursionError):
             raise _too_deep(source) from None
+        if isinstance(e.orig_exc, BilError):  # a located error from a callback (e.g. a huge literal)
+            raise e.orig_exc from None
         raise
 
 
@@ -329,6 +335,11 @@ class _ToIR(Transformer):
     def number(self, meta, c):
         text = str(c[0])
         value = int(text) if text.isdigit() else float(text)
+        if isinstance(value, int) and value > _MAX_INT:
+            raise BilError(f"integer literal {text} is too large (more than 2^63 - 1)", self._sp(meta),
+                           f"write it as a float, e.g. `{float(text):.3g}`, or use a smaller count")
+        if isinstance(value, float) and math.isinf(value):
+            raise BilError(f"number {text} overflows a float64", self._sp(meta), "use a smaller number")
         return ir.Num(self._sp(meta), value)
 
     @v_args(meta=True)
