@@ -220,7 +220,6 @@ class Program:
     #: outer-loop stop reasons that are failed solves -> (lower status, CG status) for Engine.failure
     _FAILED_STOPS = {
         "lower solve produced non-finite values": (2, 0),
-        "non-finite hypergradient": (2, 0),
         "lower solve hit its iteration cap": (1, 0),
         "adjoint solve produced non-finite values": (0, 2),
         "adjoint solve failed: lower Hessian not positive definite": (0, 3),
@@ -229,6 +228,14 @@ class Program:
 
     def _failure(self, reason: str):
         """The spec-located error for an outer loop that stopped on a failed solve, else None."""
+        if reason == "non-finite hypergradient":
+            # the lower solve was finite (that stop has its own reason): the upper objective,
+            # or its gradient, is not finite at the lower solution
+            return BilRuntimeError(
+                "the run stopped: the upper objective or its gradient is NaN or Inf at the lower solution",
+                self.engine.low.upper_span,
+                "check the upper objective's domain (log/sqrt of non-positive values, division by 0) over the "
+                "values the lower variables take")
         if reason not in self._FAILED_STOPS:
             return None
         lower_status, cg_status = self._FAILED_STOPS[reason]

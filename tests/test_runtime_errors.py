@@ -71,3 +71,23 @@ def test_successful_run_has_no_error():
     prog = bil.compile(HEAD + "lower {\n  x : real[5] = 0\n  minimize sumsq(x - y) + lam * sumsq(x)\n}\n"
                        "upper minimize sumsq(x - 0.5 * y)\n")
     assert prog.run(max_iter=3).error is None
+
+
+def test_nan_in_the_upper_objective_points_at_upper():
+    """The lower solve is fine; the upper objective is log of negative values.  The run's
+    error used to blame the lower solve and point at the `lower` block."""
+    prog = bil.compile(HEAD + "lower {\n  x : real[5] = 0\n  minimize sumsq(x - y) + lam * sumsq(x)\n}\n"
+                              "upper minimize sum(log(x - 10))\n")
+    r = prog.run(max_iter=3)
+    assert r.reason == "non-finite hypergradient"
+    e = r.error
+    assert isinstance(e, BilRuntimeError) and e.line == 7 and "upper objective" in e.message
+    assert "upper objective's domain" in e.hint
+
+
+@pytest.mark.parametrize("outer", ["hoag", "gd"])
+def test_nan_in_the_upper_objective_with_hoag_and_gd(outer):
+    src = (HEAD + "lower {\n  x : real[5] = 0\n  minimize sumsq(x - y) + lam * sumsq(x)\n}\n"
+           "upper minimize sum(log(x - 10))\n" + f"solve {{ outer: {outer} }}\n")
+    r = bil.compile(src).run()
+    assert r.reason == "non-finite hypergradient" and r.error.line == 7

@@ -86,6 +86,7 @@ class Lowered:
     train_steps: Optional[int] = None
     optimizer: Optional[str] = None
     lower_span: Optional[Span] = None
+    upper_span: Optional[Span] = None
     theta0: dict = field(default_factory=dict)
 
     @property
@@ -149,4 +150,4 @@ def lower(st: CompileState) -> Lowered:
                    n_samples=st.n_samples, var_shapes=shapes, bounds=bounds, g=g, f=f, x_init=x_init,
                    opt_kwargs=opt_kwargs, train_steps=st.train_steps,
                    optimizer=st.train_optimizer.name if st.is_train else None,
-                   lower_span=st.lower.span, theta0=theta0)
+                   lower_span=st.lower.span, upper_span=st.upper.span, theta0=theta0)

@@ -512,9 +512,11 @@ class Engine(AbstractOracles):
                                    "raise `budget=` in `outer:`, or resume the run with a larger one")
         if s == 2:
             return BilRuntimeError(f"the {what} produced NaN or Inf", span,
-                                   "check the objective's domain (log/sqrt of non-positive values, division by 0)"
+                                   "check the objective's domain (log/sqrt of non-positive values, division by 0) "
+                                   "and that it is bounded below in the lower variables (convex, e.g. with a "
+                                   "`+ c * sumsq(w)` term)"
                                    + (", lower the initial hypers, or use `precision: \"float64\"`" if f32 else
-                                      " or lower the initial hypers"))
+                                      ", or lower the initial hypers"))
         if s == 1:
             return BilRuntimeError(f"the {what} did not reach its tolerance within max_iter={self.max_iter} "
                                    f"iterations{norm('‖∇g‖', grad_norm)}", span,

@@ -146,8 +146,9 @@ def hypergrad_step(oracles, tr: "Tracker", u, x, q, eps: float, delta: float):
 
     Returns ``(hg, f, z, why)``: the oracle's result, f(x̃) as a float, z on the
     host, and None, or why the loop must stop without using this result
-    ("budget exhausted" when the budget cut a solve short, "non-finite
-    hypergradient")."""
+    ("budget exhausted" when the budget cut a solve short, "lower solve
+    produced non-finite values", "non-finite hypergradient": the upper value
+    or z)."""
     hg = oracles.hypergrad(u, x, q, eps, delta, cap=tr.remaining())
     f, li, ci, ls, cs = jax.device_get((hg.f, hg.lower_iters, hg.cg_iters, hg.lower_status, hg.cg_status))
     tr.spend(int(li), int(ci), ls, cs)
@@ -155,7 +156,9 @@ def hypergrad_step(oracles, tr: "Tracker", u, x, q, eps: float, delta: float):
     z = to_host(hg.z)
     if tr.cut:
         return hg, f, z, "budget exhausted"
-    ok = int(ls) != 2 and math.isfinite(f) and is_finite_tree(z)
+    if int(ls) == 2:
+        return hg, f, z, "lower solve produced non-finite values"
+    ok = math.isfinite(f) and is_finite_tree(z)
     return hg, f, z, None if ok else "non-finite hypergradient"
 
 
