@@ -376,3 +376,21 @@ def test_truncated_backprop():
     assert abs(float(gtrunc[0]) - float(gfull[0])) > 1e-6 * abs(float(gfull[0]))
     # the forward pass is unchanged by truncation
     np.testing.assert_allclose([float(vsame), float(vtrunc)], float(vfull), rtol=1e-12)
+
+
+def test_bounded_train_variables_take_projected_steps():
+    """A bounded lower variable under a `train` goal stays in its box (each optimizer step is
+    projected); its bounds used to be ignored silently."""
+    import bil
+
+    prog = bil.compile("""
+data X, y = (randn(30, 4, seed=0), 3 * randn(30, seed=1))
+hyper lam : positive = 0.1
+lower {
+    w : real[4] in [-0.1, 0.1] = 0
+    train 0.5 * sumsq(X @ w - y) + 0.5 * lam * sumsq(w) with sgd(lr=0.01) for 20 steps
+}
+upper minimize sumsq(X @ w - y)
+""")
+    w = prog.solve_lower({"lam": 0.1})["w"]
+    assert np.all(np.abs(w) <= 0.1 + 1e-15) and np.any(np.abs(w) == 0.1)

@@ -159,9 +159,13 @@ class Engine(AbstractOracles):
         """A training procedure: `steps` optimizer steps from the initial values."""
         low = self.low
 
+        # bounded variables are trained by projected steps (each update clipped to the box)
+        proj = None if low.bounds is None else (
+            lambda x: jax.tree.map(jnp.clip, x, low.bounds[0], low.bounds[1]))
+
         def one(theta, d, x0):
             x, _ = train.train(self._g1, x0, (theta, d), low.optimizer, low.opt_kwargs(theta, d),
-                               low.train_steps, truncate)
+                               low.train_steps, truncate, project=proj)
             gn = _norm(jax.grad(self._g1)(x, (theta, d)))
             status = jnp.where(jnp.isfinite(gn), 0, 2).astype(jnp.int32)
             return x, jnp.int32(low.train_steps), gn, status

@@ -76,7 +76,7 @@ def make_optimizer(name: str, kwargs: dict) -> optax.GradientTransformation:
 
 
 def train(fun: Callable, x0, params, opt_name: str, opt_kwargs: dict, steps: int,
-          truncate: int | None = None):
+          truncate: int | None = None, project: Callable | None = None):
     """Run ``steps`` optimizer steps on ``fun(x, params)`` from ``x0``.
 
     Args:
@@ -90,6 +90,8 @@ def train(fun: Callable, x0, params, opt_name: str, opt_kwargs: dict, steps: int
         (truncated back-propagation, Shaban et al. 2019): the state (x and the
         optimizer state) is passed through ``stop_gradient`` after the first
         ``steps - K`` steps.  ``None`` or ``K >= steps`` is the full unroll.
+      project: optional map onto the feasible set (bounded variables), applied
+        to ``x0`` and after every step: projected training.
 
     Returns:
       ``(x_final, losses)`` with ``losses[i]`` the loss before step ``i``.
@@ -106,13 +108,16 @@ def train(fun: Callable, x0, params, opt_name: str, opt_kwargs: dict, steps: int
         x, s = carry
         loss, g = vg(x, params)
         updates, s = opt.update(g, s, x)
-        return (optax.apply_updates(x, updates), s), loss
+        x = optax.apply_updates(x, updates)
+        return (x if project is None else project(x), s), loss
 
     def run(carry, n):
         if n == 0:
             return carry, jnp.zeros((0,), jnp.result_type(float))
         return jax.lax.scan(step, carry, None, length=n)
 
+    if project is not None:
+        x0 = project(x0)
     carry = (x0, opt.init(x0))
     if truncate is None or int(truncate) >= steps:
         (x, _), losses = run(carry, steps)
