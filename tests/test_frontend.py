@@ -160,3 +160,20 @@ def test_defs_may_use_lower_variables_in_the_lower_objective():
     for k in ("def_no_params", "def_with_params"):
         assert out[k][0] == pytest.approx(out["inline"][0], rel=1e-12)
         assert float(out[k][1]["lam"]) == pytest.approx(float(out["inline"][1]["lam"]), rel=1e-9)
+
+
+def test_nclasses_of_data_inside_objectives():
+    """`nclasses(y)` is a compile-time constant of data wherever it appears (it used to work
+    only in domains, data and hyper statements)."""
+    src = """
+data X, y = dataset("digits", split=0.5, seed=0, standardize=true)
+hyper t : real = -1
+lower {
+    W : real[ncols(Xtr), nclasses(ytr)] = 0
+    minimize cross_entropy(Xtr @ W, ytr) + exp(t) * sumsq(W) + 0 * sum(onehot(ytr, nclasses(ytr)))
+}
+upper minimize cross_entropy(Xval @ W, yval) + 0 * nclasses(yval)
+""".replace("data X, y", "data Xtr, ytr, Xval, yval")
+    prog = bil.compile(src)
+    f, g = prog.value_and_hypergrad(tol=1e-8)
+    assert np.isfinite(f) and np.isfinite(float(g["t"]))

@@ -94,11 +94,15 @@ def to_static(v: Any) -> Any:
 class Evaluator:
     """Evaluate expressions in an environment ``name -> value``."""
 
-    def __init__(self, env: Mapping[str, Any], consts: Mapping[int, Any] | None = None):
+    def __init__(self, env: Mapping[str, Any], consts: Mapping[int, Any] | None = None,
+                 concrete: Mapping[str, Any] | None = None):
         self.env = env
         #: values of hoisted ``ir.Const`` nodes by key (lowering passes them in
         #: as arguments instead of baking them into the jaxpr)
         self.consts = consts or {}
+        #: concrete data for the arguments of meta functions (``nclasses(y)`` needs the
+        #: labels' values) while ``env`` holds abstract ones (shape inference)
+        self.concrete = concrete
 
     def __call__(self, e: ir.Expr) -> Any:
         method = getattr(self, "_" + type(e).__name__)
@@ -195,8 +199,12 @@ class Evaluator:
         fn = lookup(e.func)
         if fn is None:
             raise BilError(f"unknown function `{e.func}`", e.name_span or e.span)
-        args = [self(a) for a in e.args]
-        kwargs = {k.name: self(k.value) for k in e.kwargs}
+        ev = self
+        if fn.kind == "meta" and self.concrete is not None and all(
+                ir.free_names(a) <= self.concrete.keys() for a in [*e.args, *(k.value for k in e.kwargs)]):
+            ev = Evaluator(self.concrete, self.consts)
+        args = [ev(a) for a in e.args]
+        kwargs = {k.name: ev(k.value) for k in e.kwargs}
         try:
             bound = fn.bind(tuple(args), kwargs)
         except TypeError as err:

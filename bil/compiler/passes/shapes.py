@@ -36,7 +36,7 @@ def abstract_data(st: CompileState) -> dict:
     return env
 
 
-def eval_abstract(e: ir.Expr, env: dict, consts: dict | None = None):
+def eval_abstract(e: ir.Expr, env: dict, consts: dict | None = None, concrete: dict | None = None):
     """Shape/dtype of ``e`` when names take the abstract values in ``env``.
 
     A string (or a list holding one) is not a JAX value: it is reported at
@@ -46,7 +46,7 @@ def eval_abstract(e: ir.Expr, env: dict, consts: dict | None = None):
     statics = {k: v for k, v in env.items() if not isinstance(v, jax.ShapeDtypeStruct)}
 
     def evaluate(a):
-        v = Evaluator({**statics, **a}, consts)(e)
+        v = Evaluator({**statics, **a}, consts, concrete)(e)
         if any(isinstance(leaf, str) for leaf in jax.tree.leaves(v)):
             raise BilError("expected a number or an array here, not a string", e.span)
         return v
@@ -69,10 +69,11 @@ class InferShapes:
         env.update({v.name: sds(v.shape) for v in st.lower_vars.values()})
 
         goal = st.lower.goal
-        self._scalar(eval_abstract(st.goal, env), st.goal, "the lower objective")
+        data = st.data  # meta functions (nclasses) read the values
+        self._scalar(eval_abstract(st.goal, env, concrete=data), st.goal, "the lower objective")
         if isinstance(goal, ir.Train):
             self._train(st, goal, const, env)
-        self._scalar(eval_abstract(st.upper_expr, env), st.upper_expr, "the upper objective")
+        self._scalar(eval_abstract(st.upper_expr, env, concrete=data), st.upper_expr, "the upper objective")
 
     # ---------------------------------------------------------------- parts
     def _domain(self, dom: ir.Domain | None, const: Evaluator, what: str):
@@ -139,7 +140,7 @@ class InferShapes:
 
     def _lower_var(self, st: CompileState, v: ir.LowerVar, const: Evaluator, env: dict) -> None:
         kind, shape, bounds = self._domain(v.domain, const, f"lower variable `{v.name}`")
-        init_shape = eval_abstract(v.init, env)
+        init_shape = eval_abstract(v.init, env, concrete=st.data)
         if isinstance(init_shape, (tuple, list)) or not hasattr(init_shape, "shape"):
             raise BilError(f"the initial value of `{v.name}` must be a number or an array", v.init.span)
         if shape is None:
@@ -183,7 +184,7 @@ class InferShapes:
             if isinstance(fn.signature.parameters[pname].default, bool) and not isinstance(expr, ir.Bool):
                 # a flag selects the update rule: it cannot be learned or traced
                 raise BilError(f"optimizer argument `{pname}` must be `true` or `false`", expr.span)
-            val = eval_abstract(expr, env)
+            val = eval_abstract(expr, env, concrete=st.data)
             if not hasattr(val, "shape") or val.shape != ():
                 raise BilError(f"optimizer argument `{pname}` must be a scalar", expr.span)
             args[pname] = expr
