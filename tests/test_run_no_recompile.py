@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import bil
+import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -47,3 +48,18 @@ def test_budget_is_strict_and_traced_on_a_per_sample_program():
             assert last["lower_iters_total"] + last["cg_iters_total"] <= budget
             assert r.upper == r.upper  # a number, not NaN: the cut-short solve was not used
     assert {k: f._cache_size() for k, f in eng._jitted.items() if k in sizes} == sizes
+
+
+def test_float32_run_stops_at_the_arithmetic_floor():
+    """In float32 MAID used to tighten ε to 2e-6 on ridge, where the lower solver cannot
+    certify it: 30000 iterations, then a failed run.  Accuracies are floored at the roundoff
+    of ‖∇ₓg‖ (oracles.accuracy_floor), so it stops cleanly near the float64 answer."""
+    prog = bil.compile(EXAMPLES / "ridge.bil", overrides={"solve.precision": "float32"})
+    floor_eps, _ = prog.engine.accuracy_floor(prog.engine.u0, prog.engine.init_lower(prog.engine.u0))
+    assert 1e-6 < floor_eps < 1e-4
+    r = prog.run(max_iter=40)
+    last = r.history[-1]
+    assert r.error is None and r.reason in ("eps floor reached", "gradient norm below tol")
+    assert last["lower_iters_total"] + last["cg_iters_total"] < 2000
+    assert float(r.hypers["lam"]) == pytest.approx(38.725, rel=2e-3)
+    assert min(rec["eps"] for rec in r.history) >= floor_eps

@@ -451,6 +451,18 @@ class Engine(AbstractOracles):
         fn = self._jit("gnorm", lambda u, X, d: _norm(jax.grad(self.G)(X, self.low.transform.to_user(u), d)))
         return float(fn(u, x, self.low.data))
 
+    def accuracy_floor(self, u, x) -> tuple[float, float]:
+        if self.low.optimizer is not None:  # a training procedure has no tolerance
+            return 0.0, 0.0
+
+        def impl(u, X, d):
+            theta = self.low.transform.to_user(u)
+            return _norm(jax.grad(self.G)(X, theta, d)), _norm(jax.grad(self.F)(X, theta, d))
+
+        gn, fx = (float(v) for v in self._jit("floor", impl)(u, x, self.low.data))
+        eps = float(jnp.finfo(self.low.dtype).eps)
+        return eps * gn / self.mu(), eps * fx
+
     def log_hypers(self) -> dict:
         return {n: h.transform == "exp" for n, h in self.low.state.hypers.items()}
 

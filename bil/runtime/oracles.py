@@ -108,6 +108,14 @@ class AbstractOracles(ABC):
         """
         return float("nan")
 
+    def accuracy_floor(self, u: dict, x: Any) -> tuple[float, float]:
+        """(ε, δ) below which the arithmetic cannot certify a solve: one unit of
+        roundoff of ‖∇ₓg‖ (over μ) and of ‖∇ₓf‖ at (u, x), the initial lower
+        iterate.  Outer loops never ask for less (a float32 run would otherwise
+        ask for ε ≈ 1e-6 on ridge and spend 30000 iterations failing).  The
+        default, 0, means unknown."""
+        return 0.0, 0.0
+
     def log_hypers(self) -> dict | None:
         """``{name: bool}``: which hypers of ``u`` are in log coordinates.
 

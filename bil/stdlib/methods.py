@@ -119,7 +119,8 @@ def maid(eps0=0.1, delta0=0.1, eta=1e-4, lam=1e-8, rho=0.5, nu=0.5, nu_plus=1.25
     `max_backtracks` (trials per round, one more per retry), `budget` (total
     lower + CG iterations, strict: every solve is capped by what is left),
     `tol` (stop when ‖z‖ + ω ≤ tol), `eps_min`,
-    `delta_min` (floors).  `omega`: the error estimate ω of ‖z − ∇F‖ in the
+    `delta_min` (floors; never below one roundoff unit of ‖∇ₓg‖/μ and ‖∇ₓf‖
+    in the run's precision).  `omega`: the error estimate ω of ‖z − ∇F‖ in the
     descent test: "secant" (default) = safety·(k_ε·ε + k_δ·δ), slopes measured
     a posteriori on pairs of hypergradients at the same θ (an estimate; steps
     stay certified by the bracket); "bound" = the a-priori bound with the

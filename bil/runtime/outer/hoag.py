@@ -102,6 +102,13 @@ def run_hoag(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
 
     tr = Tracker("hoag", o.get("budget"), callback, state)
     u0 = host_copy(oracles.u0)
+    # never below what the arithmetic resolves (float32 especially)
+    floor_eps, floor_delta = oracles.accuracy_floor(u0, oracles.init_lower(u0))
+
+    def accuracies(e: float) -> tuple[float, float]:
+        """Schedule value ε_k -> absolute (lower accuracy, CG residual)."""
+        return max(e * abs_scale, floor_eps), max(e * delta_scale, floor_delta)
+
     n_hypers = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(u0))
     reason = None
     converged = False
@@ -113,7 +120,7 @@ def run_hoag(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         g0 = float(oracles.lower_grad_norm(u, x))
         abs_scale = g0 / mu if (math.isfinite(g0) and g0 > 0 and mu > 0 and math.isfinite(mu)) else 1.0
         e = schedule_eps(schedule, eps0, 0)
-        v = oracles.value(u, x, e * abs_scale, cap=tr.remaining())
+        v = oracles.value(u, x, max(e * abs_scale, floor_eps), cap=tr.remaining())
         vli, vgx, vls = jax.device_get((v.lower_iters, v.gx_norm, v.lower_status))
         tr.spend(int(vli), 0, vls)
         gx0 = float(vgx)
@@ -123,7 +130,7 @@ def run_hoag(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         if tr.cut:
             reason, f_prev, z = "budget exhausted", float(v.f), jax.tree.map(np.zeros_like, u0)
         else:
-            hg, f_prev, z, reason = hypergrad_step(oracles, tr, u, x, q, e * abs_scale, e * delta_scale)
+            hg, f_prev, z, reason = hypergrad_step(oracles, tr, u, x, q, *accuracies(e))
             x, q = hg.x, hg.q
         L = first_L(tree_norm(z), n_hypers)
     else:
@@ -151,7 +158,7 @@ def run_hoag(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         u_new = _clip(tree_axpy(u, alpha, z), clip, log_hypers)
         dtheta = tree_norm(jax.tree.map(lambda a, b: a - b, u_new, u))
         e = schedule_eps(schedule, eps0, k)
-        hg, f, z_new, why = hypergrad_step(oracles, tr, u_new, x, q, e * abs_scale, e * delta_scale)
+        hg, f, z_new, why = hypergrad_step(oracles, tr, u_new, x, q, *accuracies(e))
         if why is not None:  # the step is not taken from a cut-short or non-finite solve
             reason = why
             rec = tr.emit(upper=f_prev, grad_norm=tree_norm(z), omega=math.nan, eps=eps_prev, delta=eps_prev,

@@ -624,6 +624,9 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
 
     tr = Tracker("maid", o.get("budget"), callback, state)
     u0 = host_copy(oracles.u0)
+    # never below what the arithmetic resolves (float32 especially)
+    floor_eps, floor_delta = oracles.accuracy_floor(u0, oracles.init_lower(u0))
+    eps_min, delta_min = max(eps_min, floor_eps), max(delta_min, floor_delta)
     if state is None:
         u, x, q = start_iterates(oracles, u0)
         eps, delta, step = float(o["eps0"]), float(o["delta0"]), math.nan

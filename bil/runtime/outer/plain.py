@@ -36,17 +36,20 @@ def make_optimizer(method: str, lr: float) -> optax.GradientTransformation:
 def run_plain(oracles: AbstractOracles, method: str, o: dict, *, callback=None, state=None) -> OuterResult:
     """gd / adam on ``oracles`` with options ``o`` (the full ``gd(...)``/``adam(...)`` dict)."""
     lr, steps, acc = float(o["lr"]), int(o["steps"]), float(o["tol"])
+    u0 = host_copy(oracles.u0)
+    # never below what the arithmetic resolves (float32 especially)
+    floor_eps, floor_delta = oracles.accuracy_floor(u0, oracles.init_lower(u0))
+    eps, delta = max(acc, floor_eps), max(acc, floor_delta)
     opt = make_optimizer(method, lr)
     update = jax.jit(opt.update)
 
     tr = Tracker(method, o.get("budget"), callback, state)
-    u0 = host_copy(oracles.u0)
     reason = None
 
     if state is None:
         u, x, q = start_iterates(oracles, u0)
         tr.begin()
-        hg, f, z, reason = hypergrad_step(oracles, tr, u, x, q, acc, acc)
+        hg, f, z, reason = hypergrad_step(oracles, tr, u, x, q, eps, delta)
         x, q = hg.x, hg.q
         opt_state = to_host(opt.init(u))
     else:
@@ -71,19 +74,19 @@ def run_plain(oracles: AbstractOracles, method: str, o: dict, *, callback=None, 
         updates, new_opt_state = update(z, opt_state, u)
         updates = to_host(updates)
         u_new = tree_axpy(u, -1.0, updates)
-        hg, fn, z_new, why = hypergrad_step(oracles, tr, u_new, x, q, acc, acc)
+        hg, fn, z_new, why = hypergrad_step(oracles, tr, u_new, x, q, eps, delta)
         if why is not None:  # the step is not taken from a cut-short or non-finite solve
             reason = why
             break
         u, x, q, z, f = u_new, hg.x, hg.q, z_new, fn
         opt_state = to_host(new_opt_state)
-        rec = tr.emit(upper=f, grad_norm=tree_norm(z), omega=math.nan, eps=acc, delta=acc, step=lr,
+        rec = tr.emit(upper=f, grad_norm=tree_norm(z), omega=math.nan, eps=eps, delta=delta, step=lr,
                       backtracks=0, hypers=oracles.to_user(u))
         if tr.notify(rec, make_state):
             reason = "stopped by callback"
 
     if tr.spent_this_iteration:  # work without a step (failure, or steps=0)
-        rec = tr.emit(upper=f, grad_norm=tree_norm(z), omega=math.nan, eps=acc, delta=acc, step=0.0,
+        rec = tr.emit(upper=f, grad_norm=tree_norm(z), omega=math.nan, eps=eps, delta=delta, step=0.0,
                       backtracks=0, hypers=oracles.to_user(u))
         tr.notify(rec, make_state)
 
