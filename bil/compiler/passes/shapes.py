@@ -74,6 +74,8 @@ class InferShapes:
         if isinstance(goal, ir.Train):
             self._train(st, goal, const, env)
         self._scalar(eval_abstract(st.upper_expr, env, concrete=data), st.upper_expr, "the upper objective")
+        for e in (st.goal, st.upper_expr):
+            _check_labels(st, e, env)
 
     # ---------------------------------------------------------------- parts
     def _domain(self, dom: ir.Domain | None, const: Evaluator, what: str):
@@ -214,3 +216,39 @@ def _method(name, kwargs, span):
     from bil.compiler.state import Method
 
     return Method(name, kwargs, span)
+
+
+#: functions whose second argument holds class labels, and what the labels must be
+_LABELED = {"cross_entropy": "classes", "logistic_loss": "binary"}
+
+
+def _check_labels(st: CompileState, e: ir.Expr, env: dict) -> None:
+    """Labels given as data are known at compile time: check their values where a wrong
+    value would otherwise give a silently meaningless loss (float labels truncated to a
+    class index, an index past the last class: NaN at run time)."""
+    for c in ir.walk(e):
+        if not (isinstance(c, ir.Call) and c.func in _LABELED and len(c.args) == 2):
+            continue
+        logits, labels = c.args
+        if not (ir.free_names(labels) <= st.data.keys()):
+            continue
+        y = np.asarray(Evaluator(st.data)(labels))
+        z = eval_abstract(logits, env, concrete=st.data)
+        if y.size == 0 or y.dtype == bool:
+            continue
+        if c.func == "cross_entropy":
+            if tuple(y.shape[-len(z.shape):]) == tuple(z.shape) and y.ndim == len(z.shape):
+                continue  # class probabilities, not indices
+            if not np.all(y == np.round(y)):
+                raise BilError(f"cross_entropy expects integer class labels, but `{ir.show(labels)}` has "
+                               "non-integer values", labels.span,
+                               "class labels are 0..K-1 (dataset(\"digits\") gives them); for regression "
+                               "targets use a squared loss such as mse(...)")
+            k = z.shape[-1] if z.shape else 1
+            if y.min() < 0 or y.max() >= k:
+                raise BilError(f"cross_entropy: labels range over {int(y.min())}..{int(y.max())} but the logits "
+                               f"have {k} classes", labels.span,
+                               f"give the logits nclasses({ir.show(labels)}) = {int(y.max()) + 1} columns")
+        elif not np.all((y == 0) | (y == 1)):
+            raise BilError(f"logistic_loss expects 0/1 labels, but `{ir.show(labels)}` has other values",
+                           labels.span, "binary labels are 0 or 1 (dataset(\"breast_cancer\") gives them)")
