@@ -72,8 +72,10 @@ def test_diagnostic(path: Path):
     assert (err.line, err.column) == (line, col), str(err)
     assert err.file == str(path)
     _check_rendered(str(err), path, line, col, "error")
+    # the quality bar: every error says what to try
+    assert err.hint and "\nhint: " in str(err), f"{path.name}: no hint\n{err}"
     if hint:
-        assert err.hint and hint in err.hint, str(err)
+        assert hint in err.hint, str(err)
 
 
 @pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])

@@ -165,7 +165,8 @@ class Evaluator:
         with _at(e):
             if np.ndim(base) < len([i for i in idx if i is not None]):
                 raise BilError(f"too many indices: the value has {np.ndim(base)} dimension(s) "
-                               f"but {len(idx)} were given", e.span)
+                               f"but {len(idx)} were given", e.span,
+                               f"give at most {np.ndim(base)} indices (`:` keeps a whole axis)")
             # JAX clamps out-of-range indices of traced arrays; report them instead.
             for axis, (i, part) in enumerate(zip(idx, e.indices)):
                 size = np.shape(base)[axis]
@@ -190,7 +191,8 @@ class Evaluator:
         if is_concrete(v) and np.ndim(v) == 0:
             s = to_static(v)
             if isinstance(s, bool) or not isinstance(s, (int, float)) or not float(s).is_integer():
-                raise BilError(f"an index must be an integer, got {s!r}", i.span)
+                raise BilError(f"an index must be an integer, got {s!r}", i.span,
+                               "indices count from 0; `:` or `a:b` select ranges")
             return int(s)
         return v
 
@@ -215,7 +217,8 @@ class Evaluator:
                 val = bound.arguments[pname]
                 if fn.kind != "meta" and not is_concrete(val):
                     raise BilError(f"argument `{pname}` of `{e.func}` must be a constant (it may not depend on "
-                                   "hypers or lower variables)", _arg_span(e, fn, pname))
+                                   "hypers or lower variables)", _arg_span(e, fn, pname),
+                                   f"write a number or an expression of data here; signature: {fn.describe()}")
                 if fn.kind != "meta":
                     bound.arguments[pname] = to_static(val)
                 if pname in ("shape", "n", "size") and fn.kind != "meta":
@@ -226,7 +229,8 @@ class Evaluator:
 
 def _array_or_scalar(v: Any, e: ir.Expr):
     if isinstance(v, str):
-        raise BilError("a string cannot be used in arithmetic", e.span)
+        raise BilError("a string cannot be used in arithmetic", e.span,
+                       "strings name things (datasets, images, files); use a number or an array here")
     if isinstance(v, list):
         raise BilError("a list of strings cannot be used in arithmetic", e.span)
     if isinstance(v, tuple):
@@ -263,13 +267,22 @@ class _at:
             if isinstance(e, ir.Call) and err.arg is not None:
                 span = _arg_span(e, self.call, err.arg) if isinstance(err.arg, str) else (
                     e.args[err.arg].span if isinstance(err.arg, int) and err.arg < len(e.args) else e.span)
-            raise BilError(err.message, span, err.hint) from None
+            raise BilError(err.message, span, err.hint or self._signature()) from None
         if isinstance(err, (TypeError, ValueError, IndexError, ZeroDivisionError)):
             msg = str(err).split("\n")[0]
             if self.op is not None and "shape" in msg.lower():
                 hint = ("`@` is matrix multiplication: the inner dimensions must agree" if self.op == "@"
                         else "element-wise operators broadcast like NumPy: trailing dimensions must agree or be 1")
                 raise BilError(f"shape mismatch in `{self.op}`: {msg}", e.span, hint) from None
+            if isinstance(e, ir.Index) and "Indexer must have integer" in msg:
+                raise BilError("an index must be an integer constant (or a slice)", e.span,
+                               "indices cannot depend on hypers or lower variables; use data, e.g. `X[0]`, "
+                               "`X[:, 1:3]`") from None
             what = f"`{self.call.name}`" if self.call is not None else "expression"
-            raise BilError(f"error evaluating {what}: {msg}", e.span) from None
+            raise BilError(f"error evaluating {what}: {msg}", e.span,
+                           self._signature() or "check the operands' shapes and types") from None
         return False
+
+    def _signature(self) -> str | None:
+        """The called function's signature, as the hint of an error in its arguments."""
+        return f"signature: {self.call.describe()}" if self.call is not None else None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import operator
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -280,6 +281,9 @@ def load(path, key=None):
     base = Path(base_dir.get())
     p = Path(path).expanduser()
     p = p if p.is_absolute() else base / p
+    if p.is_dir():
+        raise StdlibError(f"load: {str(p.resolve())!r} is a folder, not a file", arg="path",
+                          hint="name a .npz, .npy, .csv, .tsv or .txt file inside it")
     if not p.is_file():
         raise StdlibError(
             f"load: no such file {str(p.resolve())!r}",
@@ -289,6 +293,9 @@ def load(path, key=None):
     suffix = p.suffix.lower()
     if suffix not in _FORMATS:
         raise StdlibError(f"load: unsupported file type {suffix or p.name!r}", hint=f"supported: {', '.join(_FORMATS)}", arg="path")
+    if suffix == ".npz" and not zipfile.is_zipfile(p):
+        raise StdlibError(f"load: {p.name} is not a valid .npz file (not a zip archive)", arg="path",
+                          hint="write it with numpy.savez(...) or numpy.savez_compressed(...)")
     if suffix == ".npz":
         with np.load(p, allow_pickle=False) as z:
             keys = list(z.files)

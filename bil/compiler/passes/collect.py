@@ -40,7 +40,8 @@ class Collect:
                 st.defs[s.name] = s
                 for i, p in enumerate(s.params):
                     if p in s.params[:i]:
-                        raise BilError(f"parameter `{p}` appears twice in `def {s.name}`", s.span)
+                        raise BilError(f"parameter `{p}` appears twice in `def {s.name}`", s.span,
+                                       "give each parameter its own name")
                     self._check_keyword(p, s.span)
             elif isinstance(s, ir.Lower):
                 st.lower = s

@@ -8,6 +8,7 @@ The result, with every default filled in, is ``state.options``.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -157,14 +158,32 @@ def check_block(options: tuple[ir.Option, ...], table: dict, block: str) -> dict
         if opt.key in seen:
             raise BilError(f"option `{opt.key}` given twice", opt.span, f"first at line {seen[opt.key].span.line}")
         seen[opt.key] = opt
-        _, check = table[opt.key]
+        what, check = table[opt.key]
         if isinstance(check, str):
             m = method_value(opt.value, check, opt.key)
-            check_method(m)
+            try:
+                check_method(m)
+            except BilError as err:
+                if err.hint is None:  # every diagnostic says what to write instead
+                    err.hint = _method_hint(m, check)
+                raise
             out[opt.key] = m
         else:
-            out[opt.key] = check(_static(Evaluator({}), opt.value), opt.value.span, opt.key)
+            try:
+                out[opt.key] = check(_static(Evaluator({}), opt.value), opt.value.span, opt.key)
+            except BilError as err:
+                if err.hint is None:
+                    err.hint = f"`{opt.key}`: {what}"
+                raise
     return out
+
+
+def _method_hint(m: Method, namespace: str) -> str:
+    """``name`` takes k=default, ...: the defaults, as a hint for a bad keyword value."""
+    fn = lookup(m.name, namespace)
+    params = fn.signature.parameters.values() if fn is not None else ()
+    shown = ", ".join(f"{p.name}={p.default!r}" for p in params if p.default is not inspect.Parameter.empty)
+    return f"`{m.name}` takes {shown}" if shown else f"see `bil show FILE` for the options of `{m.name}`"
 
 
 @dataclass(frozen=True)

@@ -169,7 +169,8 @@ def check_call_syntax(call: ir.Call) -> None:
     seen: dict[str, ir.Keyword] = {}
     for k in call.kwargs:
         if k.name in seen:
-            raise BilError(f"keyword argument `{k.name}` is given twice in the call to `{call.func}`", k.span)
+            raise BilError(f"keyword argument `{k.name}` is given twice in the call to `{call.func}`", k.span,
+                           "keep one of them")
         seen[k.name] = k
     if call.kwargs and call.args:
         first_kw = call.kwargs[0].span

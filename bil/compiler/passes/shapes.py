@@ -48,7 +48,8 @@ def eval_abstract(e: ir.Expr, env: dict, consts: dict | None = None, concrete: d
     def evaluate(a):
         v = Evaluator({**statics, **a}, consts, concrete)(e)
         if any(isinstance(leaf, str) for leaf in jax.tree.leaves(v)):
-            raise BilError("expected a number or an array here, not a string", e.span)
+            raise BilError("expected a number or an array here, not a string", e.span,
+                           "strings name things (datasets, images, files); use a number or an array here")
         return v
 
     return jax.eval_shape(evaluate, arrays)
@@ -97,9 +98,11 @@ class InferShapes:
                     shape.extend(v)  # real[shape(X)]
                     continue
                 if not isinstance(v, (int, np.integer)) and not (isinstance(v, float) and v.is_integer()):
-                    raise BilError(f"a dimension must be an integer, got {v!r}", x.span)
+                    raise BilError(f"a dimension must be an integer, got {v!r}", x.span,
+                                   "sizes are whole numbers, e.g. `real[10]` or `real[ncols(X)]`")
                 if int(v) < 1:
-                    raise BilError(f"a dimension must be at least 1, got {int(v)}", x.span)
+                    raise BilError(f"a dimension must be at least 1, got {int(v)}", x.span,
+                                   "sizes are positive, e.g. `real[10]` or `real[ncols(X)]`")
                 shape.append(int(v))
             shape = tuple(shape)
             check_size(shape, dom.span, f"the domain of {what}")
@@ -110,7 +113,8 @@ class InferShapes:
                 if not isinstance(v, (int, float)):
                     raise BilError("bounds must be numbers", b.span)
             if not lo < hi:
-                raise BilError(f"empty bounds: the lower bound {lo} is not below the upper bound {hi}", dom.span)
+                raise BilError(f"empty bounds: the lower bound {lo} is not below the upper bound {hi}", dom.span,
+                               f"write the smaller bound first: `in [{hi}, {lo}]`")
             if dom.base == "positive":
                 lo = max(lo, 0.0)
                 if not lo < hi:
@@ -154,7 +158,8 @@ class InferShapes:
                     raise ValueError
             except ValueError:
                 raise BilError(f"initial value of shape {tuple(init_shape.shape)} does not fit the domain shape "
-                               f"{shape}", v.init.span) from None
+                               f"{shape}", v.init.span,
+                               "give a scalar (broadcast) or an array of the domain's shape") from None
         if kind == "positive" and bounds is None:
             bounds = (0.0, float("inf"))
         st.lower_vars[v.name] = VarInfo(v.name, v, v.init, shape, kind, bounds)
@@ -185,7 +190,8 @@ class InferShapes:
                 continue
             if isinstance(fn.signature.parameters[pname].default, bool) and not isinstance(expr, ir.Bool):
                 # a flag selects the update rule: it cannot be learned or traced
-                raise BilError(f"optimizer argument `{pname}` must be `true` or `false`", expr.span)
+                raise BilError(f"optimizer argument `{pname}` must be `true` or `false`", expr.span,
+                               "a flag is a constant: write `true` or `false`")
             val = eval_abstract(expr, env, concrete=st.data)
             if not hasattr(val, "shape") or val.shape != ():
                 raise BilError(f"optimizer argument `{pname}` must be a scalar", expr.span)
@@ -196,7 +202,8 @@ class InferShapes:
                            goal.steps.span, "steps are fixed at compile time (they set the unrolled loop's length)")
         steps = to_static(const(goal.steps))
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise BilError(f"the number of steps must be a positive integer, got {steps!r}", goal.steps.span)
+            raise BilError(f"the number of steps must be a positive integer, got {steps!r}", goal.steps.span,
+                           "e.g. `for 100 steps`")
         defaults = {k: p.default for k, p in fn.signature.parameters.items() if p.default is not p.empty}
         st.train_optimizer = _method(opt.func, {**defaults}, opt.span)
         st.train_args = args
@@ -206,7 +213,8 @@ class InferShapes:
     def _scalar(val, e: ir.Expr, what: str) -> None:
         shape = getattr(val, "shape", None)
         if shape is None:
-            raise BilError(f"{what} must be a scalar expression", e.span)
+            raise BilError(f"{what} must be a scalar expression", e.span,
+                           "minimize one number, e.g. a sum such as `sumsq(...) + lam * sumsq(w)`")
         if tuple(shape) != ():
             raise BilError(f"{what} must be a scalar, but this expression has shape {tuple(shape)}", e.span,
                            "reduce it, e.g. with `sum(...)`, `mean(...)` or `sumsq(...)`")
