@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import functools
 import math
+import re
 from importlib import resources
 
 import lark
@@ -157,7 +158,19 @@ def _syntax_error(e: lark.exceptions.UnexpectedInput, source: Source) -> BilErro
                         f"rename it (e.g. `{tok}_`); expected {expected}")
     if word == "=" and "EQUAL" not in e.expected and "COLON" in e.expected:
         return BilError("unexpected `=`", span, "options are written `key: value`")
+    # `1e` (an exponent without digits) lexes as the number 1 and the name e: the parser
+    # only trips later, so point at the number instead
+    bad = [m for m in _BAD_NUMBER.finditer(source.line(tok.line)) if m.start() < tok.column - 1]
+    if bad:
+        m = bad[-1]
+        return BilError(f"malformed number `{m.group(0)}`: an exponent needs digits",
+                        source.span(tok.line, m.start() + 1, tok.line, m.end() + 1),
+                        f"e.g. `{m.group(0)}-3` or `{m.group(0)}3`")
     return BilError(f"unexpected `{tok}`", span, f"expected {expected}")
+
+
+#: a number whose exponent has no digits (`1e`, `2.5E`), not part of a name
+_BAD_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d*)?[eE](?![\w+-])")
 
 
 # ------------------------------------------------------------- tree -> IR
