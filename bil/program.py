@@ -212,10 +212,29 @@ class Program:
                            m.span, (f"did you mean `{guess[0]}`? " if guess else "")
                            + f"`{m.name}` takes: {', '.join(sorted(m.kwargs))}")
         res = run_outer(self.engine, m.name, {**m.kwargs, **overrides}, callback=callback, state=state)
-        lower = {k: np.asarray(v) for k, v in res.x.items()}
-        return Result(hypers=res.hypers, lower=lower, upper=float(res.upper), history=list(res.history),
+        upper, x = self._final_value(res)
+        lower = {k: np.asarray(v) for k, v in x.items()}
+        return Result(hypers=res.hypers, lower=lower, upper=upper, history=list(res.history),
                       converged=bool(res.converged), reason=str(res.reason), state=res.state,
                       error=self._failure(str(res.reason)))
+
+    def _final_value(self, res) -> tuple[float, Any]:
+        """(upper value, lower variables) at the learned hypers, the lower problem solved to
+        ``lower.tol`` (warm-started from the run's last iterate).  Each outer method records
+        f(x̃) at its own accuracy, which for HOAG's loose early solves can be percents off;
+        the result a user reads is the upper objective at the lower solution.  Where that
+        solve fails (or for a training procedure, whose result is its last step) the run's
+        own values are kept."""
+        upper, x = float(res.upper), res.x
+        eng = self.engine
+        if self.state.is_train or not np.isfinite(upper):
+            return upper, x
+        tol = float(self.state.options["lower"]["tol"])
+        v = eng.value(res.u, res.x, tol / eng.mu())
+        f, status = float(v.f), int(v.lower_status)
+        if status == 0 and np.isfinite(f):
+            return f, v.x
+        return upper, x
 
     #: outer-loop stop reasons that are failed solves -> (lower status, CG status) for Engine.failure
     _FAILED_STOPS = {
@@ -247,7 +266,8 @@ class Result:
     """The outcome of :meth:`Program.run`.
 
     ``hypers`` (user coordinates), ``lower`` (lower variables at the learned
-    hypers), ``upper`` (upper value), ``history`` (one record per outer
+    hypers), ``upper`` (upper value at the learned hypers, the lower problem
+    solved to ``lower.tol``), ``history`` (one record per outer
     iteration: ``iter, upper, grad_norm, omega, eps, delta, step, backtracks,
     lower_iters, cg_iters, lower_iters_total, cg_iters_total, wall_s,
     hyper.NAME...``), ``converged``, ``reason``, ``state`` (resumable),

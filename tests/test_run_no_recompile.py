@@ -63,3 +63,13 @@ def test_float32_run_stops_at_the_arithmetic_floor():
     assert last["lower_iters_total"] + last["cg_iters_total"] < 2000
     assert float(r.hypers["lam"]) == pytest.approx(38.725, rel=2e-3)
     assert min(rec["eps"] for rec in r.history) >= floor_eps
+
+
+def test_result_upper_is_the_true_value_at_the_learned_hypers():
+    """HOAG records f(x̃) at its loose early accuracies (ridge: 0.2585 where F = 0.2626);
+    the Result (and result.json) reports the upper objective at the lower solution."""
+    prog = bil.compile(EXAMPLES / "ridge.bil", overrides={"solve.outer": 'hoag(schedule="exponential")'})
+    r = prog.run(max_iter=8)
+    true_f, _ = prog.value_and_hypergrad(r.hypers, tol=1e-11)
+    assert abs(r.history[-1]["upper"] - true_f) > 1e-3 * true_f     # the record is loose
+    assert r.upper == pytest.approx(true_f, rel=1e-9)

@@ -4,7 +4,8 @@
 
 ``problem``      the spec's problem name
 ``hypers``       name -> value (a number, or a nested list), user coordinates
-``upper``        the upper value at the learned hypers
+``upper``        the upper value at the learned hypers (lower problem solved to
+                 ``lower.tol``; the history's ``upper`` is at each method's own accuracy)
 ``iterations``   outer iterations (over resumed runs too)
 ``lower_iters``  lower-solver iterations, total
 ``cg_iters``     CG iterations, total
