@@ -245,10 +245,13 @@ def test_error_bound_formula_known_constants():
     want = 0.5 * eps + (4 / 2) * delta + (4 * 3 / 2) * eps + (4 * 5 / 2 + 6) * eps * Qq
     assert error_bound(eps, delta, gx, c, qn) == pytest.approx(want)
     assert error_bound(0.5, delta, gx, c, qn) == error_bound(0.5, delta, gx, c)   # L_H ε ≥ μ: Q_q invalid
-    # running extremes: min of mu, max of the rest; bad values ignored
+    # the local mu (it belongs to the current θ), running maxima of the rest; bad values ignored
     r = merge_constants(None, Constants(mu=2.0, L_f=1.0, J_norm=1.0, L_H=0.0, L_J=0.0))
     r = merge_constants(r, Constants(mu=1.0, L_f=3.0, J_norm=0.5, L_H=float("nan"), L_J=2.0))
     assert r == RunningConstants(1.0, 3.0, 1.0, 0.0, 2.0, 0.0)
+    r = merge_constants(r, Constants(mu=5.0, L_f=1.0, J_norm=0.5, L_H=0.0, L_J=0.0))
+    assert r.mu == 5.0 and r.L_f == 3.0
+    assert merge_constants(r, Constants(mu=float("nan"), L_f=1.0, J_norm=0.5, L_H=0.0, L_J=0.0)).mu == 5.0
 
 
 def test_secant_update_rules():

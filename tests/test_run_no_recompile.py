@@ -55,14 +55,15 @@ def test_float32_run_stops_at_the_arithmetic_floor():
     certify it: 30000 iterations, then a failed run.  Accuracies are floored at the roundoff
     of ‖∇ₓg‖ (oracles.accuracy_floor), so it stops cleanly near the float64 answer."""
     prog = bil.compile(EXAMPLES / "ridge.bil", overrides={"solve.precision": "float32"})
-    floor_eps, _ = prog.engine.accuracy_floor(prog.engine.u0, prog.engine.init_lower(prog.engine.u0))
-    assert 1e-6 < floor_eps < 1e-4
+    eng = prog.engine
     r = prog.run(max_iter=40)
     last = r.history[-1]
     assert r.error is None and r.reason in ("eps floor reached", "gradient norm below tol")
     assert last["lower_iters_total"] + last["cg_iters_total"] < 2000
     assert float(r.hypers["lam"]) == pytest.approx(38.725, rel=2e-3)
-    assert min(rec["eps"] for rec in r.history) >= floor_eps
+    floor_eps, _ = eng.accuracy_floor(eng.u0, eng.init_lower(eng.u0))   # with the last μ
+    assert 1e-7 < floor_eps < 1e-4
+    assert min(rec["eps"] for rec in r.history) >= floor_eps * (1 - 1e-6)
 
 
 def test_result_upper_is_the_true_value_at_the_learned_hypers():
@@ -73,3 +74,36 @@ def test_result_upper_is_the_true_value_at_the_learned_hypers():
     true_f, _ = prog.value_and_hypergrad(r.hypers, tol=1e-11)
     assert abs(r.history[-1]["upper"] - true_f) > 1e-3 * true_f     # the record is loose
     assert r.upper == pytest.approx(true_f, rel=1e-9)
+
+
+def test_mu_is_re_estimated_as_the_hypers_move():
+    """n < d ridge from λ₀ = 1e-6: μ(θ₀) ≈ 5e-7 but μ ≈ λ later.  With μ estimated once at
+    θ₀ the run stopped early ("eps floor reached") at λ = 8.9, 2% above the optimum; μ is
+    now re-estimated with the other constants, and the run reaches the closed form."""
+    import numpy as np
+
+    src = """
+data Xa, ya, Xval, yval = dataset("diabetes", split=0.5, seed=4, standardize=true)
+data Xtr = Xa[0:7]
+data ytr = ya[0:7]
+hyper lam : positive = 1e-6
+lower {
+    w : real[ncols(Xtr)] = 0
+    minimize 0.5 * sumsq(Xtr @ w - ytr) + 0.5 * lam * sumsq(w)
+}
+upper minimize 0.5 * mean((Xval @ w - yval)^2)
+"""
+    prog = bil.compile(src)
+    r = prog.run(max_iter=40)
+    d = prog.state.data
+    X, y, Xv, yv = (np.asarray(d[k]) for k in ("Xtr", "ytr", "Xval", "yval"))
+
+    def F(lam):
+        w = np.linalg.solve(X.T @ X + lam * np.eye(X.shape[1]), X.T @ y)
+        return 0.5 * np.mean((Xv @ w - yv) ** 2)
+
+    grid = np.exp(np.linspace(np.log(1.0), np.log(100.0), 4001))
+    Fs = np.array([F(g) for g in grid])
+    assert r.reason == "gradient norm below tol"
+    assert r.upper <= Fs.min() + 1e-9
+    assert float(r.hypers["lam"]) == pytest.approx(grid[Fs.argmin()], rel=2e-3)

@@ -443,8 +443,16 @@ class Engine(AbstractOracles):
         return eps if self.low.optimizer is not None else self.mu() * eps
 
     def constants(self, u, x) -> Constants:
+        """Estimates at (u, x).  μ, unless the spec gives it, is re-estimated here, and the
+        lower tolerances (‖∇g‖ ≤ μ·ε) use the new value from now on: strong convexity is a
+        property of g(·, θ) at the current θ, and a hyper that moves it (a penalty weight)
+        would make the estimate from θ₀ wrong either way, too small (needlessly tight
+        solves, an early "eps floor reached") or too large (‖x̃ − x*‖ ≤ ε no longer holds)."""
         vals = self._jit("constants", self._constants_impl)(u, x, self.low.data)
         L_f, J, L_H, L_J, L_ft = (float(v) for v in vals)
+        if self.mu_given is None and self.low.optimizer is None:
+            est = self._jit("mu", self._mu_impl)(self.low.transform.to_user(u), x, self.low.data)
+            self._mu = max(0.5 * float(est), 1e-8)
         return Constants(mu=self.mu(), L_f=L_f, J_norm=J, L_H=L_H, L_J=L_J, L_ftheta=L_ft)
 
     def lower_grad_norm(self, u, x) -> float:

@@ -48,8 +48,10 @@ So the bound used is
 equal to c·ε + (‖J‖/μ)·δ + c₂·ε² with Q_f, and smaller when H⁻¹ damps ∇ₓf
 (‖q̃‖ ≪ ‖∇ₓf‖/μ, e.g. denoising, where ∇ₓf is mostly high-frequency).
 ‖∇ₓf(x̃)‖ and ‖q̃‖ are exact (returned by the oracle); μ, L_f, ‖J‖, L_H, L_J,
-L_fθ are estimates from ``oracles.constants``, kept as running extremes (min
-for μ, max for the rest).  They are refreshed on the first iteration, then
+L_fθ are estimates from ``oracles.constants``: μ the local value (the oracles
+convert ε to the lower tolerance ‖∇ₓg‖ ≤ μ·ε with that same μ, which a
+penalty weight among the hypers moves by orders of magnitude during a run),
+the rest running maxima.  They are refreshed on the first iteration, then
 whenever ``constants_every`` iterations have passed or θ has moved by more than
 ``max_step`` (1 when unbounded) since the last refresh, so that large early
 moves are not certified with constants from a distant point.
@@ -263,9 +265,11 @@ class RunningConstants(NamedTuple):
 
 
 def merge_constants(running: RunningConstants | None, new) -> RunningConstants:
-    """Fold a fresh estimate (an ``oracles.Constants``) into the running extremes.
+    """Fold a fresh estimate (an ``oracles.Constants``) into the running values.
 
-    Non-finite or negative fresh values are ignored where a running value exists.
+    μ is the fresh (local) value: strong convexity belongs to the current θ, and the
+    oracles convert ε to a lower tolerance with that same μ.  The others are running
+    maxima.  Non-finite or negative fresh values are ignored where a running value exists.
     """
     fresh = RunningConstants(float(new.mu), float(new.L_f), float(new.J_norm), float(new.L_H),
                              float(new.L_J), float(getattr(new, "L_ftheta", 0.0) or 0.0))
@@ -275,7 +279,7 @@ def merge_constants(running: RunningConstants | None, new) -> RunningConstants:
     def ok(v):
         return math.isfinite(v) and v >= 0
 
-    mu = min(running.mu, fresh.mu) if ok(fresh.mu) and fresh.mu > 0 else running.mu
+    mu = fresh.mu if ok(fresh.mu) and fresh.mu > 0 else running.mu
     rest = [max(r, f) if ok(f) else r for r, f in zip(running[1:], fresh[1:])]
     return RunningConstants(mu, *rest)
 
@@ -624,8 +628,10 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
 
     tr = Tracker("maid", o.get("budget"), callback, state)
     u0 = host_copy(oracles.u0)
-    # never below what the arithmetic resolves (float32 especially)
-    floor_eps, floor_delta = oracles.accuracy_floor(u0, oracles.init_lower(u0))
+    # never below what the arithmetic resolves (float32 especially); refreshed with μ
+    eps_min0, delta_min0 = eps_min, delta_min
+    x_init = oracles.init_lower(u0)
+    floor_eps, floor_delta = oracles.accuracy_floor(u0, x_init)
     eps_min, delta_min = max(eps_min, floor_eps), max(delta_min, floor_delta)
     if state is None:
         u, x, q = start_iterates(oracles, u0)
@@ -753,6 +759,9 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
                 if refresh:
                     consts = merge_constants(consts, oracles.constants(u, x))
                     refresh = False
+                    # μ may have changed: so has the arithmetic's floor on ε
+                    floor_eps, floor_delta = oracles.accuracy_floor(u0, x_init)
+                    eps_min, delta_min = max(eps_min0, floor_eps), max(delta_min0, floor_delta)
                     since_iters, since_dist = 0, 0.0
                     if not (consts.mu > 0 and math.isfinite(consts.mu)):
                         stop = f"invalid strong-convexity estimate mu={consts.mu!r}"
