@@ -772,3 +772,13 @@ def test_no_recompilation_across_iterations(method):
     # a resumed run (NumPy arrays from a saved state) does not retrace either
     run_outer(o, method, opts, state=_roundtrip(r.state))
     assert dict(o.traces) == counts[0]
+
+
+@pytest.mark.parametrize("method", ["gd", "adam"])
+def test_plain_loops_stop_on_a_capped_solve(method):
+    """gd/adam used to step on from lower or CG solves stopped by their caps (a diverging
+    learning rate then ran for thousands of capped CG solves with no diagnostic)."""
+    o = QuadraticOracles(cg_max_iter=1)
+    r = run_outer(o, method, dict(lr=0.1, steps=5, tol=1e-12))
+    assert r.reason == "CG hit its iteration cap"
+    assert len(r.history) == 1 and r.history[0]["step"] == 0.0

@@ -8,7 +8,11 @@ Lower solves and CG are warm-started from the previous iterate and adjoint.
 Iteration k: u_k = u_{k−1} + optax update of z_{k−1}; hypergradient at u_k;
 record k (``upper`` = f(u_k), ``grad_norm`` = ‖z_k‖, ``omega`` = NaN,
 ``eps`` = ``delta`` = tol, ``step`` = lr).  The evaluation at u₀ is counted in
-record 1.  There is no gradient-norm test: ``tol`` is the accuracy here.
+record 1.  There is no gradient-norm test: ``tol`` is the accuracy here.  A
+lower or CG solve that hits its iteration cap stops the run with that reason
+(and a diagnostic at the ``lower`` block): its z is not at the accuracy asked
+for, and stepping on (a learning rate that drives a penalty to 0, say) would
+only hide that.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ def run_plain(oracles: AbstractOracles, method: str, o: dict, *, callback=None, 
     if state is None:
         u, x, q = start_iterates(oracles, u0)
         tr.begin()
-        hg, f, z, reason = hypergrad_step(oracles, tr, u, x, q, eps, delta)
+        hg, f, z, reason = hypergrad_step(oracles, tr, u, x, q, eps, delta, strict=True)
         x, q = hg.x, hg.q
         opt_state = to_host(opt.init(u))
     else:
@@ -74,8 +78,8 @@ def run_plain(oracles: AbstractOracles, method: str, o: dict, *, callback=None, 
         updates, new_opt_state = update(z, opt_state, u)
         updates = to_host(updates)
         u_new = tree_axpy(u, -1.0, updates)
-        hg, fn, z_new, why = hypergrad_step(oracles, tr, u_new, x, q, eps, delta)
-        if why is not None:  # the step is not taken from a cut-short or non-finite solve
+        hg, fn, z_new, why = hypergrad_step(oracles, tr, u_new, x, q, eps, delta, strict=True)
+        if why is not None:  # no step from a cut-short, capped or non-finite solve
             reason = why
             break
         u, x, q, z, f = u_new, hg.x, hg.q, z_new, fn
