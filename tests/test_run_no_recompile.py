@@ -107,3 +107,17 @@ upper minimize 0.5 * mean((Xval @ w - yval)^2)
     assert r.reason == "gradient norm below tol"
     assert r.upper <= Fs.min() + 1e-9
     assert float(r.hypers["lam"]) == pytest.approx(grid[Fs.argmin()], rel=2e-3)
+
+
+def test_runs_are_repeatable_and_resume_exactly_with_a_moving_mu():
+    """μ moves with θ (ridge: λ 1 -> 39): a second run on the same program must not start
+    from the first run's μ, and a resumed run must continue with the saved one."""
+    prog = bil.compile(EXAMPLES / "ridge.bil")
+    a = prog.run(max_iter=20)
+    b = prog.run(max_iter=20)
+    assert [r["eps"] for r in a.history] == [r["eps"] for r in b.history]
+    assert float(a.hypers["lam"]) == float(b.hypers["lam"])
+    head = bil.compile(EXAMPLES / "ridge.bil").run(max_iter=3)
+    tail = bil.compile(EXAMPLES / "ridge.bil").run(max_iter=20, state=head.state)
+    assert float(tail.hypers["lam"]) == float(a.hypers["lam"])
+    assert tail.history[-1]["lower_iters_total"] == a.history[-1]["lower_iters_total"]

@@ -94,7 +94,8 @@ class Engine(AbstractOracles):
         self.mu_given = None
         if self.solver is not None and self.solver.kwargs.get("mu"):
             self.mu_given = float(self.solver.kwargs["mu"])
-        self._mu = self.mu_given  # given, or estimated once by mu()
+        self._mu = self.mu_given  # given, or estimated by mu() at θ₀, then by constants() as θ moves
+        self._mu0 = None          # the estimate at θ₀ (set_strong_convexity(None) returns to it)
         self._jitted: dict = {}
 
     # ------------------------------------------------------------ helpers
@@ -382,7 +383,7 @@ class Engine(AbstractOracles):
             X = self.X_init(theta, d)
             est = self._jit("mu", self._mu_impl)(theta, X, d)
             # Lanczos' smallest Ritz value is an upper bound: take a margin.
-            self._mu = max(0.5 * float(est), 1e-8)
+            self._mu = self._mu0 = max(0.5 * float(est), 1e-8)
         return self._mu
 
     def _mu_impl(self, theta, X, d):
@@ -458,6 +459,12 @@ class Engine(AbstractOracles):
     def lower_grad_norm(self, u, x) -> float:
         fn = self._jit("gnorm", lambda u, X, d: _norm(jax.grad(self.G)(X, self.low.transform.to_user(u), d)))
         return float(fn(u, x, self.low.data))
+
+    def set_strong_convexity(self, mu: float | None) -> None:
+        if self.mu_given is not None:
+            return
+        # None: back to θ₀'s estimate (made again by mu() if it never was)
+        self._mu = self._mu0 if mu is None else float(mu)
 
     def accuracy_floor(self, u, x) -> tuple[float, float]:
         if self.low.optimizer is not None:  # a training procedure has no tolerance

@@ -108,6 +108,13 @@ class AbstractOracles(ABC):
         """
         return float("nan")
 
+    def set_strong_convexity(self, mu: float | None) -> None:
+        """Set the μ the oracles use to turn ε into a lower tolerance (‖∇ₓg‖ ≤ μ·ε);
+        None resets it to the estimate at θ₀.  :meth:`constants` updates it as θ moves;
+        outer loops call this at their start (None) or on resume (the μ of the saved
+        state), so that a run does not depend on what ran before it on the same
+        oracles.  The default does nothing (a μ that never changes)."""
+
     def accuracy_floor(self, u: dict, x: Any) -> tuple[float, float]:
         """(ε, δ) below which the arithmetic cannot certify a solve: one unit of
         roundoff of ‖∇ₓg‖ (over μ) and of ‖∇ₓf‖ at (u, x), the initial lower

@@ -102,6 +102,7 @@ def run_hoag(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
 
     tr = Tracker("hoag", o.get("budget"), callback, state)
     u0 = host_copy(oracles.u0)
+    oracles.set_strong_convexity(None)   # θ₀'s μ, whatever ran before on these oracles
     # never below what the arithmetic resolves (float32 especially)
     floor_eps, floor_delta = oracles.accuracy_floor(u0, oracles.init_lower(u0))
 

@@ -628,6 +628,10 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
 
     tr = Tracker("maid", o.get("budget"), callback, state)
     u0 = host_copy(oracles.u0)
+    # the μ that turns ε into lower tolerances: θ₀'s for a fresh run, the saved one on resume
+    saved_mu = float(state.get("const/mu", math.nan)) if state is not None and bool(state.get("has_constants")) \
+        else math.nan
+    oracles.set_strong_convexity(saved_mu if math.isfinite(saved_mu) else None)
     # never below what the arithmetic resolves (float32 especially); refreshed with μ
     eps_min0, delta_min0 = eps_min, delta_min
     x_init = oracles.init_lower(u0)

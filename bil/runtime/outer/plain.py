@@ -41,6 +41,7 @@ def run_plain(oracles: AbstractOracles, method: str, o: dict, *, callback=None, 
     """gd / adam on ``oracles`` with options ``o`` (the full ``gd(...)``/``adam(...)`` dict)."""
     lr, steps, acc = float(o["lr"]), int(o["steps"]), float(o["tol"])
     u0 = host_copy(oracles.u0)
+    oracles.set_strong_convexity(None)   # θ₀'s μ, whatever ran before on these oracles
     # never below what the arithmetic resolves (float32 especially)
     floor_eps, floor_delta = oracles.accuracy_floor(u0, oracles.init_lower(u0))
     eps, delta = max(acc, floor_eps), max(acc, floor_delta)
