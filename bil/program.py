@@ -126,7 +126,11 @@ class Program:
         Hypers left out of the dict keep their initial values.  Differentiable with ``jax.grad`` (implicit methods attach the
         hypergradient through ``jax.custom_vjp``; ``unroll`` differentiates the
         unrolled iterations), and usable under ``jax.jit`` and ``jax.vmap``.
-        The lower problem and the adjoint are solved to the spec's ``tol:``.
+        The lower problem and the adjoint are solved to the spec's ``tol:``; where
+        the lower solve does not get there (iteration cap, NaN) the value is NaN.
+        Implicit methods give first derivatives in reverse mode only (``jax.grad``,
+        ``jax.vjp``): forward mode raises, and second derivatives (``jax.hessian``,
+        grad of grad) are not supported (they come out as 0); ``unroll`` has both.
         """
         eng = self.engine
         d = self.lowered.data
@@ -150,7 +154,11 @@ class Program:
             theta = dict(theta)
             th = full(theta)
             sol = eng._solve(th, d, eng.X_init(th, d), tol)
-            return eng.F(sol.x, th, d), (theta, sol.x)
+            # a lower solve that did not reach `tol` (cap, stall, NaN) gives NaN, not a value
+            # at an unconverged x that would look plausible (no exception can leave a jit)
+            ok = sol.status == 0
+            f = jnp.where(ok, eng.F(sol.x, th, d), jnp.nan)
+            return f, (theta, sol.x, ok)
 
         @jax.custom_vjp
         def objective(theta):
@@ -160,9 +168,10 @@ class Program:
             return forward(theta)
 
         def bwd(res, ct):
-            theta, X = res  # theta: the hypers given, whose cotangents are returned
+            theta, X, ok = res  # theta: the hypers given, whose cotangents are returned
             _, z, *_ = eng._implicit(full(theta), "theta", d, X, eng.init_adjoint(X), tol, method)
-            return ({k: ct * z[k] for k in theta},)
+            scale = jnp.where(ok, ct, jnp.nan)   # no gradient from an unconverged lower solve
+            return ({k: scale * z[k] for k in theta},)
 
         objective.defvjp(fwd, bwd)
         return objective

@@ -6,6 +6,7 @@ These are the project's correctness tests: never skip or mark them slow.
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -323,3 +324,12 @@ def test_objective_takes_a_subset_of_the_hypers():
 def test_hypers_outside_their_domain_are_rejected(ridge_prog):
     with pytest.raises(ValueError, match="positive"):
         ridge_prog.value_and_hypergrad({"lam": -1.0})
+
+
+def test_objective_is_nan_where_the_lower_solve_fails():
+    """With max_iter 1 the lower solve stops far from x*: the objective used to return a
+    plausible wrong value (0.301 for 0.262) and a gradient of the wrong sign."""
+    bad = bil.compile(Path(__file__).resolve().parent.parent / "examples" / "ridge.bil",
+                      overrides={"lower.max_iter": 1})
+    assert np.isnan(float(bad.objective({"lam": 2.0})))
+    assert np.isnan(float(jax.grad(bad.objective)({"lam": 2.0})["lam"]))
