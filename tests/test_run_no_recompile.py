@@ -121,3 +121,26 @@ def test_runs_are_repeatable_and_resume_exactly_with_a_moving_mu():
     tail = bil.compile(EXAMPLES / "ridge.bil").run(max_iter=20, state=head.state)
     assert float(tail.hypers["lam"]) == float(a.hypers["lam"])
     assert tail.history[-1]["lower_iters_total"] == a.history[-1]["lower_iters_total"]
+
+
+def test_a_zero_hypergradient_at_the_start_does_not_send_eps_to_its_floor():
+    """Heavy penalties (c = 1e3) and W₀ = 0: the first loose solves do no iteration, so
+    z = 0 exactly and no accuracy can pass the descent test by prediction.  ε used to
+    jump to 1e-14 at once (every later solve needlessly tight: 37k iterations for 40
+    outer ones); it is now halved until the solves move."""
+    src = """
+data Xa, ya, Xb, yb = dataset("digits", split=0.5, seed=0, standardize=true)
+data Xtr = Xa[0:150, 0:24]
+data ytr = ya[0:150]
+data Xval = Xb[0:150, 0:24]
+data yval = yb[0:150]
+hyper c : positive[10] = 1000
+lower {
+    W : real[24, 10] = 0
+    minimize cross_entropy(Xtr @ W, ytr) + 0.5 * sum(c * W^2)
+}
+upper minimize cross_entropy(Xval @ W, yval)
+"""
+    r = bil.compile(src).run(max_iter=3)
+    assert min(rec["eps"] for rec in r.history) > 1e-6
+    assert r.history[-1]["upper"] < r.history[0]["upper"]

@@ -810,9 +810,15 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
                 if eps <= eps_min and delta <= delta_min:
                     stop = "eps floor reached"
                     break
-                eps, delta = tighten_dominant(
-                    eps, delta, nu, eps_min, delta_min, lambda e, d: omega_terms(e, d, gx, qn),
-                    lambda e, d: descent_test(sum(omega_terms(e, d, gx, qn)), zn, eta))
+                if zn > 0:
+                    eps, delta = tighten_dominant(
+                        eps, delta, nu, eps_min, delta_min, lambda e, d: omega_terms(e, d, gx, qn),
+                        lambda e, d: descent_test(sum(omega_terms(e, d, gx, qn)), zn, eta))
+                else:
+                    # z = 0 exactly (e.g. a start x₀ = 0 already within a loose tolerance, so
+                    # nothing moved): no prediction can pass, which used to send ε straight to
+                    # its floor (1e-14) and keep every later solve needlessly tight
+                    eps, delta = update_accuracies(eps, delta, nu, eps_min, delta_min)
             if stop is not None:
                 break
 
