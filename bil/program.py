@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bil.compiler.dump import dump_graph, dump_ir
-from bil.compiler.errors import BilError, BilRuntimeError
+from bil.compiler.errors import BilError, BilRuntimeError, BilUsageError
 from bil.compiler.state import CompileState, Method
 
 
@@ -64,15 +64,24 @@ class Program:
         theta = dict(self.lowered.theta0)
         for k, v in (hypers or {}).items():
             if k not in theta:
-                raise KeyError(f"unknown hyper {k!r}; hypers are {sorted(theta)}")
-            theta[k] = jnp.broadcast_to(jnp.asarray(v, self.lowered.dtype), theta[k].shape)
+                raise _unknown_hypers([k], theta)
             h = self.state.hypers[k]
+            try:
+                theta[k] = jnp.broadcast_to(jnp.asarray(v, self.lowered.dtype), theta[k].shape)
+            except (TypeError, ValueError):
+                raise BilUsageError(f"hyper `{k}` must be a number or an array broadcastable to shape "
+                                    f"{tuple(theta[k].shape)}", h.node.span,
+                                    f"its spec line declares it; got {v!r:.60}") from None
             if not isinstance(v, jax.core.Tracer):  # concrete values only: under jit the user owns the domain
                 a = np.asarray(theta[k])
+                if not np.all(np.isfinite(a)):
+                    raise BilUsageError(f"hyper `{k}` must be finite", h.node.span, "got NaN or Inf")
                 if h.bounds is not None and not np.all((a > h.bounds[0]) & (a < h.bounds[1])):
-                    raise ValueError(f"hyper {k!r} must lie strictly inside [{h.bounds[0]:g}, {h.bounds[1]:g}]")
+                    raise BilUsageError(f"hyper `{k}` must lie strictly inside [{h.bounds[0]:g}, {h.bounds[1]:g}]",
+                                        h.node.span, "its domain is declared here")
                 if h.kind == "positive" and not np.all(a > 0):
-                    raise ValueError(f"hyper {k!r} is positive; got a value <= 0")
+                    raise BilUsageError(f"hyper `{k}` is positive; got a value <= 0", h.node.span,
+                                        "positive hypers are optimised in log coordinates: give a value > 0")
         return theta
 
     def _method(self, method: str | Method | None) -> Method:
@@ -141,7 +150,7 @@ class Program:
         def full(theta):  # hypers left out keep their initial values
             unknown = set(theta) - set(theta0)
             if unknown:
-                raise KeyError(f"unknown hyper(s) {sorted(unknown)}; hypers are {sorted(theta0)}")
+                raise _unknown_hypers(sorted(unknown), theta0)
             return {**theta0, **theta}
 
         if method.name == "unroll":
@@ -220,6 +229,14 @@ class Program:
             raise BilError(f"unknown option(s) {', '.join(f'`{k}`' for k in unknown)} for outer `{m.name}`",
                            m.span, (f"did you mean `{guess[0]}`? " if guess else "")
                            + f"`{m.name}` takes: {', '.join(sorted(m.kwargs))}")
+        if overrides:  # checked like the spec's own options (`max_iter=0` is an error, not an empty run)
+            from bil.compiler.passes.options import _method_hint, check_method
+
+            try:
+                check_method(Method(m.name, {**m.kwargs, **overrides}, m.span))
+            except BilError as err:
+                err.hint = err.hint or _method_hint(m, "outer")
+                raise
         res = run_outer(self.engine, m.name, {**m.kwargs, **overrides}, callback=callback, state=state)
         upper, x = self._final_value(res)
         lower = {k: np.asarray(v) for k, v in x.items()}
@@ -269,6 +286,14 @@ class Program:
         lower_status, cg_status = self._FAILED_STOPS[reason]
         err = self.engine.failure(lower_status, cg_status=cg_status)
         return BilRuntimeError(f"the run stopped: {err.message}", err.span, err.hint)
+
+
+def _unknown_hypers(names, known) -> BilUsageError:
+    from bil.stdlib import closest
+
+    guess = closest(names[0], sorted(known))
+    return BilUsageError(f"unknown hyper(s) {', '.join(f'`{n}`' for n in names)}", None,
+                         (f"did you mean `{guess}`? " if guess else "") + f"hypers are {', '.join(sorted(known))}")
 
 
 class Result:

@@ -317,13 +317,20 @@ def test_objective_takes_a_subset_of_the_hypers():
     g = jax.grad(prog.objective)({"lam": jnp.asarray(2.0)})
     assert set(g) == {"lam"}
     assert float(g["lam"]) == pytest.approx(float(g_ref["lam"]), rel=1e-6)
-    with pytest.raises(KeyError, match="lamb"):
+    with pytest.raises(bil.BilError, match="lamb") as e:
         prog.objective({"lamb": 1.0})
+    assert "did you mean `lam`" in e.value.hint
 
 
 def test_hypers_outside_their_domain_are_rejected(ridge_prog):
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="positive") as e:    # a BilError and a ValueError
         ridge_prog.value_and_hypergrad({"lam": -1.0})
+    assert isinstance(e.value, bil.BilError) and e.value.line is not None and e.value.hint
+    for bad in (float("nan"), "x", np.ones(3)):
+        with pytest.raises(bil.BilError):
+            ridge_prog.value_and_hypergrad({"lam": bad})
+    with pytest.raises(bil.BilError, match="max_iter"):
+        ridge_prog.run(max_iter=0)
 
 
 def test_objective_is_nan_where_the_lower_solve_fails():

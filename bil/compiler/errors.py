@@ -47,6 +47,11 @@ class BilRuntimeError(BilError):
     """A failure while solving (NaN, divergence, a cap hit), named at the spec line."""
 
 
+class BilUsageError(BilError, ValueError):
+    """A bad argument to the Python API (an unknown hyper, a value outside its domain):
+    a :class:`BilError` with a hint, and a ``ValueError`` for code that catches those."""
+
+
 @dataclass(frozen=True)
 class Warning_:
     """A compile-time warning (same format as errors, severity ``warning``)."""
