@@ -636,7 +636,10 @@ def standard_form(program: "bil.Program") -> str:
 def _latex_name(name: str) -> str:
     import sympy as sp
 
-    return sp.latex(sp.Symbol(_LATEX_NAMES.get(name, name)))
+    from bil.compiler.symbolic import BilLatexPrinter
+
+    # the same printer as the expressions: a multi-letter name is \mathrm{lr}, not l·r
+    return BilLatexPrinter().doprint(sp.Symbol(_LATEX_NAMES.get(name, name)))
 
 
 def _latex_hyper_domain(h) -> str:

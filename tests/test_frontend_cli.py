@@ -196,7 +196,7 @@ def test_show_latex_ridge(capsys):
     assert code == 0
     assert out.startswith(r"\min_{\lambda > 0}")
     assert r"\quad \text{s.t.}\quad w^*\left(\lambda\right) \in \arg\min_{w}" in out
-    assert r"\left\|Xtr w - ytr\right\|_2^{2}" in out
+    assert r"\left\|\mathrm{Xtr} w - \mathrm{ytr}\right\|_2^{2}" in out   # one symbol, not X·t·r
     assert r"0.5 \lambda \left\|w\right\|_2^{2}" in out
 
 

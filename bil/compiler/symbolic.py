@@ -14,7 +14,8 @@ Two translations of an expression tree:
 from __future__ import annotations
 
 import sympy as sp
-from sympy.printing.latex import LatexPrinter
+from sympy.printing.conventions import split_super_sub
+from sympy.printing.latex import LatexPrinter, translate
 
 from bil.compiler import ir
 
@@ -144,6 +145,16 @@ class BilLatexPrinter(LatexPrinter):
         name = expr.name
         if name.startswith('"'):
             return r"\text{%s}" % name
+        base, sups, subs = split_super_sub(name)
+        if len(base) > 1 and translate(base) == base and base.isidentifier():
+            # a multi-letter name (Xtr, lr, clean) is one symbol, not a product of letters;
+            # Greek names (alpha, nu) keep sympy's \alpha, \nu
+            tex = r"\mathrm{%s}" % base
+            if subs:
+                tex += "_{%s}" % " ".join(translate(t) for t in subs)
+            if sups:
+                tex += "^{%s}" % " ".join(translate(t) for t in sups)
+            return tex
         return super()._print_Symbol(expr, style)
 
 
