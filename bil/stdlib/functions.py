@@ -397,6 +397,9 @@ def logistic_loss(scores, labels):
 @register("huber")
 def huber(r, delta=1.0):
     """Huber loss summed over elements: 0.5 r^2 where |r| <= delta, else delta (|r| - delta/2)."""
+    if isinstance(delta, (int, float, np.number)) and not delta > 0:   # a constant: check it (a hyper may be traced)
+        raise StdlibError(f"huber: delta must be > 0, got {delta}", arg="delta",
+                          hint="delta is where the loss turns from quadratic to linear, e.g. huber(r, 1.0)")
     a = jnp.abs(r)
     return jnp.sum(jnp.where(a <= delta, 0.5 * jnp.square(r), delta * (a - 0.5 * delta)))
 

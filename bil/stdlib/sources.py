@@ -87,6 +87,9 @@ def dataset(name, split=None, seed=0, standardize=False):
     """A bundled dataset as (X, y), or (Xtr, ytr, Xval, yval) when split= gives the training fraction."""
     if name not in _DATASETS:
         raise _unknown("dataset", name, sorted(_DATASETS))
+    if not isinstance(standardize, (bool, np.bool_)):
+        raise StdlibError(f"dataset: standardize must be true or false, got {standardize!r}", arg="standardize",
+                          hint="e.g. dataset(\"diabetes\", standardize=true)")
     X, y = _raw_dataset(name)
     n = X.shape[0]
     regression = np.issubdtype(y.dtype, np.floating)
