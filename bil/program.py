@@ -120,13 +120,18 @@ class Program:
         ‖Hq − ∇ₓf‖ ≤ tol.  ``method`` overrides the spec's ``hypergradient:``
         (``"implicit"``, ``"direct"``, ``"neumann"``, ``"unroll"``, ``"unroll(truncate=5)"``).
         """
+        hg = self._hypergrad(hypers, tol, self._method(method))
+        return float(hg.f), {k: np.asarray(v) for k, v in hg.z.items()}
+
+    def _hypergrad(self, hypers, tol: float, m: Method):
+        """The engine's :class:`HyperGrad` at ``hypers`` (user coordinates) from the initial
+        lower values, lower and adjoint solved to ``tol``; a failed solve raises."""
         eng = self.engine
-        m = self._method(method)
         theta = self._theta(hypers)
         X0 = eng.init_lower_user(theta)
         hg, (gn, res) = eng.hypergradient(theta, X0, eng.init_adjoint(X0), tol, tol, coords="theta", method=m)
         eng.check(hg.lower_status, gn, hg.cg_status, res)
-        return float(hg.f), {k: np.asarray(v) for k, v in hg.z.items()}
+        return hg
 
     @functools.cached_property
     def objective(self):
@@ -223,19 +228,19 @@ class Program:
         m = self.state.options["solve"]["outer"]
         unknown = sorted(set(overrides) - set(m.kwargs))
         if unknown:
-            # the iteration limit is `max_iter` for maid/hoag, `steps` for adam/gd
-            alias = {"max_iter": "steps", "steps": "max_iter"}
-            guess = [alias[k] for k in unknown if alias.get(k) in m.kwargs]
+            from bil.compiler.passes.options import LIMIT_ALIASES
+
+            guess = [LIMIT_ALIASES[k] for k in unknown if LIMIT_ALIASES.get(k) in m.kwargs]
             raise BilError(f"unknown option(s) {', '.join(f'`{k}`' for k in unknown)} for outer `{m.name}`",
                            m.span, (f"did you mean `{guess[0]}`? " if guess else "")
                            + f"`{m.name}` takes: {', '.join(sorted(m.kwargs))}")
         if overrides:  # checked like the spec's own options (`max_iter=0` is an error, not an empty run)
-            from bil.compiler.passes.options import _method_hint, check_method
+            from bil.compiler.passes.options import check_method, method_hint
 
             try:
                 check_method(Method(m.name, {**m.kwargs, **overrides}, m.span))
             except BilError as err:
-                err.hint = err.hint or _method_hint(m, "outer")
+                err.hint = err.hint or method_hint(m, "outer")
                 raise
         res = run_outer(self.engine, m.name, {**m.kwargs, **overrides}, callback=callback, state=state)
         upper, x = self._final_value(res)

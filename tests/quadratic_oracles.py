@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bil.runtime.engine import BUDGET, _cap
-from bil.runtime.oracles import AbstractOracles, Constants, HyperGrad, UpperValue
+from bil.runtime.engine import _cap
+from bil.runtime.oracles import BUDGET, AbstractOracles, Constants, HyperGrad, UpperValue
 
 
 class QuadraticOracles(AbstractOracles):

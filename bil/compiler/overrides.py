@@ -192,10 +192,10 @@ def _unknown_key(module: ir.Module, key: str, span: Span) -> BilError:
     from bil.stdlib import closest
 
     keys = valid_keys(module)
-    # the iteration limit is `max_iter` for maid/hoag and `steps` for adam/gd (and vice versa)
-    swap = {"max_iter": "steps", "steps": "max_iter"}
+    from bil.compiler.passes.options import LIMIT_ALIASES
+
     head, _, last = key.rpartition(".")
-    alias = f"{head}.{swap[last]}" if last in swap else None
+    alias = f"{head}.{LIMIT_ALIASES[last]}" if last in LIMIT_ALIASES else None
     guess = alias if alias in keys else closest(key, keys)
     return BilError(f"unknown --set key `{key}`", Span(span.source, 1, 1, 1, len(key) + 1),
                     (f"did you mean `{guess}`? " if guess else "") + "valid keys: " +

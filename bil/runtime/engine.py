@@ -26,7 +26,7 @@ import optax.tree_utils as otu
 from bil.compiler.errors import BilRuntimeError
 from bil.compiler.lower import Lowered
 from bil.runtime import linear, solvers, train
-from bil.runtime.oracles import AbstractOracles, Constants, HyperGrad, UpperValue
+from bil.runtime.oracles import BUDGET, AbstractOracles, Constants, HyperGrad, UpperValue
 
 IMPLICIT_METHODS = ("implicit", "neumann")
 
@@ -36,9 +36,6 @@ _AGD_REF_RTOL = 1e-3
 
 #: power iterations for Neumann's 1/L when ``neumann(alpha=...)`` is not given
 _NEUMANN_POWER_ITERS = 30
-
-#: lower/CG status of a solve stopped by the call's ``cap`` (the outer loop's budget)
-BUDGET = 4
 
 
 class Solved(NamedTuple):
@@ -161,8 +158,7 @@ class Engine(AbstractOracles):
         low = self.low
 
         # bounded variables are trained by projected steps (each update clipped to the box)
-        proj = None if low.bounds is None else (
-            lambda x: jax.tree.map(jnp.clip, x, low.bounds[0], low.bounds[1]))
+        proj = None if low.bounds is None else solvers.projector(low.bounds)
 
         def one(theta, d, x0):
             x, _ = train.train(self._g1, x0, (theta, d), low.optimizer, low.opt_kwargs(theta, d),
@@ -223,12 +219,10 @@ class Engine(AbstractOracles):
             if kind == "neumann":
                 return self._neumann(hv, b, kw)
             own = int(kw.get("max_iter", 1000))
-            if cap is None:
-                r = linear.cg(hv, b, q0, per_delta, own)
-                return r.x, r.iters, r.residual, r.status
-            per_cap = cap // self.n
-            r = linear.cg(hv, b, q0, per_delta, jnp.minimum(per_cap, own))
-            return r.x, r.iters, r.residual, _budget_status(r.status, r.iters, per_cap, own)
+            per_cap = None if cap is None else cap // self.n
+            r = linear.cg(hv, b, q0, per_delta, own if cap is None else jnp.minimum(per_cap, own))
+            st = r.status if cap is None else _budget_status(r.status, r.iters, per_cap, own)
+            return r.x, r.iters, r.residual, st
 
         q, it, res, stt = self._vmap(one, (None, low.data_axes, 0, 0, 0))(theta, d, X, B, Q0)
         return q, self._sum(it), self._rss(res), self._max(stt)
@@ -325,8 +319,7 @@ class Engine(AbstractOracles):
         unrolled map must not depend on whether an outer loop asked for it.
         """
         low = self.low
-        proj = (lambda x: x) if low.bounds is None else (
-            lambda x: jax.tree.map(jnp.clip, x, low.bounds[0], low.bounds[1]))
+        proj = solvers.projector(low.bounds)
         mu = self.mu_given
 
         def one(theta, d):
@@ -379,12 +372,14 @@ class Engine(AbstractOracles):
         """The strong-convexity modulus: given (``fista(mu=..)``) or estimated once."""
         if self._mu is None:
             theta = self.low.theta0
-            d = self.low.data
-            X = self.X_init(theta, d)
-            est = self._jit("mu", self._mu_impl)(theta, X, d)
-            # Lanczos' smallest Ritz value is an upper bound: take a margin.
-            self._mu = self._mu0 = max(0.5 * float(est), 1e-8)
+            self._mu = self._mu0 = self._mu_at(theta, self.init_lower_user(theta))
         return self._mu
+
+    def _mu_at(self, theta, X) -> float:
+        """μ estimated at hypers ``theta`` (user coordinates) and lower values ``X``."""
+        est = self._jit("mu", self._mu_impl)(theta, X, self.low.data)
+        # Lanczos' smallest Ritz value is an upper bound: take a margin.
+        return max(0.5 * float(est), 1e-8)
 
     def _mu_impl(self, theta, X, d):
         def one(x, d):
@@ -452,8 +447,7 @@ class Engine(AbstractOracles):
         vals = self._jit("constants", self._constants_impl)(u, x, self.low.data)
         L_f, J, L_H, L_J, L_ft = (float(v) for v in vals)
         if self.mu_given is None and self.low.optimizer is None:
-            est = self._jit("mu", self._mu_impl)(self.low.transform.to_user(u), x, self.low.data)
-            self._mu = max(0.5 * float(est), 1e-8)
+            self._mu = self._mu_at(self.low.transform.to_user(u), x)
         return Constants(mu=self.mu(), L_f=L_f, J_norm=J, L_H=L_H, L_J=L_J, L_ftheta=L_ft)
 
     def lower_grad_norm(self, u, x) -> float:

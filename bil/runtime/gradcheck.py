@@ -55,15 +55,8 @@ def _value(prog, hypers, tol, method) -> float:
     f(x̃) − ⟨q, ∇ₓg(x̃)⟩, whose error is second order in the lower accuracy (MAID's bracket):
     f(x̃) alone carries a first-order error ‖∇ₓf‖·‖x̃ − x*‖ that, divided by the small
     step, swamps the difference on ill-conditioned problems."""
-    eng = prog.engine
-    m = prog._method(method)
-    if m.name not in ("implicit", "direct") or prog.state.is_train:
-        return prog.value_and_hypergrad(hypers, tol=tol, method=method)[0]
-    theta = prog._theta(hypers)
-    X0 = eng.init_lower_user(theta)
-    hg, (gn, res) = eng.hypergradient(theta, X0, eng.init_adjoint(X0), tol, tol, coords="theta", method=m)
-    eng.check(hg.lower_status, gn, hg.cg_status, res)
-    qr = float(hg.qr)
+    hg = prog._hypergrad(hypers, tol, prog._method(method))
+    qr = float(hg.qr) if hg.qr is not None else np.nan   # None/NaN: unknown (unroll, active bounds)
     return float(hg.f) - (qr if np.isfinite(qr) else 0.0)
 
 

@@ -18,6 +18,10 @@ from abc import ABC, abstractmethod
 from typing import Any, NamedTuple
 
 
+#: lower/CG status of a solve stopped by the call's ``cap`` (the outer loop's remaining budget)
+BUDGET = 4
+
+
 class UpperValue(NamedTuple):
     """Upper value at an inexact lower solution (accuracy ``eps``)."""
 

@@ -29,7 +29,7 @@ from jax.flatten_util import ravel_pytree
 
 from .linear import cg
 
-__all__ = ["SolveResult", "SOLVERS", "solve", "strong_convexity_estimate"]
+__all__ = ["SolveResult", "SOLVERS", "solve", "projector", "strong_convexity_estimate"]
 
 CONVERGED, MAX_ITER, NONFINITE = 0, 1, 2
 
@@ -80,7 +80,8 @@ def _eps(f):
     return jnp.finfo(jnp.result_type(f)).eps
 
 
-def _projector(bounds):
+def projector(bounds):
+    """The projection onto box ``bounds`` = (lo, hi) (pytrees or scalars); identity if None."""
     if bounds is None:
         return lambda z: z
     lo, hi = bounds
@@ -243,7 +244,7 @@ def fista(fun, x0, params, tol, max_iter: int, bounds=None, *, mu=None, L0=1.0):
     (O'Donoghue & Candès 2015) drops the momentum whenever
     ``<y - x_{k+1}, x_{k+1} - x_k> > 0``.  Bounds act as the prox (projection).
     """
-    proj = _projector(bounds)
+    proj = projector(bounds)
     measure = _measure(bounds, proj)
     vg = _value_and_grad(fun, params)
     x0 = proj(x0)
@@ -288,7 +289,7 @@ def gd(fun, x0, params, tol, max_iter: int, bounds=None, *, lr=None):
     with constant 1/2 when unbounded) on the step 1/L, with L shrunk by 0.9
     before each test and doubled on failure.
     """
-    proj = _projector(bounds)
+    proj = projector(bounds)
     measure = _measure(bounds, proj)
     vg = _value_and_grad(fun, params)
     x0 = proj(x0)

@@ -57,6 +57,10 @@ SOLVE_OPTIONS: dict[str, tuple[str, Callable | str]] = {
 }
 UPPER_OPTIONS: dict[str, tuple[str, Callable | str]] = {}
 
+#: the outer loops' iteration limits: `max_iter` for maid/hoag, `steps` for adam/gd (each is
+#: the other's "did you mean")
+LIMIT_ALIASES = {"max_iter": "steps", "steps": "max_iter"}
+
 DEFAULTS = {"tol": 1e-8, "max_iter": 10000, "precision": "float64", "seed": 0, "checkpoint_every": 10}
 
 
@@ -165,7 +169,7 @@ def check_block(options: tuple[ir.Option, ...], table: dict, block: str) -> dict
                 check_method(m)
             except BilError as err:
                 if err.hint is None:  # every diagnostic says what to write instead
-                    err.hint = _method_hint(m, check)
+                    err.hint = method_hint(m, check)
                 raise
             out[opt.key] = m
         else:
@@ -178,7 +182,7 @@ def check_block(options: tuple[ir.Option, ...], table: dict, block: str) -> dict
     return out
 
 
-def _method_hint(m: Method, namespace: str) -> str:
+def method_hint(m: Method, namespace: str) -> str:
     """``name`` takes k=default, ...: the defaults, as a hint for a bad keyword value."""
     fn = lookup(m.name, namespace)
     params = fn.signature.parameters.values() if fn is not None else ()

@@ -70,11 +70,11 @@ class InferShapes:
         env.update({v.name: sds(v.shape) for v in st.lower_vars.values()})
 
         goal = st.lower.goal
-        data = st.data  # meta functions (nclasses) read the values
-        self._scalar(eval_abstract(st.goal, env, concrete=data), st.goal, "the lower objective")
+        # concrete=: meta functions such as nclasses(y) read the data's values
+        self._scalar(eval_abstract(st.goal, env, concrete=st.data), st.goal, "the lower objective")
         if isinstance(goal, ir.Train):
             self._train(st, goal, const, env)
-        self._scalar(eval_abstract(st.upper_expr, env, concrete=data), st.upper_expr, "the upper objective")
+        self._scalar(eval_abstract(st.upper_expr, env, concrete=st.data), st.upper_expr, "the upper objective")
         for e in (st.goal, st.upper_expr):
             _check_labels(st, e, env)
 
@@ -226,8 +226,8 @@ def _method(name, kwargs, span):
     return Method(name, kwargs, span)
 
 
-#: functions whose second argument holds class labels, and what the labels must be
-_LABELED = {"cross_entropy": "classes", "logistic_loss": "binary"}
+#: functions whose second argument holds labels (class indices, or 0/1)
+_LABELED = frozenset({"cross_entropy", "logistic_loss"})
 
 
 def _check_labels(st: CompileState, e: ir.Expr, env: dict) -> None:
@@ -241,10 +241,10 @@ def _check_labels(st: CompileState, e: ir.Expr, env: dict) -> None:
         if not (ir.free_names(labels) <= st.data.keys()):
             continue
         y = np.asarray(Evaluator(st.data)(labels))
-        z = eval_abstract(logits, env, concrete=st.data)
         if y.size == 0 or y.dtype == bool:
             continue
         if c.func == "cross_entropy":
+            z = eval_abstract(logits, env, concrete=st.data)   # the logits' shape: the classes
             if tuple(y.shape[-len(z.shape):]) == tuple(z.shape) and y.ndim == len(z.shape):
                 continue  # class probabilities, not indices
             if not np.all(y == np.round(y)):

@@ -54,6 +54,8 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from bil.runtime.oracles import BUDGET
+
 __all__ = ["FIELDS", "INT_FIELDS", "MAX_FLAT_HYPER", "OuterResult", "hyper_fields", "make_record",
            "Tracker", "pack_tree", "unpack_tree", "to_host", "tree_norm", "is_finite_tree"]
 
@@ -136,8 +138,10 @@ def tree_axpy(u, alpha: float, z):
     return jax.tree.map(lambda a, b: np.asarray(a - alpha * b, dtype=np.result_type(a, b)), u, z)
 
 
-#: oracle status of a solve stopped by the call's ``cap`` (the remaining budget)
-BUDGET = 4
+def arithmetic_floor(oracles, u0) -> tuple[float, float]:
+    """(ε, δ) floors of a run: what the arithmetic resolves at the start
+    (:meth:`~bil.runtime.oracles.AbstractOracles.accuracy_floor`), with the oracles' current μ."""
+    return oracles.accuracy_floor(u0, oracles.init_lower(u0))
 
 
 def hypergrad_step(oracles, tr: "Tracker", u, x, q, eps: float, delta: float, strict: bool = False):

@@ -44,8 +44,9 @@ import jax
 import numpy as np
 
 from bil.runtime.oracles import AbstractOracles
-from bil.runtime.outer.history import (OuterResult, Tracker, host_copy, hypergrad_step, pack_iterates, pack_tree,
-                                       start_iterates, tree_axpy, tree_norm, unpack_iterates, unpack_tree)
+from bil.runtime.outer.history import (OuterResult, Tracker, arithmetic_floor, host_copy, hypergrad_step,
+                                       pack_iterates, pack_tree, start_iterates, tree_axpy, tree_norm,
+                                       unpack_iterates, unpack_tree)
 
 __all__ = ["SCHEDULES", "schedule_eps", "step_control", "first_L", "run_hoag"]
 
@@ -104,7 +105,7 @@ def run_hoag(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
     u0 = host_copy(oracles.u0)
     oracles.set_strong_convexity(None)   # θ₀'s μ, whatever ran before on these oracles
     # never below what the arithmetic resolves (float32 especially)
-    floor_eps, floor_delta = oracles.accuracy_floor(u0, oracles.init_lower(u0))
+    floor_eps, floor_delta = arithmetic_floor(oracles, u0)
 
     def accuracies(e: float) -> tuple[float, float]:
         """Schedule value ε_k -> absolute (lower accuracy, CG residual)."""

@@ -239,8 +239,8 @@ import jax
 import numpy as np
 
 from bil.runtime.oracles import AbstractOracles
-from bil.runtime.outer.history import (OuterResult, Tracker, host_copy, is_finite_tree, pack_iterates, start_iterates,
-                                       to_host, tree_axpy, tree_norm, unpack_iterates)
+from bil.runtime.outer.history import (OuterResult, Tracker, arithmetic_floor, host_copy, is_finite_tree,
+                                       pack_iterates, start_iterates, to_host, tree_axpy, tree_norm, unpack_iterates)
 
 __all__ = ["RunningConstants", "merge_constants", "error_bound", "bounds_upper_lower", "sufficient_decrease",
            "adjoint_norm_bound", "descent_test", "update_accuracies", "tighten_until", "first_trial_step",
@@ -634,8 +634,7 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
     oracles.set_strong_convexity(saved_mu if math.isfinite(saved_mu) else None)
     # never below what the arithmetic resolves (float32 especially); refreshed with μ
     eps_min0, delta_min0 = eps_min, delta_min
-    x_init = oracles.init_lower(u0)
-    floor_eps, floor_delta = oracles.accuracy_floor(u0, x_init)
+    floor_eps, floor_delta = arithmetic_floor(oracles, u0)
     eps_min, delta_min = max(eps_min, floor_eps), max(delta_min, floor_delta)
     if state is None:
         u, x, q = start_iterates(oracles, u0)
@@ -764,7 +763,7 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
                     consts = merge_constants(consts, oracles.constants(u, x))
                     refresh = False
                     # μ may have changed: so has the arithmetic's floor on ε
-                    floor_eps, floor_delta = oracles.accuracy_floor(u0, x_init)
+                    floor_eps, floor_delta = arithmetic_floor(oracles, u0)
                     eps_min, delta_min = max(eps_min0, floor_eps), max(delta_min0, floor_delta)
                     since_iters, since_dist = 0, 0.0
                     if not (consts.mu > 0 and math.isfinite(consts.mu)):

@@ -23,8 +23,9 @@ import jax
 import optax
 
 from bil.runtime.oracles import AbstractOracles
-from bil.runtime.outer.history import (OuterResult, Tracker, host_copy, hypergrad_step, pack_iterates, pack_tree,
-                                       start_iterates, to_host, tree_axpy, tree_norm, unpack_iterates, unpack_tree)
+from bil.runtime.outer.history import (OuterResult, Tracker, arithmetic_floor, host_copy, hypergrad_step,
+                                       pack_iterates, pack_tree, start_iterates, to_host, tree_axpy, tree_norm,
+                                       unpack_iterates, unpack_tree)
 
 __all__ = ["make_optimizer", "run_plain"]
 
@@ -43,7 +44,7 @@ def run_plain(oracles: AbstractOracles, method: str, o: dict, *, callback=None, 
     u0 = host_copy(oracles.u0)
     oracles.set_strong_convexity(None)   # θ₀'s μ, whatever ran before on these oracles
     # never below what the arithmetic resolves (float32 especially)
-    floor_eps, floor_delta = oracles.accuracy_floor(u0, oracles.init_lower(u0))
+    floor_eps, floor_delta = arithmetic_floor(oracles, u0)
     eps, delta = max(acc, floor_eps), max(acc, floor_delta)
     opt = make_optimizer(method, lr)
     update = jax.jit(opt.update)
