@@ -2,7 +2,8 @@
 
 A :class:`Program` is what :func:`bil.compile` returns.  Its methods are
 ordinary JAX: ``prog.objective`` is a differentiable function of the hypers
-(the hypergradient is attached with ``jax.custom_vjp``), so ``jax.grad``,
+(the lower solution carries an implicit-function JVP rule,
+:mod:`bil.runtime.implicit`), so ``jax.grad``, ``jax.jvp``, ``jax.hessian``,
 ``jax.jit`` and ``jax.vmap`` work on it.
 """
 
@@ -137,14 +138,15 @@ class Program:
     def objective(self):
         """Hypers dict (user coordinates) -> upper value at the lower solution.
 
-        Hypers left out of the dict keep their initial values.  Differentiable with ``jax.grad`` (implicit methods attach the
-        hypergradient through ``jax.custom_vjp``; ``unroll`` differentiates the
-        unrolled iterations), and usable under ``jax.jit`` and ``jax.vmap``.
-        The lower problem and the adjoint are solved to the spec's ``tol:``; where
-        the lower solve does not get there (iteration cap, NaN) the value is NaN.
-        Implicit methods give first derivatives in reverse mode only (``jax.grad``,
-        ``jax.vjp``): forward mode raises, and second derivatives (``jax.hessian``,
-        grad of grad) are not supported (they come out as 0); ``unroll`` has both.
+        Hypers left out of the dict keep their initial values.  An ordinary JAX
+        function: ``jax.grad``, ``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``,
+        ``jax.jit`` and ``jax.vmap`` all work.  Implicit methods differentiate the
+        lower solution by the implicit function theorem
+        (:mod:`bil.runtime.implicit`: reverse mode is the adjoint method, second
+        derivatives differentiate that rule); ``unroll`` differentiates the
+        unrolled iterations.  The lower problem and every linear system are solved
+        to the spec's ``tol:``; where a solve does not get there (iteration cap,
+        NaN) the value, or the derivative, is NaN.
         """
         eng = self.engine
         d = self.lowered.data
@@ -162,33 +164,20 @@ class Program:
             def unrolled(theta):
                 return eng.unrolled_objective(full(dict(theta)), "theta", d, method)[0]
 
-            return unrolled
+            return jax.jit(unrolled)
 
-        def forward(theta):
-            theta = dict(theta)
-            th = full(theta)
-            sol = eng._solve(th, d, eng.X_init(th, d), tol)
-            # a lower solve that did not reach `tol` (cap, stall, NaN) gives NaN, not a value
-            # at an unconverged x that would look plausible (no exception can leave a jit)
-            ok = sol.status == 0
-            f = jnp.where(ok, eng.F(sol.x, th, d), jnp.nan)
-            return f, (theta, sol.x, ok)
+        from bil.runtime.implicit import lower_solution
 
-        @jax.custom_vjp
+        solution = lower_solution(eng, tol)
+
         def objective(theta):
-            return forward(theta)[0]
+            th = full(dict(theta))
+            return eng.F(solution(th), th, d)
 
-        def fwd(theta):
-            return forward(theta)
-
-        def bwd(res, ct):
-            theta, X, ok = res  # theta: the hypers given, whose cotangents are returned
-            _, z, *_ = eng._implicit(full(theta), "theta", d, X, eng.init_adjoint(X), tol, method)
-            scale = jnp.where(ok, ct, jnp.nan)   # no gradient from an unconverged lower solve
-            return ({k: scale * z[k] for k in theta},)
-
-        objective.defvjp(fwd, bwd)
-        return objective
+        # jitted (both branches) so that eager calls, and jax.grad or jax.hessian of it called
+        # eagerly, reuse the compiled solver loops instead of tracing them again on every
+        # call (0.9 s per eager value on ridge before, 0.3 ms now)
+        return jax.jit(objective)
 
     def emit(self, stage: str = "ir") -> str:
         """Text of a compilation stage: ``ir``, ``jaxpr`` or ``hlo``.

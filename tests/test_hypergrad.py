@@ -340,3 +340,89 @@ def test_objective_is_nan_where_the_lower_solve_fails():
                       overrides={"lower.max_iter": 1})
     assert np.isnan(float(bad.objective({"lam": 2.0})))
     assert np.isnan(float(jax.grad(bad.objective)({"lam": 2.0})["lam"]))
+
+
+def ridge_second_derivative(X, y, Xv, yv, lam):
+    """d²F/dλ² for ridge: w'' = 2 A⁻² w, F'' = mean((Xv w')²) + mean(r · Xv w'')."""
+    A = X.T @ X + lam * np.eye(X.shape[1])
+    w = np.linalg.solve(A, X.T @ y)
+    dw = -np.linalg.solve(A, w)
+    d2w = 2 * np.linalg.solve(A, np.linalg.solve(A, w))
+    r = Xv @ w - yv
+    return np.mean((Xv @ dw) ** 2) + np.mean(r * (Xv @ d2w))
+
+
+@pytest.mark.parametrize("linear", ["cg", "direct"])
+def test_objective_has_forward_mode_and_second_derivatives(tmp_path, ridge_data, linear):
+    """prog.objective is an ordinary JAX function: jvp, jacfwd, hessian and grad of grad
+    (they used to raise or, for second derivatives, silently return 0)."""
+    X, y, Xv, yv = ridge_data
+    np.savez(tmp_path / "ridge.npz", X=X, y=y, Xv=Xv, yv=yv)
+    prog = bil.compile(_write(tmp_path, "r.bil", RIDGE + f'solve {{ hypergradient: implicit(linear="{linear}") }}\n'))
+    lam = 2.0
+    _, g_ref = ridge_closed_form(*ridge_data, lam)
+    h_ref = ridge_second_derivative(*ridge_data, lam)
+    obj = prog.objective
+    theta = {"lam": jnp.asarray(lam)}
+    _, t = jax.jvp(obj, (theta,), ({"lam": jnp.asarray(1.0)},))
+    assert float(t) == pytest.approx(g_ref, rel=1e-8)
+    assert float(jax.jacfwd(obj)(theta)["lam"]) == pytest.approx(g_ref, rel=1e-8)
+    assert float(jax.hessian(obj)(theta)["lam"]["lam"]) == pytest.approx(h_ref, rel=1e-8)
+    gg = jax.jit(jax.grad(lambda th: jax.grad(obj)(th)["lam"]))(theta)
+    assert float(gg["lam"]) == pytest.approx(h_ref, rel=1e-8)
+    hv = jax.vmap(jax.hessian(obj))({"lam": jnp.array([0.5, 2.0])})
+    assert float(hv["lam"]["lam"][1]) == pytest.approx(h_ref, rel=1e-8)
+    assert float(hv["lam"]["lam"][0]) == pytest.approx(ridge_second_derivative(*ridge_data, 0.5), rel=1e-8)
+
+
+def _fd_hessian(prog, theta: dict, h=1e-4):
+    """Central differences of tightly solved hypergradients."""
+    names = list(theta)
+    H = np.zeros((len(names), len(names)))
+    for j, n in enumerate(names):
+        g = [prog.value_and_hypergrad({**theta, n: theta[n] + s * h}, tol=1e-12)[1] for s in (1, -1)]
+        for i, m in enumerate(names):
+            H[i, j] = (float(g[0][m]) - float(g[1][m])) / (2 * h)
+    return H
+
+
+@pytest.mark.parametrize("spec, theta", [
+    # active bounds: the tangent system is the reduced one, ẋ = 0 at the bound
+    ("""
+     data X, y = (randn(30, 6, seed=0), randn(30, seed=1))
+     hyper lam : positive = 0.5
+     hyper c = 0.3
+     lower {
+         w : real[6] in [0, 10] = 0
+         minimize 0.5 * sumsq(X @ w - y) + 0.5 * lam * sumsq(w - c)
+     }
+     upper minimize 0.5 * sumsq(X @ w - y) + sum(w)
+     """, {"lam": 0.5, "c": 0.3}),
+    # per sample, non-quadratic lower problem (third derivatives enter the Hessian)
+    ("""
+     data A = randn(4, 5, 5, seed=2) per sample
+     data b = randn(4, 5, seed=3) per sample
+     hyper lam : positive = 1.0
+     hyper s = 0.1
+     lower {
+         x : real[5] = 0
+         minimize 0.5 * sumsq(A @ x - b) + 0.5 * lam * sumsq(x) + s * sum(x^4)
+     }
+     upper minimize 0.5 * sumsq(x - 0.2)
+     """, {"lam": 1.0, "s": 0.1}),
+], ids=["active-bounds", "per-sample-quartic"])
+def test_objective_hessian_matches_finite_differences(spec, theta):
+    prog = bil.compile(textwrap.dedent(spec))
+    H = jax.hessian(prog.objective)({k: jnp.asarray(v) for k, v in theta.items()})
+    Hm = np.array([[float(H[a][b]) for b in theta] for a in theta])
+    np.testing.assert_allclose(Hm, _fd_hessian(prog, theta), rtol=1e-6, atol=1e-9)
+    if "in [0, 10]" in spec:  # the case is only meaningful with bounds active at the solution
+        w = np.asarray(prog.solve_lower(theta)["w"])
+        assert np.any(w <= 1e-12) and np.any(w > 1e-3)
+
+
+def test_second_derivatives_are_nan_where_the_lower_solve_fails():
+    bad = bil.compile(Path(__file__).resolve().parent.parent / "examples" / "ridge.bil",
+                      overrides={"lower.max_iter": 1})
+    assert np.isnan(float(jax.hessian(bad.objective)({"lam": jnp.asarray(2.0)})["lam"]["lam"]))
+    assert np.isnan(float(jax.jvp(bad.objective, ({"lam": 2.0},), ({"lam": 1.0},))[1]))

@@ -1,0 +1,92 @@
+"""The lower solution x*(θ) as an ordinary, differentiable JAX function.
+
+``prog.objective`` is f(x*(θ), θ).  Differentiating it through the lower
+solver's iterations would be slow and wrong (a while loop has no reverse mode,
+and a solution's derivative is not the derivative of the iterations that
+found it), so x*(θ) gets a custom JVP from the implicit function theorem:
+∇ₓg(x*(θ), θ) = 0 gives
+
+    H ẋ = −∂θ∇ₓg · θ̇,        H = ∇²ₓₓg(x*, θ).
+
+The tangent system is solved with ``jax.lax.custom_linear_solve`` (H is
+symmetric), by the spec's linear method (CG, direct or Neumann) through the
+engine's adjoint solver.  That single rule gives every mode JAX has:
+
+* reverse mode (``jax.grad``) transposes the rule: one solve with H against
+  ∇ₓf, which is the adjoint method;
+* forward mode (``jax.jvp``, ``jax.jacfwd``) runs it as written;
+* second derivatives (``jax.hessian``, grad of grad) differentiate the rule
+  itself: the Hessian-vector product in it depends on θ directly and through
+  x*(θ), which is this same function again, and ``custom_linear_solve``
+  differentiates its operator.
+
+With box bounds on the lower variables the active ones stay at their bound
+(ẋ = 0 there) and the system is the reduced one on the free coordinates, as
+for the adjoint.  Where the lower solve or a tangent solve fails (iteration
+cap, non-finite values) the result is NaN, never a plausible wrong number.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+
+def _nan_unless(ok, tree):
+    return jax.tree.map(lambda a: jnp.where(ok, a, jnp.nan), tree)
+
+
+def lower_solution(eng, tol: float, method=None) -> Callable[[dict], Any]:
+    """θ (every hyper, user coordinates) -> x*(θ), solved to ‖∇ₓg‖ ≤ ``tol`` from the
+    spec's initial values; derivatives of any order by the implicit function theorem
+    (module docstring), the tangent systems solved to residual ``tol`` by ``method``
+    (default: the spec's hypergradient method)."""
+    method = method or eng.method
+    d = eng.low.data
+    bounded = eng.low.bounds is not None
+
+    def grad_x(X, theta):
+        return jax.grad(eng.G)(X, theta, d)
+
+    def free_mask(X, theta):
+        one = lambda x, th, dd: eng._free_mask(x, th, dd)  # noqa: E731
+        return eng._vmap(one, (0, None, eng.low.data_axes))(X, theta, d)
+
+    @jax.custom_jvp
+    def solution(theta):
+        sol = eng._solve(theta, d, eng.X_init(theta, d), tol)
+        return _nan_unless(sol.status == 0, sol.x)
+
+    @solution.defjvp
+    def solution_jvp(primals, tangents):
+        (theta,), (theta_dot,) = primals, tangents
+        X = solution(theta)  # this function again: its own rule applies under a second derivative
+        rhs = jax.jvp(lambda th: grad_x(X, th), (theta,), (theta_dot,))[1]
+        rhs = jax.tree.map(jnp.negative, rhs)
+
+        def matvec(v):
+            return jax.jvp(lambda y: grad_x(y, theta), (X,), (v,))[1]
+
+        if bounded:
+            # the reduced system on the free coordinates, identity on the active ones
+            # (whose right-hand side is 0: they stay at their bound)
+            mask = jax.lax.stop_gradient(free_mask(X, theta))
+            plain = matvec
+
+            def matvec(v):  # noqa: F811 - the masked operator replaces the plain one
+                hv = plain(jax.tree.map(jnp.multiply, mask, v))
+                return jax.tree.map(lambda m, h, w: m * h + (1 - m) * w, mask, hv, v)
+
+            rhs = jax.tree.map(jnp.multiply, mask, rhs)
+
+        def solve(_, b):
+            zero = jax.tree.map(jnp.zeros_like, b)
+            q, _, _, status = eng._adjoint(theta, d, X, b, zero, tol, method)
+            return _nan_unless(status == 0, q)
+
+        X_dot = jax.lax.custom_linear_solve(matvec, rhs, solve, symmetric=True)
+        return X, X_dot
+
+    return solution
