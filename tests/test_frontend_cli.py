@@ -215,3 +215,17 @@ def test_show_latex_compiles_as_math():
         tex = bil.cli.standard_form_latex(bil.compile(spec))
         assert tex.count("{") == tex.count("}"), spec
         assert tex.count(r"\left") == tex.count(r"\right"), spec
+
+
+def test_implicit_on_a_train_goal_warns_at_the_option(capsys, tmp_path):
+    """Allowed by LANGUAGE.md ("treating the end point as a minimiser"), but its derivative is
+    not that of the training steps: on learned_lr it was [0, -4.8] against FD [0.088, -0.78]."""
+    src = (ROOT / "examples" / "learned_lr.bil").read_text()
+    assert "unroll(truncate=20)" in src
+    spec = tmp_path / "lr.bil"
+    spec.write_text(src.replace("unroll(truncate=20)", "implicit"))
+    code, out, err = run(capsys, "check", str(spec))
+    line = next(i for i, t in enumerate(spec.read_text().splitlines(), 1) if "hypergradient: implicit" in t)
+    assert code == 0 and "ok (1 warning)" in out
+    assert f"{spec}:{line}:20: warning: `implicit` differentiates the argmin of the training loss" in err
+    assert "hint:" in err and "unroll" in err

@@ -426,3 +426,71 @@ def test_second_derivatives_are_nan_where_the_lower_solve_fails():
                       overrides={"lower.max_iter": 1})
     assert np.isnan(float(jax.hessian(bad.objective)({"lam": jnp.asarray(2.0)})["lam"]["lam"]))
     assert np.isnan(float(jax.jvp(bad.objective, ({"lam": 2.0},), ({"lam": 1.0},))[1]))
+
+
+def test_objective_normalises_its_inputs_and_compiles_once(ridge_prog):
+    """Every input form of a hyper (Python float or int, numpy scalar of either precision,
+    jax array, left out) reaches one compiled function, cast to the program's dtype."""
+    obj = ridge_prog.objective
+    ref = float(obj({"lam": jnp.asarray(2.0)}))
+    for v in (2.0, 2, np.float32(2.0), np.float64(2.0), np.array(2.0)):
+        assert float(obj({"lam": v})) == ref
+    obj({})
+    assert obj._jitted._cache_size() == 1
+    with pytest.raises(bil.BilUsageError, match="broadcastable to shape"):
+        obj({"lam": np.array([2.0])})
+    with pytest.raises(bil.BilUsageError, match="positive"):
+        obj({"lam": -1.0})
+    with pytest.raises(bil.BilUsageError, match="dict"):
+        obj(2.0)
+
+
+def test_array_hypers_reach_the_objective_in_their_declared_shape():
+    """A (5, 1) value for a positive[5] hyper used to broadcast silently to 5×5 inside the
+    objective (a wrong value); a list is an array like in value_and_hypergrad."""
+    prog = bil.compile("""
+        data X, y = (randn(20, 5, seed=0), randn(20, seed=1))
+        hyper c : positive[5] = 1.0
+        lower {
+            w : real[5] = 0
+            minimize 0.5 * sumsq(X @ w - y) + 0.5 * sum(c * w^2)
+        }
+        upper minimize 0.5 * sumsq(X @ w - y)
+    """)
+    c = [0.5, 1.0, 2.0, 0.3, 1.5]
+    f_ref, g_ref = prog.value_and_hypergrad({"c": c})
+    assert float(prog.objective({"c": c})) == pytest.approx(f_ref, rel=1e-10)
+    g = jax.grad(prog.objective)({"c": jnp.asarray(c)})["c"]
+    np.testing.assert_allclose(np.asarray(g), g_ref["c"], rtol=1e-6)
+    with pytest.raises(bil.BilUsageError, match=r"shape \(5,\)"):
+        prog.objective({"c": jnp.ones((5, 1))})
+
+
+def test_derivatives_do_not_depend_on_the_scale_of_tangent_or_objective(tmp_path, ridge_data):
+    """The tangent systems are solved to a residual relative to their right-hand side: an
+    absolute 1e-8 made the JVP with a 1e8 tangent, and the gradient of a 1e10-scaled upper
+    objective, NaN."""
+    X, y, Xv, yv = ridge_data
+    np.savez(tmp_path / "ridge.npz", X=X, y=y, Xv=Xv, yv=yv)
+    _, g_ref = ridge_closed_form(*ridge_data, 2.0)
+    prog = bil.compile(_write(tmp_path, "r.bil", RIDGE))
+    for scale in (1.0, 1e8):
+        _, t = jax.jvp(prog.objective, ({"lam": 2.0},), ({"lam": scale},))
+        assert float(t) == pytest.approx(scale * g_ref, rel=1e-7)
+    big = bil.compile(_write(tmp_path, "big.bil", RIDGE.replace("upper minimize 0.5 *", "upper minimize 1e10 * 0.5 *")))
+    assert float(jax.grad(big.objective)({"lam": 2.0})["lam"]) == pytest.approx(1e10 * g_ref, rel=1e-7)
+
+
+def test_float32_objective_and_api_defaults_are_usable(tmp_path, ridge_data):
+    """The lower `tol:` default 1e-8 (and the API's 1e-10) is below what float32 resolves:
+    the objective was always NaN and value_and_hypergrad raised.  float32 defaults to 1e-4."""
+    X, y, Xv, yv = ridge_data
+    np.savez(tmp_path / "ridge.npz", X=X, y=y, Xv=Xv, yv=yv)
+    prog = bil.compile(_write(tmp_path, "r.bil", RIDGE + 'solve { precision: "float32" }\n'))
+    assert prog.state.options["lower"]["tol"] == 1e-4
+    v_ref, g_ref = ridge_closed_form(*ridge_data, 2.0)
+    assert float(prog.objective({"lam": 2.0})) == pytest.approx(v_ref, rel=1e-4)
+    assert float(jax.grad(prog.objective)({"lam": 2.0})["lam"]) == pytest.approx(g_ref, rel=1e-3)
+    f, g = prog.value_and_hypergrad({"lam": 2.0})
+    assert f == pytest.approx(v_ref, rel=1e-4) and float(g["lam"]) == pytest.approx(g_ref, rel=1e-3)
+    assert prog.solve_lower({"lam": 2.0})["w"].dtype == np.float32

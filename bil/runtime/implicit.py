@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import optax.tree_utils as otu
 
 
 def _nan_unless(ok, tree):
@@ -41,8 +42,8 @@ def _nan_unless(ok, tree):
 def lower_solution(eng, tol: float, method=None) -> Callable[[dict], Any]:
     """θ (every hyper, user coordinates) -> x*(θ), solved to ‖∇ₓg‖ ≤ ``tol`` from the
     spec's initial values; derivatives of any order by the implicit function theorem
-    (module docstring), the tangent systems solved to residual ``tol`` by ``method``
-    (default: the spec's hypergradient method)."""
+    (module docstring), the tangent systems solved by ``method`` (default: the spec's
+    hypergradient method) to a residual of ``tol``·max(1, ‖right-hand side‖)."""
     method = method or eng.method
     d = eng.low.data
     bounded = eng.low.bounds is not None
@@ -82,8 +83,12 @@ def lower_solution(eng, tol: float, method=None) -> Callable[[dict], Any]:
             rhs = jax.tree.map(jnp.multiply, mask, rhs)
 
         def solve(_, b):
+            # residual relative to the right-hand side (at least 1): the tangent (or, in reverse
+            # mode, the cotangent ∇ₓf) may have any scale, and an absolute 1e-8 against a 1e8
+            # tangent failed (NaN) where the derivative is perfectly defined
             zero = jax.tree.map(jnp.zeros_like, b)
-            q, _, _, status = eng._adjoint(theta, d, X, b, zero, tol, method)
+            rtol = tol * jnp.maximum(1.0, otu.tree_norm(b))
+            q, _, _, status = eng._adjoint(theta, d, X, b, zero, rtol, method)
             return _nan_unless(status == 0, q)
 
         X_dot = jax.lax.custom_linear_solve(matvec, rhs, solve, symmetric=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from bil.compiler import ir
-from bil.compiler.errors import BilError
+from bil.compiler.errors import BilError, Warning_
 from bil.compiler.evaluate import Evaluator, is_concrete, to_static
 from bil.compiler.state import CompileState, Method
 from bil.stdlib import closest, lookup, names
@@ -62,6 +62,9 @@ UPPER_OPTIONS: dict[str, tuple[str, Callable | str]] = {}
 LIMIT_ALIASES = {"max_iter": "steps", "steps": "max_iter"}
 
 DEFAULTS = {"tol": 1e-8, "max_iter": 10000, "precision": "float64", "seed": 0, "checkpoint_every": 10}
+#: the lower `tol:` default under `precision: "float32"`: ‖∇g‖ ≤ 1e-8 is below what float32
+#: resolves on most problems (every solve would hit max_iter and the objective be NaN)
+FLOAT32_TOL = 1e-4
 
 
 def _int(v, span, key):
@@ -222,10 +225,17 @@ class CheckOptions:
             raise BilError(f"`{m.name}` adapts the accuracy of a `minimize` goal, but this lower block is a "
                            "`train` procedure with a fixed number of steps", m.span,
                            "use `outer: adam(lr=.., steps=..)` or `outer: gd(lr=.., steps=..)`")
-        for k in ("tol", "max_iter"):
-            lower.setdefault(k, DEFAULTS[k])
         for k in ("precision", "seed", "checkpoint_every"):
             solve.setdefault(k, DEFAULTS[k])
+        lower.setdefault("tol", FLOAT32_TOL if solve["precision"] == "float32" else DEFAULTS["tol"])
+        lower.setdefault("max_iter", DEFAULTS["max_iter"])
+        hg = solve["hypergradient"]
+        if st.is_train and hg.name in ("implicit", "neumann"):
+            st.warnings.append(Warning_(
+                f"`{hg.name}` differentiates the argmin of the training loss, not the training steps",
+                hg.span or st.lower.span,
+                "the derivative is right only where training has converged (‖∇g‖ ≈ 0 at the last step); "
+                "`hypergradient: unroll` differentiates the steps themselves"))
         st.options = {"lower": lower, "solve": solve}
 
 
