@@ -782,3 +782,41 @@ def test_plain_loops_stop_on_a_capped_solve(method):
     r = run_outer(o, method, dict(lr=0.1, steps=5, tol=1e-12))
     assert r.reason == "CG hit its iteration cap"
     assert len(r.history) == 1 and r.history[0]["step"] == 0.0
+
+
+TRAIN_SPEC = """
+    data X, y = (randn(40, 4, seed=0), randn(40, seed=1))
+    data Xv, yv = (randn(30, 4, seed=2), randn(30, seed=3))
+    hyper lr : positive = 0.02
+    hyper wd : positive = 0.5
+    lower {
+        w : real[4] = 0
+        train 0.5 * mean((X @ w - y)^2) + 0.5 * wd * sumsq(w) with sgd(lr=lr) for 30 steps
+    }
+    upper minimize 0.5 * mean((Xv @ w - yv)^2)
+    solve { outer: OUTER }
+"""
+
+
+@pytest.mark.parametrize("outer", ["maid(max_iter=15)", "hoag(max_iter=15)"])
+def test_maid_and_hoag_run_on_a_train_goal(outer):
+    """LANGUAGE.md lists maid and hoag without restriction; on a training procedure (exact
+    values and unrolled hypergradients, nothing to adapt) MAID runs with ε = δ = 0: no
+    probes, every trial one training run, and every accepted step a true decrease."""
+    prog = bil.compile(TRAIN_SPEC.replace("OUTER", outer))
+    assert prog.engine.exact
+    f0 = float(prog.objective({}))
+    res = prog.run()
+    assert res.history and res.upper < f0
+    assert res.reason in ("max_iter reached", "gradient norm below tol", "no decrease along the search direction",
+                          "step too small")
+    # each record's upper is the exact objective at its hypers, decreasing monotonically
+    ups = [r["upper"] for r in res.history if r["step"] > 0]
+    for rec in res.history[-2:]:
+        exact = float(prog.objective({"lr": rec["hyper.lr"], "wd": rec["hyper.wd"]}))
+        assert rec["upper"] == pytest.approx(exact, rel=1e-10)
+    if outer.startswith("maid"):
+        assert all(b < a for a, b in zip(ups, ups[1:]))
+        assert all(r["eps"] == 0 and r["delta"] == 0 and r["omega"] == 0 for r in res.history)
+        # no probes and no retries at other accuracies: lower iterations are whole training runs
+        assert all(r["lower_iters"] % 30 == 0 for r in res.history)

@@ -94,6 +94,8 @@ class Engine(AbstractOracles):
         self._mu = self.mu_given  # given, or estimated by mu() at θ₀, then by constants() as θ moves
         self._mu0 = None          # the estimate at θ₀ (set_strong_convexity(None) returns to it)
         self._jitted: dict = {}
+        #: a training procedure's value and hypergradient do not depend on ε, δ
+        self.exact = low.optimizer is not None
 
     # ------------------------------------------------------------ helpers
     def _theta(self, p, coords: str):

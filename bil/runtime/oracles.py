@@ -71,6 +71,10 @@ class AbstractOracles(ABC):
 
     #: initial hypers in unconstrained coordinates
     u0: dict
+    #: True when values and hypergradients do not depend on the accuracies ``eps`` and
+    #: ``delta`` (a training procedure: a fixed number of steps, differentiated exactly);
+    #: MAID then runs with ε = δ = 0, i.e. backtracking on exact values
+    exact: bool = False
 
     @abstractmethod
     def to_user(self, u: dict) -> dict:

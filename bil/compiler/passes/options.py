@@ -220,11 +220,6 @@ class CheckOptions:
             # MAID and HOAG control the accuracy of an argmin; a training
             # procedure has a fixed number of steps, so it gets Adam.
             solve["outer"] = _default("adam" if st.is_train else "maid", "outer")
-        elif st.is_train and solve["outer"].name in ("maid", "hoag"):
-            m = solve["outer"]
-            raise BilError(f"`{m.name}` adapts the accuracy of a `minimize` goal, but this lower block is a "
-                           "`train` procedure with a fixed number of steps", m.span,
-                           "use `outer: adam(lr=.., steps=..)` or `outer: gd(lr=.., steps=..)`")
         for k in ("precision", "seed", "checkpoint_every"):
             solve.setdefault(k, DEFAULTS[k])
         lower.setdefault("tol", FLOAT32_TOL if solve["precision"] == "float32" else DEFAULTS["tol"])

@@ -636,10 +636,16 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
     eps_min0, delta_min0 = eps_min, delta_min
     floor_eps, floor_delta = arithmetic_floor(oracles, u0)
     eps_min, delta_min = max(eps_min, floor_eps), max(delta_min, floor_delta)
+    # exact oracles (a training procedure): there is no accuracy to adapt; ε = δ = 0 makes
+    # ω and the brackets' slack 0, and MAID is backtracking on exact values (no probes,
+    # no constants to estimate)
+    exact = bool(getattr(oracles, "exact", False))
+    if exact:
+        eps_min0 = delta_min0 = eps_min = delta_min = 0.0
     if state is None:
         u, x, q = start_iterates(oracles, u0)
-        eps, delta, step = float(o["eps0"]), float(o["delta0"]), math.nan
-        consts: RunningConstants | None = None
+        eps, delta, step = (0.0, 0.0, math.nan) if exact else (float(o["eps0"]), float(o["delta0"]), math.nan)
+        consts: RunningConstants | None = RunningConstants(1.0, 0.0, 0.0, 0.0, 0.0) if exact else None
         ks = SecantConstants()
         f_cur = math.nan
         since_iters, since_dist = 0, 0.0     # since the last refresh of the constants
@@ -697,7 +703,7 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         reason = tr.limit_reason(max_iter)
         if reason is not None:
             break
-        refresh = consts is None or since_iters >= every or since_dist >= refresh_dist
+        refresh = not exact and (consts is None or since_iters >= every or since_dist >= refresh_dist)
         retries = backtracks = 0
         zn = omega = math.nan
         eps_used, delta_used = eps, delta
@@ -918,6 +924,11 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
                 break
             # ---- failed backtracking: tighten and retry from the same point
             limited = t is not None and t.accuracy_bound
+            if exact:
+                # exact values: no accuracy to tighten, so no trial of a retry could decide
+                # differently (a truncated unroll's hypergradient may not be a descent direction)
+                stop = "no decrease along the search direction"
+                break
             if eps <= eps_min and (not limited or delta <= delta_min):
                 stop = "eps floor reached"
                 break
