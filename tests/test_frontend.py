@@ -177,3 +177,26 @@ upper minimize cross_entropy(Xval @ W, yval) + 0 * nclasses(yval)
     prog = bil.compile(src)
     f, g = prog.value_and_hypergrad(tol=1e-8)
     assert np.isfinite(f) and np.isfinite(float(g["t"]))
+
+
+def test_lower_variable_sizes_are_per_sample(tmp_path):
+    """LANGUAGE.md, Batching: the lower problem, its variables' domains and initial values
+    included, is written for one sample.  ncols(X) of a per-sample X[3, 20, 4] is 4 (it was
+    the stacked array's 20, a shape error in a correct spec)."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(3, 20, 4)), rng.normal(size=(3, 20))
+    np.savez(tmp_path / "ps.npz", X=X, y=y)
+    (tmp_path / "ps.bil").write_text(
+        'data X, y = (load("ps.npz", "X"), load("ps.npz", "y")) per sample\n'
+        "hyper lam : positive = 1.0\n"
+        "lower {\n"
+        "    w : real[ncols(X)] = zeros(rows(X)) @ X\n"
+        "    minimize 0.5 * sumsq(X @ w - y) + 0.5 * lam * sumsq(w)\n"
+        "}\n"
+        "upper minimize 0.5 * sumsq(X @ w - y) / rows(X)\n")
+    prog = bil.compile(tmp_path / "ps.bil")
+    assert prog.state.lower_vars["w"].shape == (4,)
+    f, _ = prog.value_and_hypergrad({"lam": 1.0})
+    ref = np.mean([0.5 * np.sum((X[i] @ np.linalg.solve(X[i].T @ X[i] + np.eye(4), X[i].T @ y[i]) - y[i]) ** 2) / 20
+                   for i in range(3)])
+    assert f == pytest.approx(ref, rel=1e-10)

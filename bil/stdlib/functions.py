@@ -362,6 +362,8 @@ def cross_entropy(logits, labels):
     if logits.ndim not in (1, 2):
         raise _ndim_error("cross_entropy", "logits of shape [N, K] (or [K] for one sample)", logits)
     logp = jax.nn.log_softmax(logits, axis=-1)
+    if not _is_abstract(labels):
+        _check_class_labels(np.asarray(labels), logits.shape)
     if labels.shape == logits.shape:
         # Same shape as the logits: class probabilities (e.g. onehot(y, K)).
         nll = -jnp.sum(labels * logp, axis=-1)
@@ -376,6 +378,42 @@ def cross_entropy(logits, labels):
             arg=1,
         )
     return jnp.mean(nll)
+
+
+def class_label_problem(y: np.ndarray, logits_shape: tuple, name: str | None = None) -> tuple[str, str] | None:
+    """(message, hint) when concrete labels ``y`` cannot go with logits of ``logits_shape`` in
+    cross_entropy, else None.  Same shape: class probabilities (≥ 0, summing to 1 along the
+    last axis); one axis less: class indices 0..K-1.  A common slip, 0/1 labels of N rows
+    with one logit per row, is neither: it would read as N-class probabilities."""
+    shape = tuple(logits_shape)
+    k = shape[-1] if shape else 1
+    if y.size == 0 or y.dtype == bool:
+        return None
+    if y.shape == shape:
+        if np.all(y >= 0) and np.allclose(np.sum(y, axis=-1), 1.0, rtol=1e-6, atol=1e-6):
+            return None
+        if len(shape) == 1:
+            return (f"cross_entropy: logits of shape {shape} with labels of the same shape read as class "
+                    "probabilities of one sample, but these labels are not ≥ 0 and summing to 1",
+                    "for N samples give logits of shape [N, K] (e.g. X @ W with W of shape [d, K]); "
+                    "with one score per sample and 0/1 labels use logistic_loss(scores, labels)")
+        return ("cross_entropy: labels of the logits' shape are class probabilities, but these are not "
+                "≥ 0 and summing to 1 along the last axis",
+                "give integer class labels of one axis less, or probabilities such as onehot(y, K)")
+    if not np.all(y == np.round(y)):
+        return ("cross_entropy expects integer class labels, got non-integer values",
+                "class labels are 0..K-1; for regression targets use a squared loss such as mse(...)")
+    if y.min() < 0 or y.max() >= k:
+        return (f"cross_entropy: labels range over {int(y.min())}..{int(y.max())} but the logits have {k} classes",
+                f"give the logits nclasses({name}) = {int(y.max()) + 1} columns" if name else
+                f"the logits need max(label) + 1 = {int(y.max()) + 1} columns (nclasses(labels) gives it)")
+    return None
+
+
+def _check_class_labels(y: np.ndarray, logits_shape: tuple) -> None:
+    bad = class_label_problem(y, logits_shape)
+    if bad is not None:
+        raise StdlibError(bad[0], hint=bad[1], arg=1)
 
 
 @register("logistic_loss")
@@ -420,7 +458,13 @@ def onehot(labels, n):
             hint="class labels from dataset(...) are integers; nclasses(y) gives n",
             arg=0,
         )
-    return jax.nn.one_hot(labels, _dim(n, "onehot", "n"), dtype=jnp.result_type(float))
+    n = _dim(n, "onehot", "n")
+    if n < 1:
+        raise StdlibError("onehot: the number of classes n must be at least 1", arg=1)
+    if not _is_abstract(labels) and labels.size and (int(jnp.min(labels)) < 0 or int(jnp.max(labels)) >= n):
+        raise StdlibError(f"onehot: labels range over {int(jnp.min(labels))}..{int(jnp.max(labels))}, "
+                          f"outside 0..{n - 1}", hint="n is the number of classes: nclasses(y) gives it", arg=0)
+    return jax.nn.one_hot(labels, n, dtype=jnp.result_type(float))
 
 
 # --------------------------------------------------------------------------

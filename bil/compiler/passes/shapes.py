@@ -19,6 +19,7 @@ from bil.compiler.errors import BilError
 from bil.compiler.evaluate import Evaluator, check_size, is_concrete, to_static
 from bil.compiler.state import CompileState, HyperInfo, VarInfo
 from bil.stdlib import lookup, names
+from bil.stdlib.functions import class_label_problem
 
 DOMAINS = ("real", "positive")
 
@@ -34,6 +35,12 @@ def abstract_data(st: CompileState) -> dict:
         shape = v.shape[1:] if n in st.per_sample else v.shape
         env[n] = sds(shape, v.dtype)
     return env
+
+
+def one_sample(st: CompileState) -> dict:
+    """The data as one sample's lower problem sees it: per-sample names without their sample
+    axis (the first sample: every sample has the same shape)."""
+    return {n: (v[0] if n in st.per_sample else v) for n, v in st.data.items()}
 
 
 def eval_abstract(e: ir.Expr, env: dict, consts: dict | None = None, concrete: dict | None = None):
@@ -65,16 +72,20 @@ class InferShapes:
             if isinstance(s, ir.Hyper):
                 self._hyper(st, st.symbols[s.name], const)
         env = {**abstract_data(st), **{h.name: sds(h.shape) for h in st.hypers.values()}}
+        # the lower problem (its variables' domains and initial values included) is written for
+        # ONE sample (LANGUAGE.md, Batching): there, a per-sample name is one sample of it, so
+        # ncols(X) of X[3, 20, 4] is 4, as in the vmapped solve, not the stacked array's 20
+        sample = one_sample(st)
         for v in st.lower.vars:
-            self._lower_var(st, v, const, env)
+            self._lower_var(st, v, Evaluator(sample), env, sample)
         env.update({v.name: sds(v.shape) for v in st.lower_vars.values()})
 
         goal = st.lower.goal
         # concrete=: meta functions such as nclasses(y) read the data's values
-        self._scalar(eval_abstract(st.goal, env, concrete=st.data), st.goal, "the lower objective")
+        self._scalar(eval_abstract(st.goal, env, concrete=sample), st.goal, "the lower objective")
         if isinstance(goal, ir.Train):
             self._train(st, goal, const, env)
-        self._scalar(eval_abstract(st.upper_expr, env, concrete=st.data), st.upper_expr, "the upper objective")
+        self._scalar(eval_abstract(st.upper_expr, env, concrete=sample), st.upper_expr, "the upper objective")
         for e in (st.goal, st.upper_expr):
             _check_labels(st, e, env)
 
@@ -144,9 +155,9 @@ class InferShapes:
                            "positive hypers are optimised in log-coordinates")
         st.hypers[h.name] = HyperInfo(h.name, h, kind, tuple(init.shape), bounds, init)
 
-    def _lower_var(self, st: CompileState, v: ir.LowerVar, const: Evaluator, env: dict) -> None:
+    def _lower_var(self, st: CompileState, v: ir.LowerVar, const: Evaluator, env: dict, sample: dict) -> None:
         kind, shape, bounds = self._domain(v.domain, const, f"lower variable `{v.name}`")
-        init_shape = eval_abstract(v.init, env, concrete=st.data)
+        init_shape = eval_abstract(v.init, env, concrete=sample)
         if isinstance(init_shape, (tuple, list)) or not hasattr(init_shape, "shape"):
             raise BilError(f"the initial value of `{v.name}` must be a number or an array", v.init.span)
         if shape is None:
@@ -192,7 +203,7 @@ class InferShapes:
                 # a flag selects the update rule: it cannot be learned or traced
                 raise BilError(f"optimizer argument `{pname}` must be `true` or `false`", expr.span,
                                "a flag is a constant: write `true` or `false`")
-            val = eval_abstract(expr, env, concrete=st.data)
+            val = eval_abstract(expr, env, concrete=one_sample(st))
             if not hasattr(val, "shape") or val.shape != ():
                 raise BilError(f"optimizer argument `{pname}` must be a scalar", expr.span)
             args[pname] = expr
@@ -244,19 +255,12 @@ def _check_labels(st: CompileState, e: ir.Expr, env: dict) -> None:
         if y.size == 0 or y.dtype == bool:
             continue
         if c.func == "cross_entropy":
-            z = eval_abstract(logits, env, concrete=st.data)   # the logits' shape: the classes
-            if tuple(y.shape[-len(z.shape):]) == tuple(z.shape) and y.ndim == len(z.shape):
-                continue  # class probabilities, not indices
-            if not np.all(y == np.round(y)):
-                raise BilError(f"cross_entropy expects integer class labels, but `{ir.show(labels)}` has "
-                               "non-integer values", labels.span,
-                               "class labels are 0..K-1 (dataset(\"digits\") gives them); for regression "
-                               "targets use a squared loss such as mse(...)")
-            k = z.shape[-1] if z.shape else 1
-            if y.min() < 0 or y.max() >= k:
-                raise BilError(f"cross_entropy: labels range over {int(y.min())}..{int(y.max())} but the logits "
-                               f"have {k} classes", labels.span,
-                               f"give the logits nclasses({ir.show(labels)}) = {int(y.max()) + 1} columns")
+            z = eval_abstract(logits, env, concrete=one_sample(st))   # the logits' shape: the classes
+            # per-sample labels are checked sample by sample, against one sample's logits
+            for yi in (y if ir.free_names(labels) & st.per_sample else [y]):
+                bad = class_label_problem(np.asarray(yi), tuple(z.shape), ir.show(labels))
+                if bad is not None:
+                    raise BilError(bad[0], labels.span, bad[1])
         elif not np.all((y == 0) | (y == 1)):
             raise BilError(f"logistic_loss expects 0/1 labels, but `{ir.show(labels)}` has other values",
                            labels.span, "binary labels are 0 or 1 (dataset(\"breast_cancer\") gives them)")
