@@ -200,3 +200,15 @@ def test_lower_variable_sizes_are_per_sample(tmp_path):
     ref = np.mean([0.5 * np.sum((X[i] @ np.linalg.solve(X[i].T @ X[i] + np.eye(4), X[i].T @ y[i]) - y[i]) ** 2) / 20
                    for i in range(3)])
     assert f == pytest.approx(ref, rel=1e-10)
+
+
+def test_a_long_sum_does_not_exhaust_the_python_stack():
+    """A 300-term sum, evaluated under jax.jacfwd (the direct linear solve builds the Hessian
+    that way), raised RecursionError (exit 3): the evaluator recursed once per `+`."""
+    src = (Path(__file__).resolve().parent.parent / "examples" / "ridge.bil").read_text()
+    long = bil.compile(src.replace("+ 0.5 * lam * sumsq(w)", "+ 0.5 * lam * sumsq(w)" + " + 0.001 * w[0]^2" * 300))
+    short = bil.compile(src.replace("+ 0.5 * lam * sumsq(w)", "+ 0.5 * lam * sumsq(w) + 0.3 * w[0]^2"))
+    f_cg, g_cg = short.value_and_hypergrad({"lam": 2.0})
+    f_d, g_d = long.value_and_hypergrad({"lam": 2.0}, method="direct")
+    assert f_d == pytest.approx(f_cg, rel=1e-10)
+    assert float(g_d["lam"]) == pytest.approx(float(g_cg["lam"]), rel=1e-7)

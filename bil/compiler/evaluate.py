@@ -146,7 +146,18 @@ class Evaluator:
             return -_array_or_scalar(v, e.operand)
 
     def _Binary(self, e: ir.Binary):
-        a, b = self(e.left), self(e.right)
+        # a long sum `a + b + c + ...` parses left-deep: walk down its left spine with a loop,
+        # so the Python stack stays flat whatever its length (300 terms under jax.jacfwd ran
+        # out of recursion depth), then apply the operators bottom up
+        spine = [e]
+        while isinstance(spine[-1].left, ir.Binary):
+            spine.append(spine[-1].left)
+        acc = self(spine[-1].left)
+        for node in reversed(spine):
+            acc = self._apply(node, acc, self(node.right))
+        return acc
+
+    def _apply(self, e: ir.Binary, a, b):
         a = _array_or_scalar(a, e.left)
         b = _array_or_scalar(b, e.right)
         with _at(e, op=e.op):

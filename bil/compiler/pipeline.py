@@ -40,7 +40,9 @@ def check(text: str, file: str = "<string>", data: Mapping[str, Any] | None = No
         except BilError:
             raise
         except RecursionError:
-            raise BilError("the spec nests too deeply to compile", st.source.span(1, 1)) from None
+            raise BilError("the spec nests too deeply to compile", st.source.span(1, 1),
+                           "split long chains (of `def`s calling each other, or of nested calls) with "
+                           "intermediate `def`s or `data` names") from None
         if timings is not None:
             timings[p.name] = time.perf_counter() - t
     return st
