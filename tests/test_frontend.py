@@ -212,3 +212,20 @@ def test_a_long_sum_does_not_exhaust_the_python_stack():
     f_d, g_d = long.value_and_hypergrad({"lam": 2.0}, method="direct")
     assert f_d == pytest.approx(f_cg, rel=1e-10)
     assert float(g_d["lam"]) == pytest.approx(float(g_cg["lam"]), rel=1e-7)
+
+
+def test_data_may_use_names_bound_later():
+    """Statements may come in any order; data used to be evaluated in source order, so a
+    `data` naming a later one was an "unknown name" error with no hint."""
+    prog = bil.compile("""
+        data Y = X * 2
+        data X, y = (randn(10, 3, seed=0), randn(10, seed=1))
+        hyper a = 1.0
+        lower {
+            w : real[3] = 0
+            minimize sumsq(Y @ w - y) + a * sumsq(w)
+        }
+        upper minimize sumsq(X @ w - y)
+    """)
+    np.testing.assert_array_equal(prog.state.data["Y"],
+                                  2 * prog.state.data["X"])

@@ -49,7 +49,7 @@ class EvaluateData:
         folder = Path(st.source.file).parent if st.source.file not in ("<string>",) else Path(".")
         token = sources.base_dir.set(folder)
         try:
-            for d in st.data_stmts:
+            for d in _in_dependency_order(st.data_stmts):
                 self._one(st, d)
         finally:
             sources.base_dir.reset(token)
@@ -90,6 +90,32 @@ class EvaluateData:
             values = list(value)
         for n, v in zip(names, values):
             st.data[n] = as_data_array(st.data_override.get(n, v), d.expr.span, n)
+
+
+def _in_dependency_order(stmts: list) -> list:
+    """The data statements in an order where every name is bound before it is used (the spec
+    may name them in any order, like everything else), source order among independent ones;
+    a cycle is an error at its first statement."""
+    import networkx as nx
+
+    binder = {n: i for i, d in enumerate(stmts) for n in d.names}
+    g = nx.DiGraph()
+    g.add_nodes_from(range(len(stmts)))
+    for i, d in enumerate(stmts):
+        for n in ir.free_names(d.expr):
+            if n in binder:
+                g.add_edge(binder[n], i)
+    try:
+        order = list(nx.lexicographical_topological_sort(g))
+    except nx.NetworkXUnfeasible:
+        cycle = [u for u, _ in nx.find_cycle(g)]
+        first = stmts[min(cycle)]
+        names = sorted({n for i in cycle for n in stmts[i].names})
+        raise BilError(f"data {', '.join(f'`{n}`' for n in names)} depend on each other"
+                       if len(names) > 1 else f"data `{names[0]}` is defined in terms of itself", first.span,
+                       "data is evaluated once, before anything else: break the cycle by giving one of "
+                       "them a value that does not use the others") from None
+    return [stmts[i] for i in order]
 
 
 def _trivial(e: ir.Expr) -> bool:
