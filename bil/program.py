@@ -288,13 +288,13 @@ class Program:
         "CG hit its iteration cap": (0, 1),
     }
 
-    def _failure(self, reason: str):
+    def _failure(self, reason: str, prefix: str = "the run stopped: "):
         """The spec-located error for an outer loop that stopped on a failed solve, else None."""
         if reason == "non-finite hypergradient":
             # the lower solve was finite (that stop has its own reason): the upper objective,
             # or its gradient, is not finite at the lower solution
             return BilRuntimeError(
-                "the run stopped: the upper objective or its gradient is NaN or Inf at the lower solution",
+                f"{prefix}the upper objective or its gradient is NaN or Inf at the lower solution",
                 self.engine.low.upper_span,
                 "check the upper objective's domain (log/sqrt of non-positive values, division by 0) over the "
                 "values the lower variables take")

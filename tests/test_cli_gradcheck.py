@@ -111,3 +111,25 @@ def test_gradcheck_checks_full_unroll_when_the_spec_truncates(capsys):
     assert "unroll(truncate=20)" in out and "not checked" in out
     assert "max relative difference unroll vs finite differences" in out
     assert out.rstrip().endswith("OK")
+
+
+def test_gradcheck_shows_the_specs_implicit_column_on_a_train_goal(tmp_path, capsys):
+    spec = tmp_path / "lr.bil"
+    spec.write_text((EXAMPLES / "learned_lr.bil").read_text().replace("unroll(truncate=20)", "implicit"))
+    assert main(["gradcheck", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "max relative difference implicit vs finite differences" in out
+    assert "implicit on a train goal differentiates the argmin" in out and out.rstrip().endswith("OK")
+
+
+def test_gradcheck_reports_a_nan_upper_objective_at_its_line(tmp_path, capsys):
+    """It printed finite hypergradients beside a NaN finite difference and said MISMATCH."""
+    spec = tmp_path / "nan.bil"
+    spec.write_text("data X, y = (randn(20, 3, seed=0), randn(20, seed=1))\n"
+                    "hyper lam : positive = 1.0\n"
+                    "lower {\n    w : real[3] = 0\n"
+                    "    minimize 0.5 * sumsq(X @ w - y) + 0.5 * lam * sumsq(w)\n}\n"
+                    "upper minimize log(sum(w) - 100)\n")
+    assert main(["gradcheck", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert f"{spec}:7:1: error: the upper objective or its gradient is NaN or Inf" in err and "hint:" in err
