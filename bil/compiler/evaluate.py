@@ -243,7 +243,8 @@ def _array_or_scalar(v: Any, e: ir.Expr):
         raise BilError("a string cannot be used in arithmetic", e.span,
                        "strings name things (datasets, images, files); use a number or an array here")
     if isinstance(v, list):
-        raise BilError("a list of strings cannot be used in arithmetic", e.span)
+        raise BilError("a list of strings cannot be used in arithmetic", e.span,
+                       "an array literal holds numbers only, e.g. `[1, 2.5, 3]`")
     if isinstance(v, tuple):
         raise BilError(f"a tuple of {len(v)} values cannot be used as an array", e.span,
                        "bind its parts to names with `data a, b = ...`")

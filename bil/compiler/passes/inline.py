@@ -30,7 +30,8 @@ def inline(e: ir.Expr, defs: dict[str, ir.Def]) -> ir.Expr:
                 raise BilError(f"`{d.name}` has no parameter `{k.name}`", k.span,
                                f"`def {d.name}({', '.join(d.params)})`")
             if k.name in bound:
-                raise BilError(f"`{d.name}` got parameter `{k.name}` twice", k.span)
+                raise BilError(f"`{d.name}` got parameter `{k.name}` twice", k.span,
+                               f"give each parameter once, by position or by keyword: `def {d.name}({', '.join(d.params)})`")
             bound[k.name] = k.value
         missing = [p for p in d.params if p not in bound]
         if missing:

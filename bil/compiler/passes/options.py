@@ -225,6 +225,15 @@ class CheckOptions:
         lower.setdefault("tol", FLOAT32_TOL if solve["precision"] == "float32" else DEFAULTS["tol"])
         lower.setdefault("max_iter", DEFAULTS["max_iter"])
         hg = solve["hypergradient"]
+        if st.is_train:
+            # a training procedure runs its N steps: no tolerance or cap applies to it (only
+            # implicit differentiation's linear solves use `tol`)
+            unused = ["max_iter"] + (["tol"] if hg.name == "unroll" else [])
+            for opt in st.lower.options:
+                if opt.key in unused:
+                    st.warnings.append(Warning_(
+                        f"`{opt.key}` has no effect on a `train` goal", opt.span,
+                        "the procedure runs its `for N steps`; change N to train longer"))
         if st.is_train and hg.name in ("implicit", "neumann"):
             st.warnings.append(Warning_(
                 f"`{hg.name}` differentiates the argmin of the training loss, not the training steps",

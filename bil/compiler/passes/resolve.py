@@ -218,6 +218,8 @@ def _article(kind: str) -> str:
 
 def _unknown(st: CompileState, name: str, span, local) -> BilError:
     candidates = list(st.symbols) + list(local)
+    if name in ("True", "False"):
+        return BilError(f"unknown name `{name}`", span, f"booleans are written `{name.lower()}`")
     guess = closest(name, candidates) or closest(name, names())
     return BilError(f"unknown name `{name}`", span, f"did you mean `{guess}`?" if guess else
                     "names must be declared by `data`, `hyper`, `def` or a lower variable before use")

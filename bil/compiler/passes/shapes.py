@@ -122,14 +122,14 @@ class InferShapes:
             lo, hi = (to_static(const(b)) for b in dom.bounds)
             for b, v in zip(dom.bounds, (lo, hi)):
                 if not isinstance(v, (int, float)):
-                    raise BilError("bounds must be numbers", b.span)
+                    raise BilError("bounds must be numbers", b.span,
+                                   "one number per side, e.g. `in [0, 1]` (the same bounds for every entry)")
             if not lo < hi:
                 raise BilError(f"empty bounds: the lower bound {lo} is not below the upper bound {hi}", dom.span,
                                f"write the smaller bound first: `in [{hi}, {lo}]`")
-            if dom.base == "positive":
-                lo = max(lo, 0.0)
-                if not lo < hi:
-                    raise BilError("a `positive` domain needs an upper bound above 0", dom.span)
+            if dom.base == "positive" and lo < 0:
+                raise BilError(f"a `positive` domain cannot have a negative lower bound ({lo:g})", dom.bounds[0].span,
+                               f"write `positive in [0, {hi:g}]`, or `real in [{lo:g}, {hi:g}]` for a signed value")
             bounds = (float(lo), float(hi))
         return dom.base, shape, bounds
 
@@ -203,9 +203,21 @@ class InferShapes:
                 # a flag selects the update rule: it cannot be learned or traced
                 raise BilError(f"optimizer argument `{pname}` must be `true` or `false`", expr.span,
                                "a flag is a constant: write `true` or `false`")
+            lower = sorted(ir.free_names(expr) & set(st.lower_vars))
+            if lower:
+                raise BilError(f"optimizer argument `{pname}` may not depend on the lower variable `{lower[0]}`",
+                               expr.span, "optimizer arguments are constants or hypers (e.g. a learned "
+                               "learning rate `lr=lr` with `hyper lr : positive`)")
             val = eval_abstract(expr, env, concrete=one_sample(st))
             if not hasattr(val, "shape") or val.shape != ():
-                raise BilError(f"optimizer argument `{pname}` must be a scalar", expr.span)
+                raise BilError(f"optimizer argument `{pname}` must be a scalar", expr.span,
+                               f"one number for the whole procedure; signature: {fn.describe()}")
+            if pname == "lr" and ir.free_names(expr) <= set(st.data):
+                lr = to_static(Evaluator(one_sample(st))(expr))
+                if isinstance(lr, (int, float)) and not lr > 0:
+                    raise BilError(f"the learning rate must be > 0, got {lr:g}", expr.span,
+                                   "a step against the gradient needs lr > 0; to learn it, use a "
+                                   "`positive` hyper")
             args[pname] = expr
         varying = sorted(ir.free_names(goal.steps) - set(st.data))
         if varying:
