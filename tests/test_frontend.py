@@ -229,3 +229,24 @@ def test_data_may_use_names_bound_later():
     """)
     np.testing.assert_array_equal(prog.state.data["Y"],
                                   2 * prog.state.data["X"])
+
+
+@pytest.mark.parametrize("literal, value", [("1_000", 1000), ("0x10", 16), ("0o17", 15), ("0b101", 5),
+                                            ("1_000.5", 1000.5), ("2.5e-3", 0.0025), (".5", 0.5), ("3.", 3.0)])
+def test_numbers_as_in_python(literal, value):
+    prog = bil.compile(f"hyper a = {literal}\nlower {{\n    x = 0\n    minimize (x - a)^2\n}}\nupper minimize x^2\n")
+    assert float(prog.hypers["a"]) == value
+
+
+def test_shape_entries_and_integer_sigmoid():
+    prog = bil.compile("""
+        data X = randn(10, 3, seed=0)
+        data r = sigmoid(0)
+        hyper a = 1.0
+        lower {
+            w : real[shape(X)[1]] = 0
+            minimize sumsq(X @ w - 1) + a * sumsq(w) + r * sum(w)
+        }
+        upper minimize sumsq(w)
+    """)
+    assert prog.state.lower_vars["w"].shape == (3,) and float(prog.state.data["r"]) == 0.5

@@ -171,7 +171,18 @@ class Evaluator:
             return _BINOPS[e.op](a, b)
 
     def _Index(self, e: ir.Index):
-        base = _array_or_scalar(self(e.base), e.base)
+        raw = self(e.base)
+        if isinstance(raw, tuple) and len(e.indices) == 1 and not isinstance(e.indices[0], ir.Slice):
+            # a tuple of sizes (shape(X)[1]) or of values: pick one entry
+            i = self._index_part(e.indices[0])
+            if not isinstance(i, int):
+                raise BilError("a tuple is indexed by a constant integer", e.indices[0].span,
+                               "e.g. `shape(X)[1]`")
+            if not -len(raw) <= i < len(raw):
+                raise BilError(f"index {i} is out of range for a tuple of {len(raw)} values", e.indices[0].span,
+                               f"valid indices are 0 .. {len(raw) - 1}")
+            return raw[i]
+        base = _array_or_scalar(raw, e.base)
         idx = tuple(self._index_part(i) for i in e.indices)
         with _at(e):
             if np.ndim(base) < len([i for i in idx if i is not None]):

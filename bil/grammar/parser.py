@@ -153,6 +153,23 @@ def _syntax_error(e: lark.exceptions.UnexpectedInput, source: Source) -> BilErro
     if word == "}" and "MINIMIZE" in e.expected and "TRAIN" in e.expected:
         return BilError("the `lower` block has no goal", span,
                         "add `minimize EXPR` or `train EXPR with OPTIMIZER for N steps`")
+    if word in ("minimize", "train"):
+        # a goal already seen in this block: a block has exactly one
+        opened = max((i for i, t in enumerate(before) if str(t) in ("lower", "upper")), default=None)
+        if opened is not None and any(str(t) in ("minimize", "train") for t in before[opened + 1:]):
+            return BilError("a second goal: this block already has a `minimize` or `train`", span,
+                            "a block has one goal: add the terms into one objective with `+`")
+    if before and before[-1].type == "NAME" and ("COLON" in e.expected or "EQUAL" in e.expected):
+        # a misspelt keyword (`minimise 0.5 * ...`) reads as a name that the parser wanted to be an
+        # option key or a declaration: point at the word, not at what follows it
+        import difflib
+
+        prev_tok = before[-1]
+        guess = difflib.get_close_matches(str(prev_tok), ["minimize", "train"], n=1, cutoff=0.75)
+        if guess:
+            return BilError(f"unexpected name `{prev_tok}`",
+                            source.span(prev_tok.line, prev_tok.column, prev_tok.end_line, prev_tok.end_column),
+                            f"did you mean `{guess[0]}`?")
     if word in KEYWORDS and "NAME" in e.expected:
         return BilError(f"`{tok}` is a reserved keyword and cannot be used as a name", span,
                         f"rename it (e.g. `{tok}_`); expected {expected}")
@@ -347,7 +364,8 @@ class _ToIR(Transformer):
     @v_args(meta=True)
     def number(self, meta, c):
         text = str(c[0])
-        value = int(text) if text.isdigit() else float(text)
+        t = text.replace("_", "")
+        value = int(t, 0) if t[:2].lower() in ("0x", "0o", "0b") else int(t) if t.isdigit() else float(t)
         if isinstance(value, int) and value > _MAX_INT:
             raise BilError(f"integer literal {text} is too large (more than 2^63 - 1)", self._sp(meta),
                            f"write it as a float, e.g. `{float(text):.3g}`, or use a smaller count")

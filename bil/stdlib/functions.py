@@ -215,7 +215,9 @@ def tanh(x):
 @register("sigmoid")
 def sigmoid(x):
     """Element-wise logistic sigmoid 1 / (1 + exp(-x))."""
-    return jax.nn.sigmoid(x)
+    x = jnp.asarray(x)
+    # integers are promoted like exp(0) is (jax.nn.sigmoid itself rejects them)
+    return jax.nn.sigmoid(x if jnp.issubdtype(x.dtype, jnp.inexact) else x.astype(jnp.result_type(float)))
 
 
 @register("softplus")
