@@ -250,3 +250,21 @@ def test_shape_entries_and_integer_sigmoid():
         upper minimize sumsq(w)
     """)
     assert prog.state.lower_vars["w"].shape == (3,) and float(prog.state.data["r"]) == 0.5
+
+
+def test_per_sample_and_in_are_not_reserved():
+    """LANGUAGE.md reserves only the statement and block keywords: `sample`, `per` and `in`
+    may be names (they were reserved keywords)."""
+    prog = bil.compile("""
+        data sample = randn(4, 3, seed=0) per sample
+        data y = randn(4, 3, seed=1) per sample
+        hyper in : positive in [0, 2] = 0.5
+        def per(a) = 2 * a
+        lower {
+            w : real[3] in [-5, 5] = 0
+            minimize sumsq(w - sample) + in * sumsq(per(w))
+        }
+        upper minimize sumsq(w - y)
+    """)
+    assert prog.state.per_sample == {"sample", "y"} and prog.state.lower_vars["w"].bounds == (-5.0, 5.0)
+    assert prog.state.hypers["in"].bounds == (0.0, 2.0)

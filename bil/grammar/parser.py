@@ -25,7 +25,7 @@ _MAX_INT = 2**63 - 1
 from bil.compiler.source import Source, Span
 
 KEYWORDS = ("problem", "data", "hyper", "def", "lower", "upper", "solve", "minimize", "train",
-            "with", "for", "steps", "per", "sample", "in", "true", "false")
+            "with", "for", "steps", "true", "false")
 
 
 @functools.lru_cache(maxsize=1)
@@ -236,6 +236,9 @@ class _ToIR(Transformer):
                        name_spans=tuple(_tok_span(self.src, n) for n in names))
 
     def per_sample(self, c):
+        if (str(c[0]), str(c[1])) != ("per", "sample"):
+            raise BilError(f"unexpected `{c[0]} {c[1]}` after the data expression", _tok_span(self.src, c[0]),
+                           "the only words allowed there are `per sample` (a leading sample axis)")
         return True
 
     def name_list(self, c):
@@ -269,7 +272,10 @@ class _ToIR(Transformer):
         return ("shape", tuple(c))
 
     def bounds(self, c):
-        return ("bounds", (c[0], c[1]))
+        if str(c[0]) != "in":
+            raise BilError(f"unexpected `{c[0]}` in a domain", _tok_span(self.src, c[0]),
+                           "bounds are written `in [lo, hi]`, e.g. `real[3] in [0, 1]`")
+        return ("bounds", (c[1], c[2]))
 
     @v_args(meta=True)
     def lower_stmt(self, meta, c):
