@@ -173,30 +173,31 @@ class Program:
         :class:`BilUsageError`.
         """
         eng = self.engine
-        d = self.lowered.data
         tol = float(self.state.options["lower"]["tol"])
         method = eng.method
 
         if method.name == "unroll":
-            def full_objective(theta):
+            def full_objective(theta, d):
                 return eng.unrolled_objective(theta, "theta", d, method)[0]
         else:
             from bil.runtime.implicit import lower_solution
 
             solution = lower_solution(eng, tol)
 
-            def full_objective(theta):
-                return eng.F(solution(theta), theta, d)
+            def full_objective(theta, d):
+                return eng.F(solution(theta, d), theta, d)
 
         # jitted on the full dict of hypers, each cast to the program's dtype and declared shape:
         # one compilation whatever form the caller passes (2.0, np.float32, a list, a subset of
         # the hypers), and eager calls, or jax.grad/jax.hessian of it called eagerly, reuse the
-        # compiled solver loops (0.9 s per eager value on ridge before, 0.3 ms now)
+        # compiled solver loops (0.9 s per eager value on ridge before, 0.3 ms now).  The data
+        # is an argument, as for the engine's oracles: closed over, it was baked into the
+        # compiled program as constants (13 MB of HLO for 4000×200 data)
         jitted = jax.jit(full_objective)
 
         def objective(theta):
             # _theta: unknown names, shapes and (for concrete values) domains are BilUsageErrors
-            return jitted(self._theta(theta))
+            return jitted(self._theta(theta), self.lowered.data)
 
         objective.__doc__ = Program.objective.__doc__
         objective._jitted = jitted  # the one compiled function (tests count its cache entries)

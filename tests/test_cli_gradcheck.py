@@ -133,3 +133,18 @@ def test_gradcheck_reports_a_nan_upper_objective_at_its_line(tmp_path, capsys):
     assert main(["gradcheck", str(spec)]) == 2
     err = capsys.readouterr().err
     assert f"{spec}:7:1: error: the upper objective or its gradient is NaN or Inf" in err and "hint:" in err
+
+
+def test_gradcheck_survives_a_failing_information_column(tmp_path, capsys):
+    """Implicit differentiation at a training end point whose Hessian is not positive
+    definite fails; that column is informational, so the check goes on (it used to abort)."""
+    spec = tmp_path / "cos.bil"
+    spec.write_text("data X, y = (randn(20, 3, seed=0), randn(20, seed=1))\n"
+                    "hyper lr : positive = 0.05\nhyper wd : positive = 1.0\n"
+                    "lower {\n    w : real[3] = 0\n"
+                    "    train 0.5 * mean((X @ w - y)^2) + wd * sum(cos(3 * w)) with sgd(lr=lr) for 5 steps\n}\n"
+                    "upper minimize 0.5 * mean((X @ w - y)^2)\n"
+                    "solve { hypergradient: implicit }\n")
+    assert main(["gradcheck", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "implicit failed:" in out and out.rstrip().endswith("OK")

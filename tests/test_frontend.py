@@ -268,3 +268,34 @@ def test_per_sample_and_in_are_not_reserved():
     """)
     assert prog.state.per_sample == {"sample", "y"} and prog.state.lower_vars["w"].bounds == (-5.0, 5.0)
     assert prog.state.hypers["in"].bounds == (0.0, 2.0)
+
+
+def test_per_sample_labels_and_steps_are_one_samples(tmp_path):
+    """Label checks and `for N steps` see one sample, like the lower problem: `Y[:, 0]` of a
+    per-sample Y[2, 5, 2] is that sample's column (it was the stacked array's first rows, a
+    false "labels range over 0..7" error), and rows(X) of X[3, 20, 4] is 20 steps, not 3."""
+    rng = np.random.default_rng(0)
+    Y = np.stack([np.stack([rng.integers(0, 3, 5), np.full(5, 7)], axis=1) for _ in range(2)])
+    np.savez(tmp_path / "d.npz", X=rng.normal(size=(2, 5, 4)), Y=Y)
+    prog = bil.compile("""
+        data X = load("d.npz", "X") per sample
+        data Y = load("d.npz", "Y") per sample
+        hyper lam : positive = 1.0
+        lower {
+            W : real[4, 3] = 0
+            minimize cross_entropy(X @ W, Y[:, 0]) + lam * sumsq(W)
+        }
+        upper minimize cross_entropy(X @ W, Y[:, 0])
+    """.replace('"d.npz"', f'"{tmp_path / "d.npz"}"'))
+    assert prog.state.lower_vars["W"].shape == (4, 3)
+    train = bil.compile("""
+        data X = randn(3, 20, 4, seed=0) per sample
+        data y = randn(3, 20, seed=1) per sample
+        hyper lr : positive = 0.01
+        lower {
+            w : real[ncols(X)] = 0
+            train 0.5 * sumsq(X @ w - y) with sgd(lr=lr) for rows(X) steps
+        }
+        upper minimize 0.5 * sumsq(X @ w - y)
+    """)
+    assert train.state.train_steps == 20

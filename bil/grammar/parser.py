@@ -9,6 +9,7 @@ inside Transformer callbacks in ``VisitError``.
 from __future__ import annotations
 
 import ast
+import difflib
 import functools
 import math
 import re
@@ -159,11 +160,12 @@ def _syntax_error(e: lark.exceptions.UnexpectedInput, source: Source) -> BilErro
         if opened is not None and any(str(t) in ("minimize", "train") for t in before[opened + 1:]):
             return BilError("a second goal: this block already has a `minimize` or `train`", span,
                             "a block has one goal: add the terms into one objective with `+`")
-    if before and before[-1].type == "NAME" and ("COLON" in e.expected or "EQUAL" in e.expected):
+    if (before and before[-1].type == "NAME" and ("COLON" in e.expected or "EQUAL" in e.expected)
+            and stack and str(stack[-1]) == "{" and len(before) > 1
+            and str(before[-2]) not in ("hyper", "data", "def", "lower", ",", ":", "=")):
         # a misspelt keyword (`minimise 0.5 * ...`) reads as a name that the parser wanted to be an
-        # option key or a declaration: point at the word, not at what follows it
-        import difflib
-
+        # option key or a declaration (inside a block, where a goal can start): point at the
+        # word, not at what follows it
         prev_tok = before[-1]
         guess = difflib.get_close_matches(str(prev_tok), ["minimize", "train"], n=1, cutoff=0.75)
         if guess:
@@ -374,7 +376,7 @@ class _ToIR(Transformer):
         value = int(t, 0) if t[:2].lower() in ("0x", "0o", "0b") else int(t) if t.isdigit() else float(t)
         if isinstance(value, int) and value > _MAX_INT:
             raise BilError(f"integer literal {text} is too large (more than 2^63 - 1)", self._sp(meta),
-                           f"write it as a float, e.g. `{float(text):.3g}`, or use a smaller count")
+                           f"write it as a float, e.g. `{float(value):.3g}`, or use a smaller count")
         if isinstance(value, float) and math.isinf(value):
             raise BilError(f"number {text} overflows a float64", self._sp(meta), "use a smaller number")
         return ir.Num(self._sp(meta), value)

@@ -205,13 +205,7 @@ class Engine(AbstractOracles):
                 # Active bounds: the adjoint lives on the free coordinates
                 # (the reduced Hessian), and is 0 on the active ones.
                 mask = self._free_mask(x, theta, d)
-                inner = hv
-
-                def hv(v):  # noqa: F811 - the masked operator replaces the plain one
-                    mv = jax.tree.map(jnp.multiply, mask, v)
-                    hmv = inner(mv)
-                    return jax.tree.map(lambda mm, h, vv: mm * h + (1 - mm) * vv, mask, hmv, v)
-
+                hv = reduced_operator(hv, mask)
                 b = jax.tree.map(jnp.multiply, mask, b)
             if kind == "implicit" and kw.get("linear") == "direct":
                 q = linear.direct_solve(hv, b)
@@ -432,6 +426,10 @@ class Engine(AbstractOracles):
         return fn(u, x0, _scalar(self._lower_tol(eps), self.low.dtype), _cap(cap), self.low.data)
 
     def hypergrad(self, u, x0, q0, eps, delta, cap=None) -> HyperGrad:
+        if self.exact and delta <= 0:
+            # exact oracles are asked for δ = 0; a CG adjoint (implicit differentiation of a
+            # training procedure's end point) cannot reach a zero residual: give it the spec's tol
+            delta = float(self.low.state.options["lower"]["tol"])
         hg, _ = self.hypergradient(u, x0, q0, self._lower_tol(eps), delta, coords="u", cap=cap)
         return hg
 
@@ -564,6 +562,18 @@ class Engine(AbstractOracles):
                                           "raise `implicit(max_iter=...)`, loosen the tolerance, or use "
                                           "`implicit(linear=\"direct\")` for a small problem"))
         return None
+
+
+def reduced_operator(hv, mask):
+    """The Hessian restricted to the free coordinates (``mask`` 1 where a bounded variable is
+    free, 0 at an active bound), identity on the active ones: v ↦ m·H(m·v) + (1 − m)·v.
+    Symmetric, so CG applies; with a right-hand side masked the same way, the solution is 0
+    on the active coordinates (they stay at their bound)."""
+    def op(v):
+        hmv = hv(jax.tree.map(jnp.multiply, mask, v))
+        return jax.tree.map(lambda m, h, w: m * h + (1 - m) * w, mask, hmv, v)
+
+    return op
 
 
 def _random_like(key, tree):

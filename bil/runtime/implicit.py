@@ -34,52 +34,49 @@ import jax
 import jax.numpy as jnp
 import optax.tree_utils as otu
 
+from bil.runtime.engine import reduced_operator
+
 
 def _nan_unless(ok, tree):
     return jax.tree.map(lambda a: jnp.where(ok, a, jnp.nan), tree)
 
 
-def lower_solution(eng, tol: float, method=None) -> Callable[[dict], Any]:
-    """θ (every hyper, user coordinates) -> x*(θ), solved to ‖∇ₓg‖ ≤ ``tol`` from the
-    spec's initial values; derivatives of any order by the implicit function theorem
-    (module docstring), the tangent systems solved by ``method`` (default: the spec's
-    hypergradient method) to a residual of ``tol``·max(1, ‖right-hand side‖)."""
+def lower_solution(eng, tol: float, method=None) -> Callable[[dict, Any], Any]:
+    """(θ, data) -> x*(θ), θ every hyper in user coordinates and data the engine's
+    (``eng.low.data``: an argument, not a constant baked into the compiled program), solved
+    to ‖∇ₓg‖ ≤ ``tol`` from the spec's initial values; derivatives in θ of any order by the
+    implicit function theorem (module docstring; data has none), the tangent systems solved
+    by ``method`` (default: the spec's hypergradient method) to a residual of
+    ``tol``·max(1, ‖right-hand side‖)."""
     method = method or eng.method
-    d = eng.low.data
     bounded = eng.low.bounds is not None
 
-    def grad_x(X, theta):
+    def grad_x(X, theta, d):
         return jax.grad(eng.G)(X, theta, d)
 
-    def free_mask(X, theta):
-        one = lambda x, th, dd: eng._free_mask(x, th, dd)  # noqa: E731
-        return eng._vmap(one, (0, None, eng.low.data_axes))(X, theta, d)
+    def free_mask(X, theta, d):
+        return eng._vmap(eng._free_mask, (0, None, eng.low.data_axes))(X, theta, d)
 
     @jax.custom_jvp
-    def solution(theta):
+    def solution(theta, d):
         sol = eng._solve(theta, d, eng.X_init(theta, d), tol)
         return _nan_unless(sol.status == 0, sol.x)
 
     @solution.defjvp
     def solution_jvp(primals, tangents):
-        (theta,), (theta_dot,) = primals, tangents
-        X = solution(theta)  # this function again: its own rule applies under a second derivative
-        rhs = jax.jvp(lambda th: grad_x(X, th), (theta,), (theta_dot,))[1]
+        (theta, d), (theta_dot, _) = primals, tangents  # data is constant: its tangent is ignored
+        X = solution(theta, d)  # this function again: its own rule applies under a second derivative
+        rhs = jax.jvp(lambda th: grad_x(X, th, d), (theta,), (theta_dot,))[1]
         rhs = jax.tree.map(jnp.negative, rhs)
 
         def matvec(v):
-            return jax.jvp(lambda y: grad_x(y, theta), (X,), (v,))[1]
+            return jax.jvp(lambda y: grad_x(y, theta, d), (X,), (v,))[1]
 
         if bounded:
             # the reduced system on the free coordinates, identity on the active ones
             # (whose right-hand side is 0: they stay at their bound)
-            mask = jax.lax.stop_gradient(free_mask(X, theta))
-            plain = matvec
-
-            def matvec(v):  # noqa: F811 - the masked operator replaces the plain one
-                hv = plain(jax.tree.map(jnp.multiply, mask, v))
-                return jax.tree.map(lambda m, h, w: m * h + (1 - m) * w, mask, hv, v)
-
+            mask = jax.lax.stop_gradient(free_mask(X, theta, d))
+            matvec = reduced_operator(matvec, mask)
             rhs = jax.tree.map(jnp.multiply, mask, rhs)
 
         def solve(_, b):

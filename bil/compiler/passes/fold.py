@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jax
+import networkx as nx
 import numpy as np
 
 from bil.compiler import ir
@@ -49,7 +50,7 @@ class EvaluateData:
         folder = Path(st.source.file).parent if st.source.file not in ("<string>",) else Path(".")
         token = sources.base_dir.set(folder)
         try:
-            for d in _in_dependency_order(st.data_stmts):
+            for d in _in_dependency_order(st.data_stmts, set(st.data_override)):
                 self._one(st, d)
         finally:
             sources.base_dir.reset(token)
@@ -64,6 +65,9 @@ class EvaluateData:
                     if arr.ndim == 0:
                         raise BilError(f"`{n}` is `per sample` but is a scalar", sp,
                                        "its leading axis must index samples")
+                    if arr.shape[0] == 0:
+                        raise BilError(f"`{n}` is `per sample` but has no samples (leading size 0)", sp,
+                                       "give at least one sample, or drop `per sample`")
                     if st.n_samples is None:
                         st.n_samples = arr.shape[0]
                     elif arr.shape[0] != st.n_samples:
@@ -92,29 +96,33 @@ class EvaluateData:
             st.data[n] = as_data_array(st.data_override.get(n, v), d.expr.span, n)
 
 
-def _in_dependency_order(stmts: list) -> list:
+def _in_dependency_order(stmts: list, given: set) -> list:
     """The data statements in an order where every name is bound before it is used (the spec
     may name them in any order, like everything else), source order among independent ones;
-    a cycle is an error at its first statement."""
-    import networkx as nx
-
+    a cycle is an error at its first statement.  A statement whose names are all ``given``
+    from Python is not evaluated, so it depends on nothing."""
     binder = {n: i for i, d in enumerate(stmts) for n in d.names}
     g = nx.DiGraph()
     g.add_nodes_from(range(len(stmts)))
     for i, d in enumerate(stmts):
+        if all(n in given for n in d.names):
+            continue
         for n in ir.free_names(d.expr):
             if n in binder:
                 g.add_edge(binder[n], i)
     try:
         order = list(nx.lexicographical_topological_sort(g))
     except nx.NetworkXUnfeasible:
-        cycle = [u for u, _ in nx.find_cycle(g)]
-        first = stmts[min(cycle)]
-        names = sorted({n for i in cycle for n in stmts[i].names})
-        raise BilError(f"data {', '.join(f'`{n}`' for n in names)} depend on each other"
-                       if len(names) > 1 else f"data `{names[0]}` is defined in terms of itself", first.span,
-                       "data is evaluated once, before anything else: break the cycle by giving one of "
-                       "them a value that does not use the others") from None
+        cycle = sorted({u for u, _ in nx.find_cycle(g)})
+        first = stmts[cycle[0]]
+        if len(cycle) == 1:
+            used = sorted(ir.free_names(first.expr) & set(first.names))
+            msg = f"data `{used[0]}` is defined in terms of itself"
+        else:
+            names = sorted({n for i in cycle for n in stmts[i].names})
+            msg = f"data {', '.join(f'`{n}`' for n in names)} depend on each other"
+        raise BilError(msg, first.span, "data is evaluated once, before anything else: break the cycle by "
+                       "giving one of them a value that does not use the others") from None
     return [stmts[i] for i in order]
 
 

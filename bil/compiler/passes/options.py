@@ -227,8 +227,8 @@ class CheckOptions:
         hg = solve["hypergradient"]
         if st.is_train:
             # a training procedure runs its N steps: no tolerance or cap applies to it (only
-            # implicit differentiation's linear solves use `tol`)
-            unused = ["max_iter"] + (["tol"] if hg.name == "unroll" else [])
+            # implicit differentiation's CG or direct solves use `tol`; Neumann runs k terms)
+            unused = ["max_iter"] + (["tol"] if hg.name in ("unroll", "neumann") else [])
             for opt in st.lower.options:
                 if opt.key in unused:
                     st.warnings.append(Warning_(

@@ -84,10 +84,10 @@ class InferShapes:
         # concrete=: meta functions such as nclasses(y) read the data's values
         self._scalar(eval_abstract(st.goal, env, concrete=sample), st.goal, "the lower objective")
         if isinstance(goal, ir.Train):
-            self._train(st, goal, const, env)
+            self._train(st, goal, Evaluator(sample), env, sample)
         self._scalar(eval_abstract(st.upper_expr, env, concrete=sample), st.upper_expr, "the upper objective")
         for e in (st.goal, st.upper_expr):
-            _check_labels(st, e, env)
+            _check_labels(st, e, env, sample)
 
     # ---------------------------------------------------------------- parts
     def _domain(self, dom: ir.Domain | None, const: Evaluator, what: str):
@@ -175,7 +175,7 @@ class InferShapes:
             bounds = (0.0, float("inf"))
         st.lower_vars[v.name] = VarInfo(v.name, v, v.init, shape, kind, bounds)
 
-    def _train(self, st: CompileState, goal: ir.Train, const: Evaluator, env: dict) -> None:
+    def _train(self, st: CompileState, goal: ir.Train, const: Evaluator, env: dict, sample: dict) -> None:
         opt = goal.optimizer
         if isinstance(opt, ir.Name):
             opt = ir.Call(opt.span, opt.id, (), (), name_span=opt.span)
@@ -208,12 +208,12 @@ class InferShapes:
                 raise BilError(f"optimizer argument `{pname}` may not depend on the lower variable `{lower[0]}`",
                                expr.span, "optimizer arguments are constants or hypers (e.g. a learned "
                                "learning rate `lr=lr` with `hyper lr : positive`)")
-            val = eval_abstract(expr, env, concrete=one_sample(st))
+            val = eval_abstract(expr, env, concrete=sample)
             if not hasattr(val, "shape") or val.shape != ():
                 raise BilError(f"optimizer argument `{pname}` must be a scalar", expr.span,
                                f"one number for the whole procedure; signature: {fn.describe()}")
             if pname == "lr" and ir.free_names(expr) <= set(st.data):
-                lr = to_static(Evaluator(one_sample(st))(expr))
+                lr = to_static(const(expr))
                 if isinstance(lr, (int, float)) and not lr > 0:
                     raise BilError(f"the learning rate must be > 0, got {lr:g}", expr.span,
                                    "a step against the gradient needs lr > 0; to learn it, use a "
@@ -253,7 +253,7 @@ def _method(name, kwargs, span):
 _LABELED = frozenset({"cross_entropy", "logistic_loss"})
 
 
-def _check_labels(st: CompileState, e: ir.Expr, env: dict) -> None:
+def _check_labels(st: CompileState, e: ir.Expr, env: dict, sample: dict) -> None:
     """Labels given as data are known at compile time: check their values where a wrong
     value would otherwise give a silently meaningless loss (float labels truncated to a
     class index, an index past the last class: NaN at run time)."""
@@ -263,14 +263,20 @@ def _check_labels(st: CompileState, e: ir.Expr, env: dict) -> None:
         logits, labels = c.args
         if not (ir.free_names(labels) <= st.data.keys()):
             continue
-        y = np.asarray(Evaluator(st.data)(labels))
+        # evaluated as the lower problem sees them: per sample, each sample's own labels
+        batched = sorted(ir.free_names(labels) & st.per_sample)
+        if batched:
+            ys = [np.asarray(Evaluator({**st.data, **{n: st.data[n][i] for n in batched}})(labels))
+                  for i in range(st.n_samples)]
+        else:
+            ys = [np.asarray(Evaluator(st.data)(labels))]
+        y = np.concatenate([a.ravel() for a in ys])
         if y.size == 0 or y.dtype == bool:
             continue
         if c.func == "cross_entropy":
-            z = eval_abstract(logits, env, concrete=one_sample(st))   # the logits' shape: the classes
-            # per-sample labels are checked sample by sample, against one sample's logits
-            for yi in (y if ir.free_names(labels) & st.per_sample else [y]):
-                bad = class_label_problem(np.asarray(yi), tuple(z.shape), ir.show(labels))
+            z = eval_abstract(logits, env, concrete=sample)   # the logits' shape: the classes
+            for yi in ys:
+                bad = class_label_problem(yi, tuple(z.shape), ir.show(labels))
                 if bad is not None:
                     raise BilError(bad[0], labels.span, bad[1])
         elif not np.all((y == 0) | (y == 1)):

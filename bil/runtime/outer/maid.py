@@ -633,15 +633,19 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         else math.nan
     oracles.set_strong_convexity(saved_mu if math.isfinite(saved_mu) else None)
     # never below what the arithmetic resolves (float32 especially); refreshed with μ
-    eps_min0, delta_min0 = eps_min, delta_min
-    floor_eps, floor_delta = arithmetic_floor(oracles, u0)
-    eps_min, delta_min = max(eps_min, floor_eps), max(delta_min, floor_delta)
     # exact oracles (a training procedure): there is no accuracy to adapt; ε = δ = 0 makes
     # ω and the brackets' slack 0, and MAID is backtracking on exact values (no probes,
     # no constants to estimate)
     exact = bool(getattr(oracles, "exact", False))
     if exact:
         eps_min0 = delta_min0 = eps_min = delta_min = 0.0
+        # the adjoint correction f − ⟨q, ∇ₓg⟩ estimates f at a minimiser; a training procedure's
+        # value is f at its last step, exactly
+        bracket = "value"
+    else:
+        eps_min0, delta_min0 = eps_min, delta_min
+        floor_eps, floor_delta = arithmetic_floor(oracles, u0)
+        eps_min, delta_min = max(eps_min, floor_eps), max(delta_min, floor_delta)
     if state is None:
         u, x, q = start_iterates(oracles, u0)
         eps, delta, step = (0.0, 0.0, math.nan) if exact else (float(o["eps0"]), float(o["delta0"]), math.nan)
@@ -925,8 +929,13 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
             # ---- failed backtracking: tighten and retry from the same point
             limited = t is not None and t.accuracy_bound
             if exact:
-                # exact values: no accuracy to tighten, so no trial of a retry could decide
-                # differently (a truncated unroll's hypergradient may not be a descent direction)
+                # exact values: no accuracy to tighten.  A failed quasi-Newton direction (its
+                # curvature pairs may be stale) is dropped for a retry along −z; a failed −z round
+                # ends the run (a truncated unroll's hypergradient need not be a descent direction)
+                if quasi_newton:
+                    pairs = []
+                    retries += 1
+                    continue
                 stop = "no decrease along the search direction"
                 break
             if eps <= eps_min and (not limited or delta <= delta_min):
