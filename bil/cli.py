@@ -272,7 +272,9 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"bil: the run in `{out}` already finished after iteration {meta.get('iteration')} "
                       f"({finished}); its results are there. Run without --resume to start over",
                       file=sys.stderr)
-                return EXIT_OK
+                # the run's own status: a script's `bil run --resume || ...` must see a failed run fail
+                failed = finished in program._FAILED_STOPS or finished == "non-finite hypergradient"
+                return EXIT_RUN_FAILED if failed else EXIT_OK
             if resumed != overrides:
                 overrides = resumed
                 program, spec = compile_file(args.file, overrides)

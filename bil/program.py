@@ -273,7 +273,8 @@ class Program:
         eng = self.engine
         if self.state.is_train or not np.isfinite(upper):
             return upper, x
-        tol = float(self.state.options["lower"]["tol"])
+        # never below what the precision resolves (float32: the default tol may not be reachable)
+        tol = max(float(self.state.options["lower"]["tol"]), eng.mu() * eng.accuracy_floor(res.u, res.x)[0])
         v = eng.value(res.u, res.x, tol / eng.mu())
         f, status = float(v.f), int(v.lower_status)
         if status == 0 and np.isfinite(f):

@@ -440,3 +440,34 @@ def test_image_problem_montage(tmp_path):
     clean, noisy, x = panels["ref"]["clean"][0], panels["in"]["noisy"][0], panels["rec"]["x"][0]
     assert plots.psnr(clean, x) > plots.psnr(clean, noisy)  # denoising helps
     assert plots.image_panels(prog, {}) is None             # no reconstruction, no montage
+
+
+def test_hoag_on_a_capped_lower_solve_fails_and_resume_says_so(spec_dir, tmp_path):
+    """HOAG accepted a lower solve stopped at `max_iter: 3` (exit 0, an upper value not at the
+    lower solution); it now stops with the located diagnostic (exit 1), and resuming the
+    failed run exits 1 too (it exited 0, which a `bil run --resume || ...` reads as success)."""
+    (tmp_path / "data.npz").write_bytes((spec_dir / "data.npz").read_bytes())
+    (tmp_path / "tiny.bil").write_text(SPEC.replace("    minimize 0.5 * sumsq(Xtr @ w - ytr) + 0.5 * lam * sumsq(w)\n",
+                                                    "    minimize 0.5 * sumsq(Xtr @ w - ytr) + 0.5 * lam * sumsq(w)\n"
+                                                    "    max_iter: 1\n"
+                                                    ).replace("maid(max_iter=6)", "hoag(max_iter=5)"))
+    out = tmp_path / "o"
+    r = bil_cmd("run", "tiny.bil", "--out", out, "--quiet", cwd=tmp_path)
+    assert r.returncode == 1 and "did not reach its tolerance within max_iter=1" in r.stderr, r.stderr
+    assert "hint:" in r.stderr and "Traceback" not in r.stderr
+    r = bil_cmd("run", "tiny.bil", "--out", out, "--resume", cwd=tmp_path)
+    assert r.returncode == 1 and "already finished" in r.stderr
+
+
+def test_float32_tv_stops_at_the_precisions_floor(tmp_path):
+    """float32 TV denoising: MAID used to tighten ε below what float32 resolves, and one
+    iteration ran 120k lower iterations into the cap (exit 1).  The floors now include
+    ‖H‖·eps·‖x‖ (and ‖H‖·eps·‖q‖ for CG), so it stops cleanly near the float64 optimum."""
+    (tmp_path / "t.bil").write_text(IMAGE_SPEC.replace("maid(max_iter=2)", "maid(max_iter=40)")
+                                    .replace("solve {", 'solve { precision: "float32"\n'))
+    prog = bil.compile(tmp_path / "t.bil")
+    res = prog.run()
+    assert res.error is None and res.reason in ("eps floor reached", "gradient norm below tol", "max_iter reached")
+    assert res.history[-1]["lower_iters_total"] < 20000
+    f64 = bil.compile(tmp_path / "t.bil", overrides={"solve.precision": '"float64"'}).run()
+    assert res.upper == pytest.approx(f64.upper, rel=1e-3)

@@ -91,3 +91,21 @@ def test_nan_in_the_upper_objective_with_hoag_and_gd(outer):
            "upper minimize sum(log(x - 10))\n" + f"solve {{ outer: {outer} }}\n")
     r = bil.compile(src).run()
     assert r.reason == "non-finite hypergradient" and r.error.line == 7
+
+
+def test_an_unbounded_lower_objective_is_reported_as_the_lower_solve_failing():
+    """The adjoint at a lower iterate stopped by its cap said "Hessian not positive definite"
+    for an objective unbounded below; the capped lower solve is what failed."""
+    prog = bil.compile("""
+        data X, y = (randn(20, 3, seed=0), randn(20, seed=1))
+        hyper lam : positive = 1.0
+        lower {
+            w : real[3] = 0
+            minimize lam * sum(w)
+            max_iter: 50
+        }
+        upper minimize 0.5 * sumsq(X @ w - y)
+    """)
+    res = prog.run(max_iter=3)
+    assert res.reason == "lower solve hit its iteration cap"
+    assert "unbounded below" in res.error.hint

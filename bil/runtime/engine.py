@@ -466,11 +466,16 @@ class Engine(AbstractOracles):
 
         def impl(u, X, d):
             theta = self.low.transform.to_user(u)
-            return _norm(jax.grad(self.G)(X, theta, d)), _norm(jax.grad(self.F)(X, theta, d))
+            L = _power_norm(lambda v: jax.jvp(lambda y: jax.grad(self.G)(y, theta, d), (X,), (v,))[1], X, 20)
+            return _norm(jax.grad(self.G)(X, theta, d)), L, _norm(X), _norm(jax.grad(self.F)(X, theta, d))
 
-        gn, fx = (float(v) for v in self._jit("floor", impl)(u, x, self.low.data))
+        gn, L, xn, fx = (float(v) for v in self._jit("floor", impl)(u, x, self.low.data))
         eps = float(jnp.finfo(self.low.dtype).eps)
-        return eps * gn / self.mu(), eps * fx
+        mu = self.mu()
+        # ‖∇ₓg‖ cannot be resolved below what one rounding of x moves it by, ‖H‖·eps·‖x‖, nor
+        # CG's residual below ‖H‖·eps·‖q‖ with ‖q‖ ≈ ‖∇ₓf‖/μ: on float32 TV denoising these are
+        # ~1e-4 where eps·‖∇g‖ was 2e-7, and MAID tightened ε, δ into solves that ran to their cap
+        return eps * max(gn, L * xn) / mu, eps * fx * max(1.0, L / mu)
 
     def log_hypers(self) -> dict:
         return {n: h.transform == "exp" for n, h in self.low.state.hypers.items()}
@@ -547,7 +552,8 @@ class Engine(AbstractOracles):
                                    f"iterations{norm('‖∇g‖', grad_norm)}", span,
                                    (f32_hint if f32 else
                                     "raise `max_iter:` in the lower block, loosen the tolerance, or try another "
-                                    "`solver:` (e.g. lbfgs or newton_cg)"))
+                                    "`solver:` (e.g. lbfgs or newton_cg); if the objective is unbounded below "
+                                    "in the lower variables, add a strongly convex term (`+ c * sumsq(w)`)"))
         if c == 3:
             return BilRuntimeError("the lower objective's Hessian is not positive definite at the solution, so the "
                                    "implicit hypergradient is undefined", span,

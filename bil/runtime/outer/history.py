@@ -138,10 +138,11 @@ def tree_axpy(u, alpha: float, z):
     return jax.tree.map(lambda a, b: np.asarray(a - alpha * b, dtype=np.result_type(a, b)), u, z)
 
 
-def arithmetic_floor(oracles, u0) -> tuple[float, float]:
-    """(ε, δ) floors of a run: what the arithmetic resolves at the start
-    (:meth:`~bil.runtime.oracles.AbstractOracles.accuracy_floor`), with the oracles' current μ."""
-    return oracles.accuracy_floor(u0, oracles.init_lower(u0))
+def arithmetic_floor(oracles, u, x=None) -> tuple[float, float]:
+    """(ε, δ) floors of a run: what the arithmetic resolves at hypers ``u`` and lower values
+    ``x`` (default: the start at ``u``; :meth:`~bil.runtime.oracles.AbstractOracles.accuracy_floor`),
+    with the oracles' current μ."""
+    return oracles.accuracy_floor(u, oracles.init_lower(u) if x is None else x)
 
 
 def hypergrad_step(oracles, tr: "Tracker", u, x, q, eps: float, delta: float, strict: bool = False):

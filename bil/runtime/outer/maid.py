@@ -749,7 +749,10 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
                 if ls == 2:
                     stop = "lower solve produced non-finite values"
                     break
-                if cs in (2, 3):
+                if cs in (2, 3) and ls == 0:
+                    # (an adjoint at a lower iterate that stopped at its cap says nothing about the
+                    # Hessian at the solution: an unbounded-below objective looked "not positive
+                    # definite"; the capped solve is continued, and reported, below)
                     stop = ("adjoint solve produced non-finite values" if cs == 2 else
                             "adjoint solve failed: lower Hessian not positive definite")
                     break
@@ -773,7 +776,7 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
                     consts = merge_constants(consts, oracles.constants(u, x))
                     refresh = False
                     # μ may have changed: so has the arithmetic's floor on ε
-                    floor_eps, floor_delta = arithmetic_floor(oracles, u0)
+                    floor_eps, floor_delta = arithmetic_floor(oracles, u, x)  # and so may ‖H‖·‖x‖
                     eps_min, delta_min = max(eps_min0, floor_eps), max(delta_min0, floor_delta)
                     since_iters, since_dist = 0, 0.0
                     if not (consts.mu > 0 and math.isfinite(consts.mu)):
