@@ -243,6 +243,20 @@ def _resume_overrides(given: list[tuple[str, str]], meta: dict, ckpt: Path) -> l
     return list(merged.items())
 
 
+def _limit_reached(program, state: dict, meta: dict) -> str | None:
+    """What the checkpointed run has done, if that already meets the outer method's
+    iteration limit or budget (else None)."""
+    kw = program.state.options["solve"]["outer"].kwargs
+    done = int(state.get("iteration", meta.get("iteration") or 0))
+    limit = kw.get("max_iter", kw.get("steps"))
+    if limit is not None and done >= int(limit):
+        return f"{done} iterations (limit {int(limit)})"
+    cost = int(state.get("lower_iters_total", 0)) + int(state.get("cg_iters_total", 0))
+    if kw.get("budget") is not None and cost >= int(kw["budget"]):
+        return f"{cost} lower + CG iterations (budget {int(kw['budget'])})"
+    return None
+
+
 def _run(args: argparse.Namespace) -> int:
     import time
 
@@ -278,8 +292,16 @@ def _run(args: argparse.Namespace) -> int:
             if resumed != overrides:
                 overrides = resumed
                 program, spec = compile_file(args.file, overrides)
-        elif not args.quiet:
-            print(f"bil: no checkpoint in `{out}`; starting from the beginning", file=sys.stderr)
+            spent = _limit_reached(program, state, meta)
+            if spent:
+                # a limit at or below what the run has done: resuming would only rewrite its outputs
+                print(f"bil: the run in `{out}` has already done {spent}; its results are there. Raise the "
+                      "limit to continue", file=sys.stderr)
+                return EXIT_OK
+        else:
+            # printed even with --quiet: the run's earlier --set values are not known here
+            print(f"bil: no checkpoint in `{out}`; starting from the beginning with this command's --set values",
+                  file=sys.stderr)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

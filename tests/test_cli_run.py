@@ -471,3 +471,16 @@ def test_float32_tv_stops_at_the_precisions_floor(tmp_path):
     assert res.history[-1]["lower_iters_total"] < 20000
     f64 = bil.compile(tmp_path / "t.bil", overrides={"solve.precision": '"float64"'}).run()
     assert res.upper == pytest.approx(f64.upper, rel=1e-3)
+
+
+def test_resume_with_a_limit_already_reached_changes_nothing(spec_dir, tmp_path):
+    """A lower max_iter on --resume re-ran the loop and rewrote every output file."""
+    (tmp_path / "data.npz").write_bytes((spec_dir / "data.npz").read_bytes())
+    (tmp_path / "tiny.bil").write_text(SPEC)
+    out = tmp_path / "o"
+    r = bil_cmd("run", "tiny.bil", "--out", out, "--quiet", "--set", "solve.outer.max_iter=4", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    before = (out / "result.json").read_text(), (out / "history.csv").read_text()
+    r = bil_cmd("run", "tiny.bil", "--out", out, "--resume", "--set", "solve.outer.max_iter=3", cwd=tmp_path)
+    assert r.returncode == 0 and "has already done 4 iterations (limit 3)" in r.stderr, r.stderr
+    assert ((out / "result.json").read_text(), (out / "history.csv").read_text()) == before
