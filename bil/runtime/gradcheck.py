@@ -57,8 +57,20 @@ def _value(prog, hypers, tol, method) -> float:
     f(x̃) − ⟨q, ∇ₓg(x̃)⟩, whose error is second order in the lower accuracy (MAID's bracket):
     f(x̃) alone carries a first-order error ‖∇ₓf‖·‖x̃ − x*‖ that, divided by the small
     step, swamps the difference on ill-conditioned problems."""
-    hg = prog._hypergrad(hypers, tol, prog._method(method))
+    m = prog._method(method)
+    hg = prog._hypergrad(hypers, tol, m)
     qr = float(hg.qr) if hg.qr is not None else np.nan   # None/NaN: unknown (unroll, active bounds)
+    eng = prog.engine
+    if not np.isfinite(qr) and eng.low.bounds is not None and m.name != "unroll" and not prog.state.is_train:
+        # with box bounds the adjoint is 0 on the active coordinates (x̃ sits on its bound there,
+        # as x* does once the active set is identified) and ∇ₓg(x*) = 0 on the free ones, so
+        # ⟨q, ∇ₓg(x̃)⟩ is the same correction on the free coordinates; without it the values'
+        # first-order error gave false mismatches of 1e-5 on zero hypergradient entries
+        import jax
+        import optax.tree_utils as otu
+
+        gx = jax.grad(eng.G)(hg.x, prog._theta(hypers), eng.low.data)
+        qr = float(otu.tree_vdot(hg.q, gx))
     return float(hg.f) - (qr if np.isfinite(qr) else 0.0)
 
 
