@@ -134,6 +134,8 @@ def run_hoag(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         else:
             hg, f_prev, z, reason = hypergrad_step(oracles, tr, u, x, q, *accuracies(e), strict=True)
             x, q = hg.x, hg.q
+            if reason is not None:
+                f_prev = math.nan  # no good point yet: a capped solve's value is not F(θ₀)
         L = first_L(tree_norm(z), n_hypers)
     else:
         u, x, q = unpack_iterates(state, oracles, u0)

@@ -46,6 +46,8 @@ def run_plain(oracles: AbstractOracles, method: str, o: dict, *, callback=None, 
     # never below what the arithmetic resolves (float32 especially)
     floor_eps, floor_delta = arithmetic_floor(oracles, u0)
     eps, delta = max(acc, floor_eps), max(acc, floor_delta)
+    if getattr(oracles, "exact", False):
+        eps = delta = 0.0   # a training procedure: nothing to be accurate to (recorded as 0, not `tol`)
     opt = make_optimizer(method, lr)
     update = jax.jit(opt.update)
 
@@ -57,6 +59,8 @@ def run_plain(oracles: AbstractOracles, method: str, o: dict, *, callback=None, 
         tr.begin()
         hg, f, z, reason = hypergrad_step(oracles, tr, u, x, q, eps, delta, strict=True)
         x, q = hg.x, hg.q
+        if reason is not None:
+            f = math.nan  # no good point yet: a capped or cut-short solve's value is not F(θ₀)
         opt_state = to_host(opt.init(u))
     else:
         u, x, q = unpack_iterates(state, oracles, u0)
