@@ -193,6 +193,8 @@ def _gradcheck(args: argparse.Namespace) -> int:
 
     if args.entries < 1:
         raise CliError(f"--entries must be at least 1, got {args.entries}")
+    if not args.tol > 0:
+        raise CliError(f"--tol must be a positive relative tolerance, got {args.tol:g}")
     overrides = [parse_assignment(s) for s in args.overrides]
     program, _ = compile_file(args.file, overrides)
     if program.state.options["solve"]["precision"] != "float64":

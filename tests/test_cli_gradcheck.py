@@ -100,6 +100,8 @@ def test_gradcheck_agrees_on_awkward_specs(tmp_path, capsys, solve):
 def test_gradcheck_entries_must_be_positive(capsys):
     assert main(["gradcheck", str(EXAMPLES / "ridge.bil"), "--entries", "-1"]) == 2
     assert "--entries" in capsys.readouterr().err
+    assert main(["gradcheck", str(EXAMPLES / "ridge.bil"), "--tol", "-1"]) == 2
+    assert "--tol must be a positive" in capsys.readouterr().err
 
 
 def test_gradcheck_checks_full_unroll_when_the_spec_truncates(capsys):
