@@ -299,7 +299,7 @@ class Program:
                 f"{prefix}the upper objective or its gradient is NaN or Inf at the lower solution",
                 self.engine.low.upper_span,
                 "check the upper objective's domain (log/sqrt of non-positive values, division by 0) over the "
-                "values the lower variables take")
+                "values the lower variables and the hypers take")
         if reason not in self._FAILED_STOPS:
             return None
         lower_status, cg_status = self._FAILED_STOPS[reason]
