@@ -464,9 +464,14 @@ class Engine(AbstractOracles):
         if self.low.optimizer is not None:  # a training procedure has no tolerance
             return 0.0, 0.0
 
+        # the Hessian's norm only where it matters: in float64, ‖H‖·eps·‖x‖ is ~1e-12 and never
+        # binds, and its power iteration would add a compilation to every run
+        sensitive = self.low.dtype == jnp.float32
+
         def impl(u, X, d):
             theta = self.low.transform.to_user(u)
-            L = _power_norm(lambda v: jax.jvp(lambda y: jax.grad(self.G)(y, theta, d), (X,), (v,))[1], X, 20)
+            L = (_power_norm(lambda v: jax.jvp(lambda y: jax.grad(self.G)(y, theta, d), (X,), (v,))[1], X, 20)
+                 if sensitive else jnp.zeros((), self.low.dtype))
             return _norm(jax.grad(self.G)(X, theta, d)), L, _norm(X), _norm(jax.grad(self.F)(X, theta, d))
 
         gn, L, xn, fx = (float(v) for v in self._jit("floor", impl)(u, x, self.low.data))
