@@ -289,8 +289,7 @@ def _run(args: argparse.Namespace) -> int:
                       f"({finished}); its results are there. Run without --resume to start over",
                       file=sys.stderr)
                 # the run's own status: a script's `bil run --resume || ...` must see a failed run fail
-                failed = finished in program._FAILED_STOPS or finished == "non-finite hypergradient"
-                return EXIT_RUN_FAILED if failed else EXIT_OK
+                return EXIT_RUN_FAILED if program._failure(finished) is not None else EXIT_OK
             if resumed != overrides:
                 overrides = resumed
                 program, spec = compile_file(args.file, overrides)

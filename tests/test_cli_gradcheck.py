@@ -11,6 +11,15 @@ from bil.cli import main
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
+def _gradcheck(tmp_path, capsys, text: str, name: str = "spec.bil"):
+    """Write ``text`` as a spec and gradcheck it: (exit code, stdout, stderr, spec path)."""
+    spec = tmp_path / name
+    spec.write_text(text)
+    code = main(["gradcheck", str(spec)])
+    out, err = capsys.readouterr()
+    return code, out, err, spec
+
+
 def test_gradcheck_ridge_agrees(capsys):
     assert main(["gradcheck", str(EXAMPLES / "ridge.bil"), "--set", "hyper.lam=3"]) == 0
     out = capsys.readouterr().out
@@ -116,39 +125,37 @@ def test_gradcheck_checks_full_unroll_when_the_spec_truncates(capsys):
 
 
 def test_gradcheck_shows_the_specs_implicit_column_on_a_train_goal(tmp_path, capsys):
-    spec = tmp_path / "lr.bil"
-    spec.write_text((EXAMPLES / "learned_lr.bil").read_text().replace("unroll(truncate=20)", "implicit"))
-    assert main(["gradcheck", str(spec)]) == 0
-    out = capsys.readouterr().out
+    code, out, _, _ = _gradcheck(tmp_path, capsys, (EXAMPLES / "learned_lr.bil").read_text()
+                                 .replace("unroll(truncate=20)", "implicit"))
+    assert code == 0
     assert "max relative difference implicit vs finite differences" in out
     assert "implicit on a train goal differentiates the argmin" in out and out.rstrip().endswith("OK")
 
 
 def test_gradcheck_reports_a_nan_upper_objective_at_its_line(tmp_path, capsys):
     """It printed finite hypergradients beside a NaN finite difference and said MISMATCH."""
-    spec = tmp_path / "nan.bil"
-    spec.write_text("data X, y = (randn(20, 3, seed=0), randn(20, seed=1))\n"
-                    "hyper lam : positive = 1.0\n"
-                    "lower {\n    w : real[3] = 0\n"
-                    "    minimize 0.5 * sumsq(X @ w - y) + 0.5 * lam * sumsq(w)\n}\n"
-                    "upper minimize log(sum(w) - 100)\n")
-    assert main(["gradcheck", str(spec)]) == 2
-    err = capsys.readouterr().err
+    code, _, err, spec = _gradcheck(tmp_path, capsys,
+                                    "data X, y = (randn(20, 3, seed=0), randn(20, seed=1))\n"
+                                    "hyper lam : positive = 1.0\n"
+                                    "lower {\n    w : real[3] = 0\n"
+                                    "    minimize 0.5 * sumsq(X @ w - y) + 0.5 * lam * sumsq(w)\n}\n"
+                                    "upper minimize log(sum(w) - 100)\n")
+    assert code == 2
     assert f"{spec}:7:1: error: the upper objective or its gradient is NaN or Inf" in err and "hint:" in err
 
 
 def test_gradcheck_survives_a_failing_information_column(tmp_path, capsys):
     """Implicit differentiation at a training end point whose Hessian is not positive
     definite fails; that column is informational, so the check goes on (it used to abort)."""
-    spec = tmp_path / "cos.bil"
-    spec.write_text("data X, y = (randn(20, 3, seed=0), randn(20, seed=1))\n"
-                    "hyper lr : positive = 0.05\nhyper wd : positive = 1.0\n"
-                    "lower {\n    w : real[3] = 0\n"
-                    "    train 0.5 * mean((X @ w - y)^2) + wd * sum(cos(3 * w)) with sgd(lr=lr) for 5 steps\n}\n"
-                    "upper minimize 0.5 * mean((X @ w - y)^2)\n"
-                    "solve { hypergradient: implicit }\n")
-    assert main(["gradcheck", str(spec)]) == 0
-    out = capsys.readouterr().out
+    code, out, _, _ = _gradcheck(
+        tmp_path, capsys,
+        "data X, y = (randn(20, 3, seed=0), randn(20, seed=1))\n"
+        "hyper lr : positive = 0.05\nhyper wd : positive = 1.0\n"
+        "lower {\n    w : real[3] = 0\n"
+        "    train 0.5 * mean((X @ w - y)^2) + wd * sum(cos(3 * w)) with sgd(lr=lr) for 5 steps\n}\n"
+        "upper minimize 0.5 * mean((X @ w - y)^2)\n"
+        "solve { hypergradient: implicit }\n")
+    assert code == 0
     assert "implicit failed:" in out and out.rstrip().endswith("OK")
 
 
@@ -156,13 +163,13 @@ def test_gradcheck_with_active_bounds_and_zero_entries(tmp_path, capsys):
     """Hyper entries whose hypergradient is exactly 0 (they scale lower entries held at a bound)
     gave a false MISMATCH: the finite differences used f(x̃) without the adjoint correction,
     which with box bounds is still available on the free coordinates."""
-    spec = tmp_path / "box.bil"
-    spec.write_text('data Xtr, ytr, Xval, yval = dataset("diabetes", split=0.5, seed=0, standardize=true)\n'
-                    "hyper c : positive[10] = 1.0\nhyper b : real in [0, 2] = 0.5\n"
-                    "lower {\n    w : real[10] in [0, 1] = 0\n"
-                    "    minimize 0.5 * sumsq(Xtr @ w - ytr) + 0.5 * sum(c * w^2) + b * sum(w)\n}\n"
-                    "upper minimize 0.5 * mean((Xval @ w - yval)^2)\n")
-    assert main(["gradcheck", str(spec)]) == 0
-    out = capsys.readouterr().out
+    code, out, _, _ = _gradcheck(
+        tmp_path, capsys,
+        'data Xtr, ytr, Xval, yval = dataset("diabetes", split=0.5, seed=0, standardize=true)\n'
+        "hyper c : positive[10] = 1.0\nhyper b : real in [0, 2] = 0.5\n"
+        "lower {\n    w : real[10] in [0, 1] = 0\n"
+        "    minimize 0.5 * sumsq(Xtr @ w - ytr) + 0.5 * sum(c * w^2) + b * sum(w)\n}\n"
+        "upper minimize 0.5 * mean((Xval @ w - yval)^2)\n")
+    assert code == 0
     assert out.rstrip().endswith("OK")
     assert any(line.split()[1] == "0" for line in out.splitlines() if line.startswith("c["))  # exact zeros checked

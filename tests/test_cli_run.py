@@ -76,6 +76,12 @@ def _env(**extra):
     return env
 
 
+def _tiny_in(spec_dir, folder, text: str = SPEC) -> None:
+    """The tiny spec (or ``text``) and its data in ``folder``."""
+    (folder / "data.npz").write_bytes((spec_dir / "data.npz").read_bytes())
+    (folder / "tiny.bil").write_text(text)
+
+
 def bil_cmd(*args, cwd, timeout=300, **env):
     """Run ``python -m bil ARGS``; return the CompletedProcess."""
     return subprocess.run([sys.executable, "-m", "bil", *map(str, args)], cwd=cwd, env=_env(**env),
@@ -280,8 +286,7 @@ def test_resume_extends_a_run_with_a_raised_limit_only(full_run, spec_dir, tmp_p
     (given alone: the other --set values are the checkpoint's) goes on from there, bit for
     bit as one run with that limit."""
     _, full = full_run
-    (tmp_path / "data.npz").write_bytes((spec_dir / "data.npz").read_bytes())
-    (tmp_path / "tiny.bil").write_text(SPEC)
+    _tiny_in(spec_dir, tmp_path)
     out = tmp_path / "o"
     r = bil_cmd("run", "tiny.bil", "--out", out, "--quiet", "--set", "solve.checkpoint_every=5",
                 "--set", "solve.outer.max_iter=3", cwd=tmp_path)
@@ -304,8 +309,7 @@ def test_resume_extends_a_run_with_a_raised_limit_only(full_run, spec_dir, tmp_p
 
 
 def test_resume_of_a_converged_run_changes_nothing(spec_dir, tmp_path):
-    (tmp_path / "data.npz").write_bytes((spec_dir / "data.npz").read_bytes())
-    (tmp_path / "tiny.bil").write_text(SPEC)
+    _tiny_in(spec_dir, tmp_path)
     out = tmp_path / "o"
     r = bil_cmd("run", "tiny.bil", "--out", out, "--quiet", "--set", "solve.outer.max_iter=200", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -446,11 +450,9 @@ def test_hoag_on_a_capped_lower_solve_fails_and_resume_says_so(spec_dir, tmp_pat
     """HOAG accepted a lower solve stopped at `max_iter: 3` (exit 0, an upper value not at the
     lower solution); it now stops with the located diagnostic (exit 1), and resuming the
     failed run exits 1 too (it exited 0, which a `bil run --resume || ...` reads as success)."""
-    (tmp_path / "data.npz").write_bytes((spec_dir / "data.npz").read_bytes())
-    (tmp_path / "tiny.bil").write_text(SPEC.replace("    minimize 0.5 * sumsq(Xtr @ w - ytr) + 0.5 * lam * sumsq(w)\n",
-                                                    "    minimize 0.5 * sumsq(Xtr @ w - ytr) + 0.5 * lam * sumsq(w)\n"
-                                                    "    max_iter: 1\n"
-                                                    ).replace("maid(max_iter=6)", "hoag(max_iter=5)"))
+    capped = SPEC.replace("lam * sumsq(w)\n}", "lam * sumsq(w)\n    max_iter: 1\n}")
+    assert capped != SPEC
+    _tiny_in(spec_dir, tmp_path, capped.replace("maid(max_iter=6)", "hoag(max_iter=5)"))
     out = tmp_path / "o"
     r = bil_cmd("run", "tiny.bil", "--out", out, "--quiet", cwd=tmp_path)
     assert r.returncode == 1 and "did not reach its tolerance within max_iter=1" in r.stderr, r.stderr
@@ -475,8 +477,7 @@ def test_float32_tv_stops_at_the_precisions_floor(tmp_path):
 
 def test_resume_with_a_limit_already_reached_changes_nothing(spec_dir, tmp_path):
     """A lower max_iter on --resume re-ran the loop and rewrote every output file."""
-    (tmp_path / "data.npz").write_bytes((spec_dir / "data.npz").read_bytes())
-    (tmp_path / "tiny.bil").write_text(SPEC)
+    _tiny_in(spec_dir, tmp_path)
     out = tmp_path / "o"
     r = bil_cmd("run", "tiny.bil", "--out", out, "--quiet", "--set", "solve.outer.max_iter=4", cwd=tmp_path)
     assert r.returncode == 0, r.stderr

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import jax
 import numpy as np
+import optax.tree_utils as otu
 
 from bil.compiler.errors import BilRuntimeError
 
@@ -66,9 +68,6 @@ def _value(prog, hypers, tol, method) -> float:
         # as x* does once the active set is identified) and ∇ₓg(x*) = 0 on the free ones, so
         # ⟨q, ∇ₓg(x̃)⟩ is the same correction on the free coordinates; without it the values'
         # first-order error gave false mismatches of 1e-5 on zero hypergradient entries
-        import jax
-        import optax.tree_utils as otu
-
         gx = jax.grad(eng.G)(hg.x, prog._theta(hypers), eng.low.data)
         qr = float(otu.tree_vdot(hg.q, gx))
     return float(hg.f) - (qr if np.isfinite(qr) else 0.0)

@@ -37,10 +37,10 @@ def abstract_data(st: CompileState) -> dict:
     return env
 
 
-def one_sample(st: CompileState) -> dict:
-    """The data as one sample's lower problem sees it: per-sample names without their sample
-    axis (the first sample: every sample has the same shape)."""
-    return {n: (v[0] if n in st.per_sample else v) for n, v in st.data.items()}
+def one_sample(st: CompileState, i: int = 0) -> dict:
+    """The data as sample ``i``'s lower problem sees it: per-sample names without their sample
+    axis (the first sample by default: for shapes, every sample is the same)."""
+    return {n: (v[i] if n in st.per_sample else v) for n, v in st.data.items()}
 
 
 def eval_abstract(e: ir.Expr, env: dict, consts: dict | None = None, concrete: dict | None = None):
@@ -264,10 +264,8 @@ def _check_labels(st: CompileState, e: ir.Expr, env: dict, sample: dict) -> None
         if not (ir.free_names(labels) <= st.data.keys()):
             continue
         # evaluated as the lower problem sees them: per sample, each sample's own labels
-        batched = sorted(ir.free_names(labels) & st.per_sample)
-        if batched:
-            ys = [np.asarray(Evaluator({**st.data, **{n: st.data[n][i] for n in batched}})(labels))
-                  for i in range(st.n_samples)]
+        if ir.free_names(labels) & st.per_sample:
+            ys = [np.asarray(Evaluator(one_sample(st, i))(labels)) for i in range(st.n_samples)]
         else:
             ys = [np.asarray(Evaluator(st.data)(labels))]
         y = np.concatenate([a.ravel() for a in ys])

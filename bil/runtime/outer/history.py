@@ -145,7 +145,7 @@ def arithmetic_floor(oracles, u, x=None) -> tuple[float, float]:
     return oracles.accuracy_floor(u, oracles.init_lower(u) if x is None else x)
 
 
-def hypergrad_step(oracles, tr: "Tracker", u, x, q, eps: float, delta: float, strict: bool = False):
+def hypergrad_step(oracles, tr: "Tracker", u, x, q, eps: float, delta: float):
     """One hypergradient call, capped by the remaining budget, whose iterations are
     spent on ``tr``.
 
@@ -153,7 +153,7 @@ def hypergrad_step(oracles, tr: "Tracker", u, x, q, eps: float, delta: float, st
     host, and None, or why the loop must stop without using this result
     ("budget exhausted" when the budget cut a solve short, "lower solve
     produced non-finite values", "non-finite hypergradient": the upper value
-    or z; with ``strict``, also a lower or CG solve that hit its iteration cap)."""
+    or z; a lower or CG solve that hit its iteration cap: z is not at the accuracy asked for)."""
     hg = oracles.hypergrad(u, x, q, eps, delta, cap=tr.remaining())
     f, li, ci, ls, cs = jax.device_get((hg.f, hg.lower_iters, hg.cg_iters, hg.lower_status, hg.cg_status))
     tr.spend(int(li), int(ci), ls, cs)
@@ -163,9 +163,9 @@ def hypergrad_step(oracles, tr: "Tracker", u, x, q, eps: float, delta: float, st
         return hg, f, z, "budget exhausted"
     if int(ls) == 2:
         return hg, f, z, "lower solve produced non-finite values"
-    if strict and int(ls) == 1:   # z is not at the accuracy asked for
+    if int(ls) == 1:
         return hg, f, z, "lower solve hit its iteration cap"
-    if strict and int(cs) == 1:
+    if int(cs) == 1:
         return hg, f, z, "CG hit its iteration cap"
     ok = math.isfinite(f) and is_finite_tree(z)
     return hg, f, z, None if ok else "non-finite hypergradient"

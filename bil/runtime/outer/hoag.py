@@ -132,7 +132,7 @@ def run_hoag(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         if tr.cut:
             reason, f_prev, z = "budget exhausted", float(v.f), jax.tree.map(np.zeros_like, u0)
         else:
-            hg, f_prev, z, reason = hypergrad_step(oracles, tr, u, x, q, *accuracies(e), strict=True)
+            hg, f_prev, z, reason = hypergrad_step(oracles, tr, u, x, q, *accuracies(e))
             x, q = hg.x, hg.q
             if reason is not None:
                 f_prev = math.nan  # no good point yet: a capped solve's value is not F(θ₀)
@@ -162,7 +162,7 @@ def run_hoag(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         u_new = _clip(tree_axpy(u, alpha, z), clip, log_hypers)
         dtheta = tree_norm(jax.tree.map(lambda a, b: a - b, u_new, u))
         e = schedule_eps(schedule, eps0, k)
-        hg, f, z_new, why = hypergrad_step(oracles, tr, u_new, x, q, *accuracies(e), strict=True)
+        hg, f, z_new, why = hypergrad_step(oracles, tr, u_new, x, q, *accuracies(e))
         if why is not None:  # the step is not taken from a cut-short or non-finite solve
             reason = why
             rec = tr.emit(upper=f_prev, grad_norm=tree_norm(z), omega=math.nan, eps=eps_prev, delta=eps_prev,

@@ -636,7 +636,7 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
     # exact oracles (a training procedure): there is no accuracy to adapt; ε = δ = 0 makes
     # ω and the brackets' slack 0, and MAID is backtracking on exact values (no probes,
     # no constants to estimate)
-    exact = bool(getattr(oracles, "exact", False))
+    exact = oracles.exact
     if exact:
         eps_min0 = delta_min0 = eps_min = delta_min = 0.0
         # the adjoint correction f − ⟨q, ∇ₓg⟩ estimates f at a minimiser; a training procedure's

@@ -46,7 +46,7 @@ def run_plain(oracles: AbstractOracles, method: str, o: dict, *, callback=None, 
     # never below what the arithmetic resolves (float32 especially)
     floor_eps, floor_delta = arithmetic_floor(oracles, u0)
     eps, delta = max(acc, floor_eps), max(acc, floor_delta)
-    if getattr(oracles, "exact", False):
+    if oracles.exact:
         eps = delta = 0.0   # a training procedure: nothing to be accurate to (recorded as 0, not `tol`)
     opt = make_optimizer(method, lr)
     update = jax.jit(opt.update)
@@ -57,7 +57,7 @@ def run_plain(oracles: AbstractOracles, method: str, o: dict, *, callback=None, 
     if state is None:
         u, x, q = start_iterates(oracles, u0)
         tr.begin()
-        hg, f, z, reason = hypergrad_step(oracles, tr, u, x, q, eps, delta, strict=True)
+        hg, f, z, reason = hypergrad_step(oracles, tr, u, x, q, eps, delta)
         x, q = hg.x, hg.q
         if reason is not None:
             f = math.nan  # no good point yet: a capped or cut-short solve's value is not F(θ₀)
@@ -84,7 +84,7 @@ def run_plain(oracles: AbstractOracles, method: str, o: dict, *, callback=None, 
         updates, new_opt_state = update(z, opt_state, u)
         updates = to_host(updates)
         u_new = tree_axpy(u, -1.0, updates)
-        hg, fn, z_new, why = hypergrad_step(oracles, tr, u_new, x, q, eps, delta, strict=True)
+        hg, fn, z_new, why = hypergrad_step(oracles, tr, u_new, x, q, eps, delta)
         if why is not None:  # no step from a cut-short, capped or non-finite solve
             reason = why
             break
