@@ -405,6 +405,31 @@ def test_lbfgs_direction_pieces():
     assert not curvature_pair_ok(np.array([1.0, 0.0]), np.array([np.nan, 0.0]))
 
 
+def test_lbfgs_unexplored_directions_get_the_first_step_length():
+    """``unexplored=(length, ω)``: the stored steps explored only the first axis (the
+    stiff one, curvature 9); the second (curvature 0.1) gets the length of a first step
+    instead of the stiff scale 1/9, and the explored axis is unchanged."""
+    A = np.diag([9.0, 0.1])
+    pairs = [(np.array([0.5, -0.004]), A @ np.array([0.5, -0.004])),
+             (np.array([0.4, 0.01]), A @ np.array([0.4, 0.01]))]
+    z = np.array([0.02, 0.07])
+    scalar = lbfgs_direction(z, pairs)
+    sub = lbfgs_direction(z, pairs, (1.0, 0.01))
+    assert abs(scalar[1]) < 0.02                      # textbook: the flat axis crawls
+    assert sub[1] == pytest.approx(1.0, rel=0.02)     # the flat axis: a step of length 1
+    assert sub[0] == pytest.approx(scalar[0], rel=0.02, abs=1e-3)
+    # a descent direction, and the newest pair's secant equation still holds
+    assert float(z @ sub) > 0
+    np.testing.assert_allclose(lbfgs_direction(pairs[-1][1], pairs, (1.0, 0.0)), pairs[-1][0], rtol=1e-10)
+    # the unexplored part of z below its error ω: no expansion (the textbook direction)
+    np.testing.assert_array_equal(lbfgs_direction(z, pairs, (1.0, 0.5)), scalar)
+    # never stiffer than the textbook scaling: a tiny length changes nothing
+    np.testing.assert_array_equal(lbfgs_direction(z, pairs, (1e-6, 0.0)), scalar)
+    # steps that explored every direction: nothing is unexplored
+    full = [(np.array([1.0, 0.0]), A @ np.array([1.0, 0.0])), (np.array([0.0, 1.0]), A @ np.array([0.0, 1.0]))]
+    np.testing.assert_allclose(lbfgs_direction(z, full, (1.0, 0.0)), np.linalg.solve(A, z), rtol=1e-10)
+
+
 def test_direction_certified_rule():
     """ω ≤ (1 − η)⟨z, d⟩/‖d‖ makes −d a descent direction for every ∇F with ‖z − ∇F‖ ≤ ω."""
     z, d = np.array([1.0, 0.0]), np.array([1.0, 1.0])        # ⟨z, d⟩/‖d‖ = 1/√2

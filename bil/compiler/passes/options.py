@@ -123,6 +123,9 @@ def check_method(m: Method) -> None:
     if m.name == "maid" and kw["direction"] not in ("lbfgs", "gradient"):
         raise BilError(f"`maid(direction=...)` must be \"lbfgs\" or \"gradient\", got {kw['direction']!r}", span,
                        "\"gradient\" is the published method (steps along the hypergradient)")
+    if m.name == "maid" and kw["h0"] not in ("auto", "subspace", "scalar"):
+        raise BilError(f"`maid(h0=...)` must be \"auto\", \"subspace\" or \"scalar\", got {kw['h0']!r}", span,
+                       "\"scalar\" is the textbook L-BFGS scaling <s, y>/<y, y> in every direction")
     if m.name == "maid" and not isinstance(kw["screen"], bool):
         raise BilError(f"`maid(screen=...)` must be true or false, got {kw['screen']!r}", span)
     if m.name == "unroll" and kw["truncate"] is not None:
