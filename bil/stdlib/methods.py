@@ -130,7 +130,7 @@ def maid(eps0=0.1, delta0=0.1, eta=1e-4, lam=1e-8, rho=0.5, nu=0.5, nu_plus=1.25
     descent test: "secant" (default) = safety·(k_ε·ε + k_δ·δ), slopes measured
     a posteriori on pairs of hypergradients at the same θ (an estimate; steps
     stay certified by the bracket); "bound" = the a-priori bound with the
-    engine's constants (μ, L_f, ‖J‖, L_H, L_J), 10–9000× the true error on TV
+    engine's constants (μ, L_f, ‖J‖, L_H, L_J), 10–3·10⁵× the true error on TV
     denoising.  `safety`: factor on the secant estimate.  `constants_every`:
     accepted iterations between re-estimates of the engine's constants
     (running extremes kept) and between re-measurements of the secant slopes.

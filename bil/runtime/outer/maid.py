@@ -62,7 +62,7 @@ The constants above are worst cases over all directions (power iteration for
 ‖J‖, third derivatives along a random direction for L_H and L_J), while the
 error the lower solver leaves is in one particular, smooth direction.
 Measured on TV denoising (examples/tv_denoise.bil, ``benchmarks/maid_vs_hoag.py
---parts omega``) ω is 10–30× (at θ₀) to 10³–10⁴× (near the optimum) the true
+--parts omega``) ω is 10–30× (at θ₀) to 10⁴–10⁵× (near the optimum) the true
 ‖z − ∇F‖: near the optimum ‖z‖ ≈ 0.07 then forces ε ≈ 10⁻⁴ where ε ≈ 0.03 would
 give a descent direction.  The default therefore estimates the error the way
 adaptive ODE and quadrature codes do, a posteriori, from quantities MAID
@@ -211,8 +211,9 @@ Measured (``benchmarks/maid_vs_hoag.py``, TV denoising, cost = lower + CG
 iterations to reach 1%, 0.5%, 0.2% and 0.1% above the best true F any run
 reaches; the benchmark prints the table): the paper's MAID (``direction=
 "gradient"``, ``bracket="value"``, ``screen=False``) reaches 1% after 1994 and
-never 0.5% in 15000; the defaults reach them after 1252 / 1430 / 1957 / 1957.
-HOAG's exponential schedule reaches 1% after 449 but 0.2% only after 6049.
+never 0.5% in 15000; the defaults reach them after 709 / 709 / 709 / 1036
+(1252 / 1430 / 1957 / 1957 with ``h0="scalar"``).  HOAG's exponential schedule
+reaches 1% after 449 but 0.2% only after 6049.
 
 Iteration (all constants are options of ``maid(...)`` in ``bil/stdlib/methods.py``)
 ---------
