@@ -30,7 +30,8 @@ Follows ``ALGORITHMS.md`` (section HOAG) and the public reference code:
 Iteration k (k = 1, 2, ...): step θ_{k−1} → θ_k with the pending z_{k−1};
 hypergradient at θ_k (tolerance index j = k); step control; record k
 (``upper`` = f(θ_k), ``grad_norm`` = ‖z_k‖, ``eps`` = ``delta`` = ε_k,
-``step`` = 1/L used, ``omega`` = NaN).  The work at θ₀ is counted in record 1.
+``step`` = 1/L used, ``omega`` = NaN; ε = δ = 0 on exact oracles, a training
+procedure, whose values the schedule does not change).  The work at θ₀ is counted in record 1.
 Stops when ‖z_k‖ ≤ tol, after max_iter records, or when the budget is spent
 (each oracle call is capped by what is left; a step is never taken from a
 solve the budget cut short).
@@ -97,6 +98,10 @@ def run_hoag(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
     """HOAG on ``oracles`` with options ``o`` (the full ``hoag(...)`` dict)."""
     schedule, eps0 = str(o["schedule"]), float(o["eps0"])
     schedule_eps(schedule, eps0, 0)  # validate
+    # exact oracles (a training procedure) ignore the tolerances: record ε = δ = 0 as gd and
+    # adam do, not a schedule that had no effect
+    def shown(e: float) -> float:
+        return 0.0 if oracles.exact else e
     max_iter, tol = int(o["max_iter"]), float(o["tol"])
     clip = o.get("clip")
     log_hypers = oracles.log_hypers()
@@ -165,7 +170,8 @@ def run_hoag(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         hg, f, z_new, why = hypergrad_step(oracles, tr, u_new, x, q, *accuracies(e))
         if why is not None:  # the step is not taken from a cut-short or non-finite solve
             reason = why
-            rec = tr.emit(upper=f_prev, grad_norm=tree_norm(z), omega=math.nan, eps=eps_prev, delta=eps_prev,
+            rec = tr.emit(upper=f_prev, grad_norm=tree_norm(z), omega=math.nan,
+                          eps=shown(eps_prev), delta=shown(eps_prev),
                           step=0.0, backtracks=0, hypers=oracles.to_user(u))
             tr.notify(rec, make_state)
             break
@@ -174,7 +180,8 @@ def run_hoag(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         L = step_control(L, f, e, f_prev, eps_prev, dtheta)
         f_prev, eps_prev = f, e
         zn = tree_norm(z)
-        rec = tr.emit(upper=f, grad_norm=zn, omega=math.nan, eps=e, delta=e, step=1.0 / L_used, backtracks=0,
+        rec = tr.emit(upper=f, grad_norm=zn, omega=math.nan, eps=shown(e), delta=shown(e),
+                      step=1.0 / L_used, backtracks=0,
                       hypers=oracles.to_user(u))
         stop_cb = tr.notify(rec, make_state)
         if zn <= tol:
@@ -183,7 +190,8 @@ def run_hoag(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
             reason = "stopped by callback"
 
     if tr.spent_this_iteration:  # work at θ₀ without a step (failure there, or max_iter=0)
-        rec = tr.emit(upper=f_prev, grad_norm=tree_norm(z), omega=math.nan, eps=eps_prev, delta=eps_prev,
+        rec = tr.emit(upper=f_prev, grad_norm=tree_norm(z), omega=math.nan,
+                      eps=shown(eps_prev), delta=shown(eps_prev),
                       step=0.0, backtracks=0, hypers=oracles.to_user(u))
         tr.notify(rec, make_state)
 
