@@ -129,3 +129,27 @@ def test_a_failed_first_solve_leaves_no_upper_value(outer):
     res = prog.run()
     assert res.reason == "lower solve hit its iteration cap" and res.error is not None
     assert res.upper != res.upper  # NaN
+
+
+DIVERGING_TRAIN = """data X = randn(40, 3, seed=0)
+data y = randn(40, seed=1)
+hyper lr : positive = 0.05
+lower {
+    w : real[3] = 0
+    train 0.5 * mean((X @ w - y)^2) with sgd(lr=lr, momentum=0.9) for 50 steps
+}
+upper minimize 0.5 * mean((X @ w - y)^2)
+solve { outer: adam(lr=0.5, steps=3) }
+"""
+
+
+@pytest.mark.parametrize("outer", ["adam(lr=0.5, steps=3)", "hoag(max_iter=3)", "maid(max_iter=3)"])
+def test_a_diverging_training_procedure_is_an_error_not_a_result(outer):
+    """SGD past its stable learning rate blows the training loss up to ~1e200: finite, so it
+    used to be recorded as the upper value with exit 0 (and an overflow warning)."""
+    spec = DIVERGING_TRAIN.replace("adam(lr=0.5, steps=3)", outer)
+    assert bil.compile(spec).run().error is None                    # lr = 0.05 trains fine
+    result = bil.compile(spec.replace("= 0.05", "= 50.0")).run()
+    e = result.error
+    assert e is not None and e.line == 4 and "diverged" in e.message and "learning rate" in e.hint
+    assert all(r["hyper.lr"] == pytest.approx(50.0, rel=1e-12) for r in result.history)   # no step taken

@@ -165,8 +165,15 @@ class Engine(AbstractOracles):
         def one(theta, d, x0):
             x, _ = train.train(self._g1, x0, (theta, d), low.optimizer, low.opt_kwargs(theta, d),
                                low.train_steps, truncate, project=proj)
-            gn = _norm(jax.grad(self._g1)(x, (theta, d)))
-            status = jnp.where(jnp.isfinite(gn), 0, 2).astype(jnp.int32)
+            g_end, gx = jax.value_and_grad(self._g1)(x, (theta, d))
+            gn = _norm(gx)
+            # diverged: the training loss ended above where it started (a learning rate past
+            # the stable range; 1e-8 of slack for a start that is already a minimiser), or NaN/Inf.
+            # Its end point and hypergradient are garbage, not a result (status 2)
+            g_start = jax.lax.stop_gradient(self._g1(x0, (theta, d)))
+            diverged = jax.lax.stop_gradient(g_end) > g_start + 1e-8 * jnp.maximum(1.0, jnp.abs(g_start))
+            ok = jnp.isfinite(gn) & jnp.isfinite(g_end) & ~diverged
+            status = jnp.where(ok, 0, 2).astype(jnp.int32)
             return x, jnp.int32(low.train_steps), gn, status
 
         # Training always starts from the spec's initial values (that is the
@@ -545,6 +552,11 @@ class Engine(AbstractOracles):
         if BUDGET in (s, c):
             return BilRuntimeError(f"the {what} was stopped by the iteration budget", span,
                                    "raise `budget=` in `outer:`, or resume the run with a larger one")
+        if s == 2 and self.low.optimizer is not None:
+            return BilRuntimeError("the training procedure diverged: its loss ended above where it started, or "
+                                   "NaN/Inf", span,
+                                   "lower the learning rate (`lr=`) or bound the hyper that sets it "
+                                   "(`hyper lr : positive in [1e-4, 1]`), or train for fewer steps")
         if s == 2:
             return BilRuntimeError(f"the {what} produced NaN or Inf", span,
                                    "check the objective's domain (log/sqrt of non-positive values, division by 0) "
