@@ -132,6 +132,10 @@ upper minimize 0.5 * sumsq(X @ w - y)
     np.testing.assert_allclose(w, np.linalg.solve(X.T @ X + 2.0 * np.eye(3), X.T @ y), rtol=1e-6)
     with pytest.raises(bil.BilError, match="not a data name of the spec"):
         bil.compile(src, data={"X": X, "y": y, "lam": 1.0})
+    # a misspelt name is not silently ignored (the run would use other data)
+    with pytest.raises(bil.BilUsageError, match="`Xx` given in `data=` is not used by the spec") as info:
+        bil.compile(src, data={"Xx": X, "X": X, "y": y})
+    assert "did you mean `X`" in info.value.hint
 
 
 _DEF_SPECS = {

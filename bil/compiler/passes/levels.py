@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import networkx as nx
 
 from bil.compiler import ir
-from bil.compiler.errors import BilError, Warning_
+from bil.compiler.errors import BilError, BilUsageError, Warning_
+from bil.stdlib.registry import closest
 from bil.compiler.passes.resolve import LOWER_NODE, UPPER_NODE
 from bil.compiler.state import CONST, LOWER, THETA, CompileState
 
@@ -62,6 +63,17 @@ class Levels:
                          "it appears neither in the upper objective nor in the lower problem")
                 st.warnings.append(Warning_(f"hyper `{h.name}` does not affect the upper objective", h.node.span,
                                             f"{where}; its hypergradient is 0"))
+        # an array given from Python (`bil.compile(..., data=...)`) under a name the spec never
+        # uses is a typo more often than not: it would be ignored and the run use other data
+        bound = {n for d in st.data_stmts for n in d.names}
+        for n in st.data_override:
+            if n not in bound and g.has_node(n) and g.out_degree(n) == 0:
+                names = sorted(bound | {k for k in st.data_override if k != n})
+                guess = closest(n, names)
+                raise BilUsageError(f"`{n}` given in `data=` is not used by the spec", None,
+                                    (f"did you mean `{guess}`? " if guess else "")
+                                    + ("the spec's data names: " + ", ".join(names) if names else
+                                       "the spec has no data names"))
         st.structure["hypers_in_lower"] = sorted(h for h in st.hypers if nx.has_path(g, h, LOWER_NODE))
         st.structure["hypers_in_upper"] = sorted(h for h in st.hypers if g.has_edge(h, UPPER_NODE) or any(
             g.has_edge(h, d) and nx.has_path(g, d, UPPER_NODE) and g.nodes[d]["kind"] == "def" for d in g.successors(h)))
