@@ -211,6 +211,7 @@ def _gradcheck(args: argparse.Namespace) -> int:
 #: a checkpoint may differ from the resuming command in these keys only (extending a run)
 _RESUME_FREE_KEYS = frozenset({"solve.outer.max_iter", "solve.outer.steps", "solve.outer.budget"})
 #: stop reasons after which --resume continues the run (with raised limits); any other stop is final
+#: (bil.runtime.outer.history.RESUMABLE_STOPS, not imported: the CLI loads JAX only when it runs)
 _RESUMABLE_STOPS = frozenset({"max_iter reached", "budget exhausted", "stopped by callback"})
 #: hidden, for tests: seconds to sleep after each outer iteration (so a kill lands mid-run)
 _SLEEP_ENV = "BIL_TEST_SLEEP_PER_ITER"
@@ -245,18 +246,45 @@ def _resume_overrides(given: list[tuple[str, str]], meta: dict, ckpt: Path) -> l
     return list(merged.items())
 
 
-def _limit_reached(program, state: dict, meta: dict) -> str | None:
-    """What the checkpointed run has done, if that already meets the outer method's
-    iteration limit or budget (else None)."""
+def _limit_reached(program, state: dict, meta: dict) -> tuple[str, str] | None:
+    """What the checkpointed run has done and the stop reason, if that already meets the
+    outer method's iteration limit or budget (else None)."""
     kw = program.state.options["solve"]["outer"].kwargs
     done = int(state.get("iteration", meta.get("iteration") or 0))
     limit = kw.get("max_iter", kw.get("steps"))
     if limit is not None and done >= int(limit):
-        return f"{done} iterations (limit {int(limit)})"
+        return f"{done} iterations (limit {int(limit)})", "max_iter reached"
     cost = int(state.get("lower_iters_total", 0)) + int(state.get("cg_iters_total", 0))
     if kw.get("budget") is not None and cost >= int(kw["budget"]):
-        return f"{cost} lower + CG iterations (budget {int(kw['budget'])})"
+        return f"{cost} lower + CG iterations (budget {int(kw['budget'])})", "budget exhausted"
     return None
+
+
+def _outputs_current(out: Path, iteration: int) -> bool:
+    """Do ``out``'s result.json and history.csv hold the run up to ``iteration``?"""
+    import json
+
+    try:
+        res = json.loads((out / "result.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (out / "history.csv").is_file() and isinstance(res, dict) and res.get("iterations") == iteration
+
+
+def _write_missing_outputs(args, program, out: Path, state: dict, reason: str, spec: bytes) -> bool:
+    """Write the outputs of a finished (or limit-reached) checkpointed run if they are not on disk
+    (a kill between the checkpoint and the outputs); True when it wrote them."""
+    if _outputs_current(out, int(state.get("iteration", 0))):
+        return False
+    from bil.runtime import plots, results
+
+    result = program.result_from_state(state, reason)
+    results.write_all(out, problem=program.name, result=result, spec_bytes=spec)
+    panels = plots.image_panels(program, result.lower)
+    if panels is not None:
+        plots.write_images(out, panels)
+    plots.plot_run_dir(out, history=result.history, problem=program.name)
+    return True
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -284,20 +312,24 @@ def _run(args: argparse.Namespace) -> int:
             resumed = _resume_overrides(overrides, meta, ckpt)
             finished = meta.get("finished")
             if finished is not None and finished not in _RESUMABLE_STOPS:
-                # nothing left to do: its outputs are on disk (re-running would add an iteration)
+                # nothing left to do (re-running would add an iteration); its outputs are on disk,
+                # unless the run was killed between its last checkpoint and writing them
+                wrote = _write_missing_outputs(args, program, out, state, finished, spec)
                 print(f"bil: the run in `{out}` already finished after iteration {meta.get('iteration')} "
-                      f"({finished}); its results are there. Run without --resume to start over",
-                      file=sys.stderr)
+                      f"({finished}); its results are {'written now' if wrote else 'there'}. Run without "
+                      "--resume to start over", file=sys.stderr)
                 # the run's own status: a script's `bil run --resume || ...` must see a failed run fail
                 return EXIT_RUN_FAILED if program._failure(finished) is not None else EXIT_OK
             if resumed != overrides:
                 overrides = resumed
                 program, spec = compile_file(args.file, overrides)
-            spent = _limit_reached(program, state, meta)
-            if spent:
+            reached = _limit_reached(program, state, meta)
+            if reached:
                 # a limit at or below what the run has done: resuming would only rewrite its outputs
-                print(f"bil: the run in `{out}` has already done {spent}; its results are there. Raise the "
-                      "limit to continue", file=sys.stderr)
+                spent, why = reached
+                wrote = _write_missing_outputs(args, program, out, state, why, spec)
+                print(f"bil: the run in `{out}` has already done {spent}; its results are "
+                      f"{'written now' if wrote else 'there'}. Raise the limit to continue", file=sys.stderr)
                 return EXIT_OK
         else:
             # printed even with --quiet: the run's earlier --set values are not known here

@@ -262,6 +262,22 @@ class Program:
                       converged=bool(res.converged), reason=str(res.reason), state=res.state,
                       error=self._failure(str(res.reason)))
 
+    def result_from_state(self, state: dict, reason: str) -> "Result":
+        """The :class:`Result` of a run that ended with the resumable ``state`` and stop
+        ``reason``, rebuilt without running an iteration (``bil run --resume`` writes it when
+        a run was killed after its last checkpoint but before its outputs were on disk)."""
+        from types import SimpleNamespace
+
+        from bil.runtime.outer.history import _history_from_state, host_copy, unpack_iterates
+
+        u, x, _ = unpack_iterates(state, self.engine, host_copy(self.engine.u0))
+        history = _history_from_state(state)
+        upper = float(history[-1]["upper"]) if history else float(state.get("upper", np.nan))
+        upper, x = self._final_value(SimpleNamespace(upper=upper, u=u, x=x))
+        return Result(hypers=self.engine.to_user(u), lower={k: np.asarray(v) for k, v in x.items()}, upper=upper,
+                      history=history, converged=reason == "gradient norm below tol", reason=str(reason),
+                      state=state, error=self._failure(str(reason)))
+
     def _final_value(self, res) -> tuple[float, Any]:
         """(upper value, lower variables) at the learned hypers, the lower problem solved to
         ``lower.tol`` (warm-started from the run's last iterate).  Each outer method records

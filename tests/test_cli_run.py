@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -485,3 +486,51 @@ def test_resume_with_a_limit_already_reached_changes_nothing(spec_dir, tmp_path)
     r = bil_cmd("run", "tiny.bil", "--out", out, "--resume", "--set", "solve.outer.max_iter=3", cwd=tmp_path)
     assert r.returncode == 0 and "has already done 4 iterations (limit 3)" in r.stderr, r.stderr
     assert ((out / "result.json").read_text(), (out / "history.csv").read_text()) == before
+
+
+@pytest.mark.parametrize("limit", ["4", "200"])     # stopped by max_iter / converged
+def test_resume_writes_outputs_a_kill_before_them_left_missing(spec_dir, tmp_path, limit, capsys):
+    """The last checkpoint is saved before the outputs: a kill in between left only
+    checkpoint.npz, and --resume said "its results are there"."""
+    _tiny_in(spec_dir, tmp_path)
+    out = tmp_path / "o"
+    code, _, err = bil_main(capsys, "run", tmp_path / "tiny.bil", "--out", out, "-q",
+                            "--set", f"solve.outer.max_iter={limit}")
+    assert code == 0, err
+    before = json.loads((out / "result.json").read_text()), _history_rows(out / "history.csv")
+    for name in ("result.json", "history.csv", "hypers.npz", "lower.npz"):
+        (out / name).unlink()
+    shutil.rmtree(out / "plots")
+    code, _, err = bil_main(capsys, "run", tmp_path / "tiny.bil", "--out", out, "--resume")
+    assert code == 0 and "written now" in err, err
+    after = json.loads((out / "result.json").read_text()), _history_rows(out / "history.csv")
+    for key in ("hypers", "upper", "iterations", "lower_iters", "cg_iters", "reason"):
+        assert after[0][key] == before[0][key], key
+    assert _without_wall(after[1]) == _without_wall(before[1])
+    assert (out / "plots" / "upper_vs_cost.png").is_file() and (out / "hypers.npz").is_file()
+    # and with the outputs there, it leaves them alone
+    code, _, err = bil_main(capsys, "run", tmp_path / "tiny.bil", "--out", out, "--resume")
+    assert code == 0 and "results are there" in err
+
+
+@pytest.mark.parametrize("outer", ["maid(max_iter=200)", "hoag(max_iter=400, tol=1e-4)"])
+def test_a_state_saved_at_the_final_record_resumes_to_nothing(spec_dir, outer):
+    """A kill right after the checkpoint of the iteration where the run stopped for good: the
+    state had no stop reason, and the resumed run did one more iteration (HOAG: other hypers)."""
+    prog = _prog(spec_dir, **{"solve.outer": outer})
+    states = []
+    full = prog.run(callback=lambda rec, st: states.append(st) and None)
+    assert full.reason == "gradient norm below tol"
+    last = states[-1]
+    assert last["stop"] == "gradient norm below tol" and "stop" not in states[0]
+    again = prog.run(state=last)
+    assert again.reason == full.reason and again.converged
+    assert len(again.history) == len(full.history)
+    assert again.hypers == full.hypers and again.upper == pytest.approx(full.upper, rel=1e-12)
+
+
+def test_cli_and_outer_loops_agree_on_the_resumable_stops():
+    from bil.cli import _RESUMABLE_STOPS
+    from bil.runtime.outer.history import RESUMABLE_STOPS
+
+    assert _RESUMABLE_STOPS == RESUMABLE_STOPS

@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Callable
 
 from bil.runtime.oracles import AbstractOracles
-from bil.runtime.outer.history import FIELDS, OuterResult, hyper_fields, make_record
+from bil.runtime.outer.history import FIELDS, OuterResult, finished_result, hyper_fields, make_record
 
 __all__ = ["run_outer", "OuterResult", "METHODS", "FIELDS", "hyper_fields", "make_record", "outer_options"]
 
@@ -51,6 +51,11 @@ def run_outer(oracles: AbstractOracles, method: str, options: dict | None = None
               state: dict | None = None) -> OuterResult:
     """Run the outer method ``method`` on ``oracles`` (see the module docstring)."""
     opts = outer_options(method, options)
+    if state is not None and state.get("stop") is not None:
+        # the run had stopped for good (converged, a failed solve) when this state was saved
+        if str(state.get("method", method)) != method:
+            raise ValueError(f"resume state belongs to outer method {state.get('method')!r}, not {method!r}")
+        return finished_result(oracles, state)
     if method == "maid":
         from bil.runtime.outer.maid import run_maid
 

@@ -190,6 +190,21 @@ def unpack_tree(prefix: str, state: dict, like):
     return jax.tree.unflatten(treedef, leaves)
 
 
+#: stop reasons a resumed run continues from (a raised limit, a callback that said stop)
+RESUMABLE_STOPS = frozenset({"max_iter reached", "budget exhausted", "stopped by callback"})
+
+
+def finished_result(oracles, state: dict) -> "OuterResult":
+    """The result of a run whose resumable ``state`` records a final stop (converged, failed):
+    resuming it must not run another iteration (:attr:`Tracker.stop`)."""
+    u, x, q = unpack_iterates(state, oracles, host_copy(oracles.u0))
+    history = _history_from_state(state)
+    reason = str(state["stop"])
+    upper = float(history[-1]["upper"]) if history else float(state.get("upper", math.nan))
+    return OuterResult(u=u, hypers=oracles.to_user(u), x=x, q=q, upper=upper, history=history,
+                       converged=reason == "gradient norm below tol", reason=reason, state=dict(state))
+
+
 # ----------------------------------------------------------------- tracker
 class Tracker:
     """Counters, wall time, history and the callback protocol of one run."""
@@ -203,6 +218,9 @@ class Tracker:
         self.iteration = 0
         self.wall_prev = 0.0
         self.history: list[dict] = []
+        #: the final stop reason, set by the outer loop before its last record's callback so that
+        #: the state saved there says the run is over (a resume then runs nothing)
+        self.stop: str | None = None
         if state is not None:
             got = str(state.get("method", ""))
             if got != method:
@@ -299,6 +317,8 @@ class Tracker:
             "cg_iters_total": int(self.cg_total),
             "wall_s": float(self.wall()),
         }
+        if self.stop is not None and self.stop not in RESUMABLE_STOPS:
+            st["stop"] = self.stop
         names = list(self.history[0]) if self.history else []
         st["history_fields"] = np.array(names, dtype=str)
         for name in names:

@@ -169,7 +169,7 @@ def run_hoag(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         e = schedule_eps(schedule, eps0, k)
         hg, f, z_new, why = hypergrad_step(oracles, tr, u_new, x, q, *accuracies(e))
         if why is not None:  # the step is not taken from a cut-short or non-finite solve
-            reason = why
+            reason = tr.stop = why
             rec = tr.emit(upper=f_prev, grad_norm=tree_norm(z), omega=math.nan,
                           eps=shown(eps_prev), delta=shown(eps_prev),
                           step=0.0, backtracks=0, hypers=oracles.to_user(u))
@@ -183,13 +183,14 @@ def run_hoag(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         rec = tr.emit(upper=f, grad_norm=zn, omega=math.nan, eps=shown(e), delta=shown(e),
                       step=1.0 / L_used, backtracks=0,
                       hypers=oracles.to_user(u))
-        stop_cb = tr.notify(rec, make_state)
-        if zn <= tol:
+        if zn <= tol:   # (known before the callback, so that the state it saves says so)
             converged, reason = True, "gradient norm below tol"
-        elif stop_cb:
+            tr.stop = reason
+        if tr.notify(rec, make_state) and not converged:
             reason = "stopped by callback"
 
     if tr.spent_this_iteration:  # work at θ₀ without a step (failure there, or max_iter=0)
+        tr.stop = reason
         rec = tr.emit(upper=f_prev, grad_norm=tree_norm(z), omega=math.nan,
                       eps=shown(eps_prev), delta=shown(eps_prev),
                       step=0.0, backtracks=0, hypers=oracles.to_user(u))

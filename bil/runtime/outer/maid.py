@@ -1040,6 +1040,7 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
             continue
 
         reason = stop
+        tr.stop = reason
         if tr.spent_this_iteration:
             rec = tr.emit(upper=f_cur, grad_norm=zn, omega=omega, eps=eps_used, delta=delta_used, step=0.0,
                           backtracks=backtracks, hypers=oracles.to_user(u))

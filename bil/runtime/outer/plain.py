@@ -96,6 +96,7 @@ def run_plain(oracles: AbstractOracles, method: str, o: dict, *, callback=None, 
             reason = "stopped by callback"
 
     if tr.spent_this_iteration:  # work without a step (failure, or steps=0)
+        tr.stop = reason
         rec = tr.emit(upper=f, grad_norm=tree_norm(z), omega=math.nan, eps=eps, delta=delta, step=0.0,
                       backtracks=0, hypers=oracles.to_user(u))
         tr.notify(rec, make_state)
