@@ -729,6 +729,36 @@ def test_resume_is_bit_identical(quad, method, opts, stop_at):
     assert len(again.history) == 12 and again.reason == "max_iter reached"
 
 
+class _MovingFloor(QuadraticOracles):
+    """Accuracy floors that depend on where the run is (as float32's ‖H‖·eps·‖x‖ does)."""
+
+    def accuracy_floor(self, u, x):
+        moved = float(np.linalg.norm(self.flatten(u) - self.flatten(self.u0)))
+        return 1e-9 * (1.0 + 1e3 * moved), 1e-10 * (1.0 + 1e3 * moved)
+
+
+def test_resume_keeps_the_refreshed_accuracy_floors():
+    """The floors are refreshed with the constants as θ moves; a resume recomputed them at θ₀
+    (a float32 TV run then tightened past its floor into the lower solver's cap)."""
+    opts = dict(max_iter=40, tol=1e-14, constants_every=2)
+    full = run_outer(_MovingFloor(), "maid", opts)
+    assert full.reason == "eps floor reached"
+    saved = {}
+
+    def cb(rec, state):
+        if rec["iter"] == 3:
+            saved["state"] = state
+            return True
+        return False
+
+    run_outer(_MovingFloor(), "maid", opts, callback=cb)
+    state = _roundtrip(saved["state"])
+    assert state["eps_min"] > 1e-9
+    resumed = run_outer(_MovingFloor(), "maid", opts, state=state)
+    assert resumed.reason == full.reason
+    assert _strip_wall(resumed.history) == _strip_wall(full.history)
+
+
 def test_resume_rejects_other_method(quad):
     r = run_outer(quad, "hoag", dict(max_iter=2))
     with pytest.raises(ValueError, match="hoag"):

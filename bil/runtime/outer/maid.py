@@ -722,6 +722,11 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         ks = SecantConstants(*(float(state.get(f"secant/{k}", math.nan)) for k in SecantConstants._fields))
         since_iters, since_dist = int(state["const_since_iters"]), float(state["const_since_dist"])
         since_probe = int(state.get("secant_since_probe", 0))
+        if not exact and "eps_min" in state:
+            # the floors as last refreshed (they follow μ and ‖x‖ as θ moves); θ₀'s would let a
+            # float32 run tighten past what its arithmetic resolves (123585 lower iterations
+            # into the cap, where the uninterrupted run stopped at its floor)
+            eps_min, delta_min = float(state["eps_min"]), float(state["delta_min"])
         S, Y = np.asarray(state.get("lbfgs/s", np.zeros((0, 0)))), np.asarray(state.get("lbfgs/y", np.zeros((0, 0))))
         pairs = [(np.array(a, np.float64), np.array(b, np.float64)) for a, b in zip(S, Y)][-memory:]
         last = None
@@ -734,7 +739,7 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         pack_iterates(st, u, x, q)
         st.update(eps=float(eps), delta=float(delta), step=float(step), upper=float(f_cur),
                   has_constants=consts is not None, const_since_iters=int(since_iters),
-                  const_since_dist=float(since_dist))
+                  const_since_dist=float(since_dist), eps_min=float(eps_min), delta_min=float(delta_min))
         for k in RunningConstants._fields:
             st[f"const/{k}"] = float(getattr(consts, k)) if consts is not None else math.nan
         for k in SecantConstants._fields:
