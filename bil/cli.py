@@ -337,12 +337,20 @@ def _run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        # before the run, not after it: a folder it cannot write would lose the whole run
+        probe = out / ".bil-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
     except OSError as e:
-        raise CliError(f"cannot create `{out}`: {e.strerror or e}") from None
+        raise CliError(f"cannot write to `{out}`: {e.strerror or e}; pass another --out DIR") from None
     if state is None:  # a fresh run: nothing stale may survive from an earlier one
         checkpoint.remove(ckpt)
-        for stale in (out / plots.IMAGES_NAME, out / "plots" / "montage.png"):
+        # (a kill before this run writes its own would leave the earlier run's beside its checkpoint)
+        for stale in (out / "result.json", out / "history.csv", out / "hypers.npz", out / "lower.npz",
+                      out / plots.IMAGES_NAME):
             stale.unlink(missing_ok=True)
+        for png in (out / "plots").glob("*.png"):
+            png.unlink(missing_ok=True)
 
     outer = program.state.options["solve"]["outer"]
     if state is not None and str(state.get("method", outer.name)) != outer.name:

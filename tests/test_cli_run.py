@@ -534,3 +534,39 @@ def test_cli_and_outer_loops_agree_on_the_resumable_stops():
     from bil.runtime.outer.history import RESUMABLE_STOPS
 
     assert _RESUMABLE_STOPS == RESUMABLE_STOPS
+
+
+def test_an_unwritable_output_folder_is_refused_before_the_run(spec_dir, tmp_path, capsys, monkeypatch):
+    """The folder existed but could not be written: the whole run ran, then crashed (exit 3)."""
+    _tiny_in(spec_dir, tmp_path)
+    real = Path.write_bytes
+
+    def deny(self, data):
+        if self.name == ".bil-write-test":
+            raise PermissionError(13, "Permission denied")
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", deny)
+    ran = []
+    monkeypatch.setattr(bil.Program, "run", lambda *a, **k: ran.append(1))
+    code, _, err = bil_main(capsys, "run", tmp_path / "tiny.bil", "--out", tmp_path / "o")
+    assert code == 2 and "cannot write to" in err and "Permission denied" in err and not ran
+
+
+def test_a_fresh_run_removes_the_previous_runs_outputs_first(spec_dir, tmp_path, capsys, monkeypatch):
+    """A fresh run killed in a reused folder left the earlier run's result.json, history.csv
+    and plots beside its own checkpoint, with nothing to say they were stale."""
+    _tiny_in(spec_dir, tmp_path)
+    out = tmp_path / "o"
+    code, _, err = bil_main(capsys, "run", tmp_path / "tiny.bil", "--out", out, "-q")
+    assert code == 0 and (out / "result.json").is_file() and list((out / "plots").glob("*.png"))
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bil.Program, "run", killed)
+    code, _, _ = bil_main(capsys, "run", tmp_path / "tiny.bil", "--out", out, "-q", "--set", "hyper.lam=5")
+    assert code == 130
+    for name in ("result.json", "history.csv", "hypers.npz", "lower.npz"):
+        assert not (out / name).exists(), name
+    assert not list((out / "plots").glob("*.png"))
