@@ -301,6 +301,7 @@ def _run(args: argparse.Namespace) -> int:
         raise CliError(f"`{out}` exists and is not a folder; pass --out DIR")
     ckpt = checkpoint.checkpoint_path(out)
     sha = results.spec_sha256(spec)
+    data_sha = results.data_sha256(program.state.data)
 
     state = None
     if args.resume:
@@ -309,6 +310,9 @@ def _run(args: argparse.Namespace) -> int:
             if meta.get("spec_sha256") != sha:
                 raise CliError(f"`{args.file}` changed since `{ckpt}` was written; run without --resume to "
                                f"start over")
+            if meta.get("data_sha256", data_sha) != data_sha:
+                raise CliError(f"the data of `{args.file}` (what its `data` statements load or generate) "
+                               f"changed since `{ckpt}` was written; run without --resume to start over")
             resumed = _resume_overrides(overrides, meta, ckpt)
             finished = meta.get("finished")
             if finished is not None and finished not in _RESUMABLE_STOPS:
@@ -358,7 +362,7 @@ def _run(args: argparse.Namespace) -> int:
                        f"`{outer.name}`; run without --resume to start over")
     every = int(program.state.options["solve"]["checkpoint_every"])
     total = outer.kwargs.get("max_iter", outer.kwargs.get("steps"))
-    meta = {"spec_sha256": sha, "overrides": [list(kv) for kv in overrides], "problem": program.name,
+    meta = {"spec_sha256": sha, "data_sha256": data_sha, "overrides": [list(kv) for kv in overrides], "problem": program.name,
             "method": outer.name, "bil": bil.__version__, "spec": str(args.file)}
     sleep = float(os.environ.get(_SLEEP_ENV, "0") or 0)
     last: dict = {}

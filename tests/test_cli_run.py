@@ -570,3 +570,19 @@ def test_a_fresh_run_removes_the_previous_runs_outputs_first(spec_dir, tmp_path,
     for name in ("result.json", "history.csv", "hypers.npz", "lower.npz"):
         assert not (out / name).exists(), name
     assert not list((out / "plots").glob("*.png"))
+
+
+def test_resume_refuses_changed_data(spec_dir, tmp_path, capsys):
+    """The spec's `load(...)` read other numbers of the same shape: the resume went on silently
+    and the history jumped (same spec, same spec_sha256)."""
+    _tiny_in(spec_dir, tmp_path)
+    out = tmp_path / "o"
+    code, _, err = bil_main(capsys, "run", tmp_path / "tiny.bil", "--out", out, "-q", "--set", "solve.outer.max_iter=1")
+    assert code == 0, err
+    with np.load(tmp_path / "data.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["ytr"] = arrays["ytr"] + 1.0
+    np.savez(tmp_path / "data.npz", **arrays)
+    code, _, err = bil_main(capsys, "run", tmp_path / "tiny.bil", "--out", out, "--resume", "--set",
+                            "solve.outer.max_iter=2")
+    assert code == 2 and "changed since" in err and "data" in err, err

@@ -49,6 +49,17 @@ def spec_sha256(data: bytes | str) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def data_sha256(data: Mapping[str, Any]) -> str:
+    """A digest of a program's evaluated data (names, dtypes, shapes and values): what
+    ``load(...)`` read may change between a run and its ``--resume`` while the spec does not."""
+    h = hashlib.sha256()
+    for name in sorted(data):
+        a = np.ascontiguousarray(np.asarray(data[name]))
+        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def versions() -> dict[str, str]:
     import jax
 
