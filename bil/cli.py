@@ -295,7 +295,10 @@ def _run(args: argparse.Namespace) -> int:
     from bil.runtime.progress import RunProgress, print_summary
 
     overrides = [parse_assignment(s) for s in args.overrides]
-    program, spec = compile_file(args.file, overrides)
+    # a resumed run's limits apply to the outer method its checkpoint was written with, which an
+    # earlier `--set solve.outer=adam(...)` may have chosen: checked after merging, below
+    first = [kv for kv in overrides if kv[0] not in _RESUME_FREE_KEYS] if args.resume else overrides
+    program, spec = compile_file(args.file, first)
     out = Path(args.out) if args.out else Path("runs") / program.name
     if out.exists() and not out.is_dir():
         raise CliError(f"`{out}` exists and is not a folder; pass --out DIR")
@@ -313,7 +316,9 @@ def _run(args: argparse.Namespace) -> int:
             if meta.get("data_sha256", data_sha) != data_sha:
                 raise CliError(f"the data of `{args.file}` (what its `data` statements load or generate) "
                                f"changed since `{ckpt}` was written; run without --resume to start over")
-            resumed = _resume_overrides(overrides, meta, ckpt)
+            overrides = _resume_overrides(overrides, meta, ckpt)
+            if overrides != first:
+                program, spec = compile_file(args.file, overrides)
             finished = meta.get("finished")
             if finished is not None and finished not in _RESUMABLE_STOPS:
                 # nothing left to do (re-running would add an iteration); its outputs are on disk,
@@ -324,9 +329,6 @@ def _run(args: argparse.Namespace) -> int:
                       "--resume to start over", file=sys.stderr)
                 # the run's own status: a script's `bil run --resume || ...` must see a failed run fail
                 return EXIT_RUN_FAILED if program._failure(finished) is not None else EXIT_OK
-            if resumed != overrides:
-                overrides = resumed
-                program, spec = compile_file(args.file, overrides)
             reached = _limit_reached(program, state, meta)
             if reached:
                 # a limit at or below what the run has done: resuming would only rewrite its outputs
@@ -339,6 +341,8 @@ def _run(args: argparse.Namespace) -> int:
             # printed even with --quiet: the run's earlier --set values are not known here
             print(f"bil: no checkpoint in `{out}`; starting from the beginning with this command's --set values",
                   file=sys.stderr)
+            if first != overrides:
+                program, spec = compile_file(args.file, overrides)
     try:
         out.mkdir(parents=True, exist_ok=True)
         # before the run, not after it: a folder it cannot write would lose the whole run

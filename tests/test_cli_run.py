@@ -586,3 +586,22 @@ def test_resume_refuses_changed_data(spec_dir, tmp_path, capsys):
     code, _, err = bil_main(capsys, "run", tmp_path / "tiny.bil", "--out", out, "--resume", "--set",
                             "solve.outer.max_iter=2")
     assert code == 2 and "changed since" in err and "data" in err, err
+
+
+def test_resume_extends_a_run_whose_method_was_set_on_the_command_line(spec_dir, tmp_path, capsys):
+    """`--set solve.outer=adam(..., steps=2)` then `--set solve.outer.steps=3 --resume`: the limit
+    was checked against the spec's own maid (no `steps`) before the checkpoint's --set applied."""
+    _tiny_in(spec_dir, tmp_path)
+    out = tmp_path / "o"
+    code, _, err = bil_main(capsys, "run", tmp_path / "tiny.bil", "--out", out, "-q",
+                            "--set", "solve.outer=adam(lr=0.05, steps=2)")
+    assert code == 0, err
+    code, _, err = bil_main(capsys, "run", tmp_path / "tiny.bil", "--out", out, "-q", "--resume",
+                            "--set", "solve.outer.steps=3")
+    assert code == 0, err
+    res = json.loads((out / "result.json").read_text())
+    assert res["iterations"] == 3 and res["reason"] == "max_iter reached"
+    # the other method's limit is a located error naming the right key
+    code, _, err = bil_main(capsys, "run", tmp_path / "tiny.bil", "--out", out, "--resume",
+                            "--set", "solve.outer.max_iter=4")
+    assert code == 2 and "did you mean `solve.outer.steps`" in err
