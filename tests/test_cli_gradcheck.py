@@ -62,10 +62,39 @@ def test_gradcheck_default_unroll_converges_on_ridge(capsys):
     assert _rel(capsys.readouterr().out, "unroll") < 1e-6   # was 1.1e-2 without restarts
 
 
-def test_gradcheck_exits_1_on_mismatch(capsys):
-    # An impossible tolerance turns the same comparison into a mismatch.
-    assert main(["gradcheck", str(EXAMPLES / "ridge.bil"), "--tol", "1e-30"]) == 1
+def test_gradcheck_exits_1_on_mismatch(capsys, monkeypatch):
+    # Coarse finite differences (step 0.3 in log λ: a truncation error of ~1e-2) against a tight
+    # tolerance: a genuine disagreement, far above the differences' roundoff.
+    import bil.runtime.gradcheck as gc
+
+    real = gc.gradcheck
+    monkeypatch.setattr(gc, "gradcheck", lambda *a, **k: real(*a, **{**k, "rel_step": 0.3}))
+    assert main(["gradcheck", str(EXAMPLES / "ridge.bil"), "--tol", "1e-6"]) == 1
     assert "MISMATCH: implicit" in capsys.readouterr().out
+
+
+def test_gradcheck_near_a_domain_boundary(tmp_path, capsys):
+    """A positive hyper at 1e-8 and a bounded one at 1 - 1e-8: the differences used to step
+    outside the domain ("got a value <= 0"); F is flat to float64 over any step there, which a
+    note says, and a difference within that roundoff is not a mismatch."""
+    spec = tmp_path / "edge.bil"
+    spec.write_text("""data X = randn(20, 3, seed=0)
+data y = randn(20, seed=1)
+hyper lam : positive = 1e-8
+hyper p : real in [0, 1] = 0.99999999
+lower {
+    w = zeros(3)
+    minimize sumsq(X @ w - y) + lam * sumsq(w) + p * sum(w)
+}
+upper minimize sumsq(X @ w - y - 0.1)
+""")
+    assert main(["gradcheck", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out and "roundoff" in out
+    # away from the boundary the same spec checks to the usual accuracy
+    assert main(["gradcheck", str(spec), "--set", "hyper.lam=0.5", "--set", "hyper.p=0.3"]) == 0
+    out = capsys.readouterr().out
+    assert "roundoff" not in out and "OK" in out
 
 
 def test_gradcheck_bad_set_is_a_diagnostic(capsys):
