@@ -146,7 +146,7 @@ class Program:
         theta = self._theta(hypers)
         X0 = eng.init_lower_user(theta)
         hg, (gn, res) = eng.hypergradient(theta, X0, eng.init_adjoint(X0), tol, tol, coords="theta", method=m)
-        eng.check(hg.lower_status, gn, hg.cg_status, res)
+        eng.check(hg.lower_status, gn, hg.cg_status, res, method=m)
         return hg
 
     @functools.cached_property

@@ -153,3 +153,19 @@ def test_a_diverging_training_procedure_is_an_error_not_a_result(outer):
     e = result.error
     assert e is not None and e.line == 4 and "diverged" in e.message and "learning rate" in e.hint
     assert all(r["hyper.lr"] == pytest.approx(50.0, rel=1e-12) for r in result.history)   # no step taken
+
+
+def test_a_diverging_neumann_series_is_named_as_such():
+    """alpha = 1 > 2/L: the message blamed CG and a singular Hessian."""
+    e = _err("lower {\n  x : real[5] = 0\n  minimize 20 * sumsq(x - y) + lam * sumsq(x)\n}\nupper minimize sumsq(x)\n"
+             "solve { hypergradient: neumann(k=200, alpha=1.0) }\n")
+    assert e.line == 3 and "Neumann series" in e.message and "alpha" in e.hint and "CG" not in e.message
+
+
+def test_a_failed_direct_adjoint_is_not_called_cg():
+    prog = bil.compile(HEAD + "lower {\n  x : real[5] = 0\n  minimize sum(x^4) - lam * sumsq(x) + sum(x)\n}\n"
+                       "upper minimize sumsq(x - y)\n")
+    from bil.compiler.state import Method
+
+    err = prog.engine.failure(0, cg_status=2, method=Method("implicit", {"linear": "direct"}, None))
+    assert "(direct)" in err.message and "CG" not in err.message

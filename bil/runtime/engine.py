@@ -531,15 +531,16 @@ class Engine(AbstractOracles):
         return L_f, J_norm, _norm(dH), _norm(dJ), L_ft
 
     # ------------------------------------------------------ error checks
-    def check(self, lower_status, grad_norm, cg_status=0, residual=0.0, what="lower solve"):
+    def check(self, lower_status, grad_norm, cg_status=0, residual=0.0, what="lower solve", method=None):
         """Raise :class:`BilRuntimeError` at the ``lower`` block for a failed solve."""
-        err = self.failure(lower_status, grad_norm, cg_status, residual, what)
+        err = self.failure(lower_status, grad_norm, cg_status, residual, what, method)
         if err is not None:
             raise err
 
-    def failure(self, lower_status, grad_norm=None, cg_status=0, residual=None, what="lower solve"):
+    def failure(self, lower_status, grad_norm=None, cg_status=0, residual=None, what="lower solve", method=None):
         """The :class:`BilRuntimeError` (at the ``lower`` block, with a hint) for these solver
-        statuses, or None when both solves succeeded.  Norms may be None when unknown."""
+        statuses, or None when both solves succeeded.  Norms may be None when unknown.
+        ``method``: the hypergradient method that ran the adjoint (default: the spec's)."""
         span = self.low.lower_span
         f32 = self.low.dtype == jnp.float32
         f32_hint = ("float32 cannot resolve residuals much below 1e-6 of their scale: loosen the tolerance or use "
@@ -576,8 +577,14 @@ class Engine(AbstractOracles):
                                    "implicit hypergradient is undefined", span,
                                    "add a strongly convex term (e.g. `+ 1e-3 * sumsq(x)`), or use "
                                    "`hypergradient: unroll` in the solve block")
+        m = method or self.method
+        if c == 2 and m.name == "neumann":
+            return BilRuntimeError("the Neumann series for the adjoint diverged (NaN or Inf)", span,
+                                   "its step must be below 2/L, L the lower Hessian's largest eigenvalue: lower "
+                                   "`neumann(alpha=...)` or leave it out (then it is estimated), or use `implicit`")
         if c == 2:
-            return BilRuntimeError("the adjoint (CG) solve produced NaN or Inf", span,
+            how = "direct" if m.name == "implicit" and m.kwargs.get("linear") == "direct" else "CG"
+            return BilRuntimeError(f"the adjoint ({how}) solve produced NaN or Inf", span,
                                    "the lower Hessian may be singular: add a strongly convex term")
         if c == 1:
             return BilRuntimeError(f"CG did not reach the requested residual{norm('‖Hq − ∇ₓf‖', residual)}",
