@@ -303,3 +303,17 @@ def test_per_sample_labels_and_steps_are_one_samples(tmp_path):
         upper minimize 0.5 * sumsq(X @ w - y)
     """)
     assert train.state.train_steps == 20
+
+
+def test_non_finite_data_from_python_is_a_usage_error():
+    src = """hyper lam : positive = 1.0
+lower {
+    w = zeros(3)
+    minimize 0.5 * sumsq(X @ w - y) + 0.5 * lam * sumsq(w)
+}
+upper minimize 0.5 * sumsq(X @ w - y)
+"""
+    X = np.ones((5, 3))
+    X[3, 1] = np.nan
+    with pytest.raises(bil.BilUsageError, match=r"data `X` given in `data=` contains NaN at index \(3, 1\)"):
+        bil.compile(src, data={"X": X, "y": np.ones(5)})

@@ -18,7 +18,7 @@ import networkx as nx
 import numpy as np
 
 from bil.compiler import ir
-from bil.compiler.errors import BilError
+from bil.compiler.errors import BilError, BilUsageError
 from bil.compiler.evaluate import Evaluator
 from bil.compiler.state import CompileState
 from bil.stdlib import sources
@@ -39,6 +39,17 @@ def as_data_array(value, span, name: str) -> np.ndarray:
         raise BilError(f"data `{name}` must be an array or a number", span) from None
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise BilError(f"data `{name}` must be numeric", span)
+    if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
+        # caught here, at its statement: downstream it became "the lower solve produced NaN" or a
+        # "singular Hessian" at the lower block
+        bad = np.argwhere(~np.isfinite(arr))
+        where = f" at index {tuple(int(i) for i in bad[0])}" if arr.ndim else ""
+        what = "NaN" if np.isnan(arr[tuple(bad[0])] if arr.ndim else arr) else "Inf"
+        hint = ("a file with missing or non-numeric cells, or arithmetic such as log(0), sqrt(-1), 0^-1: clean "
+                f"the data ({len(bad)} non-finite entr{'y' if len(bad) == 1 else 'ies'})")
+        if span is None:
+            raise BilUsageError(f"data `{name}` given in `data=` contains {what}{where}", None, hint)
+        raise BilError(f"data `{name}` contains {what}{where}", span, hint)
     return arr
 
 
