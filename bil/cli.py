@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import signal
 import sys
 import traceback
 from dataclasses import dataclass
@@ -260,6 +261,14 @@ def _limit_reached(program, state: dict, meta: dict) -> tuple[str, str] | None:
     return None
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM during `bil run`: handled as an interruption (checkpoint saved), exit 143."""
+
+
+def _terminate(signum, frame) -> None:
+    raise _Terminated
+
+
 def _outputs_current(out: Path, iteration: int) -> bool:
     """Do ``out``'s result.json and history.csv hold the run up to ``iteration``?"""
     import json
@@ -288,11 +297,8 @@ def _write_missing_outputs(args, program, out: Path, state: dict, reason: str, s
 
 
 def _run(args: argparse.Namespace) -> int:
-    import time
-
     from bil.compiler.overrides import parse_assignment
     from bil.runtime import checkpoint, plots, results
-    from bil.runtime.progress import RunProgress, print_summary
 
     overrides = [parse_assignment(s) for s in args.overrides]
     # a resumed run's limits apply to the outer method its checkpoint was written with, which an
@@ -364,14 +370,33 @@ def _run(args: argparse.Namespace) -> int:
     if state is not None and str(state.get("method", outer.name)) != outer.name:
         raise CliError(f"`{ckpt}` belongs to outer method `{state.get('method')}`, but the spec now uses "
                        f"`{outer.name}`; run without --resume to start over")
+    start = int(state.get("iteration", 0)) if state is not None else 0
+    # SIGTERM (a scheduler's or `kill`'s stop) ends the run like Ctrl-C: the checkpoint is saved
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:          # not the main thread (bil.cli.main called from a worker): leave it
+        previous = None
+    try:
+        return _run_loop(args, program, spec, out, ckpt, state, overrides, sha, data_sha, start)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run_loop(args, program, spec, out, ckpt, state, overrides, sha, data_sha, start) -> int:
+    """`bil run` from the progress display on (the run, the final checkpoint and the outputs)."""
+    import time
+
+    from bil.runtime import checkpoint, plots, results
+    from bil.runtime.progress import RunProgress, print_summary
+
+    outer = program.state.options["solve"]["outer"]
     every = int(program.state.options["solve"]["checkpoint_every"])
     total = outer.kwargs.get("max_iter", outer.kwargs.get("steps"))
-    meta = {"spec_sha256": sha, "data_sha256": data_sha, "overrides": [list(kv) for kv in overrides], "problem": program.name,
-            "method": outer.name, "bil": bil.__version__, "spec": str(args.file)}
+    meta = {"spec_sha256": sha, "data_sha256": data_sha, "overrides": [list(kv) for kv in overrides],
+            "problem": program.name, "method": outer.name, "bil": bil.__version__, "spec": str(args.file)}
     sleep = float(os.environ.get(_SLEEP_ENV, "0") or 0)
     last: dict = {}
-
-    start = int(state.get("iteration", 0)) if state is not None else 0
     with RunProgress(program.name, outer.name, total, start=start, quiet=args.quiet) as progress:
         def callback(record: dict, st: dict) -> None:
             last["state"], last["iter"] = st, int(record["iter"])
@@ -391,10 +416,11 @@ def _run(args: argparse.Namespace) -> int:
                 progress.note(f"interrupted after iteration {last['iter']}; checkpoint in `{ckpt}`; continue "
                               f"with `bil run {args.file} --out {out} --resume`")
             raise
-        except ValueError as e:  # a checkpoint that does not fit this spec
+        except (ValueError, KeyError) as e:  # a checkpoint that does not fit this spec, or damaged
             if state is None:
                 raise
-            raise CliError(f"cannot resume from `{ckpt}`: {e}; run without --resume to start over") from None
+            what = f"it lacks {e}" if isinstance(e, KeyError) else str(e)
+            raise CliError(f"cannot resume from `{ckpt}`: {what}; run without --resume to start over") from None
 
     # the final state, so that --resume continues from here (raised limits) or knows it is done
     checkpoint.save(ckpt, result.state, {**meta, "iteration": int(result.state.get("iteration", 0)),
@@ -533,6 +559,9 @@ def main(argv: list[str] | None = None) -> int:
     except (BilError, CliError) as e:
         _report(e)
         return EXIT_ERROR
+    except _Terminated:
+        print("bil: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("bil: interrupted", file=sys.stderr)
         return 130

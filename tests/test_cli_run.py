@@ -605,3 +605,48 @@ def test_resume_extends_a_run_whose_method_was_set_on_the_command_line(spec_dir,
     code, _, err = bil_main(capsys, "run", tmp_path / "tiny.bil", "--out", out, "--resume",
                             "--set", "solve.outer.max_iter=4")
     assert code == 2 and "did you mean `solve.outer.steps`" in err
+
+
+def test_sigterm_saves_a_checkpoint_and_resumes(full_run, spec_dir, tmp_path):
+    """SIGTERM (a job scheduler's stop) was not handled: the iterations since the last periodic
+    checkpoint were lost, without a word.  Now it ends the run like Ctrl-C."""
+    _, full = full_run
+    _tiny_in(spec_dir, tmp_path)
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "bil", "run", "tiny.bil", "--out", str(out),
+                             "--set", "solve.checkpoint_every=100"],
+                            cwd=tmp_path, env=_env(BIL_TEST_SLEEP_PER_ITER="1.0"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:          # the progress lines (not a terminal: one per iteration)
+            if line.lstrip().startswith("iter") and line.split()[1] == "2":
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143 and "SIGTERM" in err, err
+    state, _ = checkpoint.load(out / "checkpoint.npz")
+    assert state["iteration"] >= 1
+    r = bil_cmd("run", "tiny.bil", "--out", out, "--resume", "--set", "solve.checkpoint_every=100", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    a = json.loads((full / "result.json").read_text())
+    b = json.loads((out / "result.json").read_text())
+    for key in ("hypers", "upper", "iterations", "reason"):
+        assert a[key] == b[key], key
+
+
+def test_a_damaged_checkpoint_is_a_cli_error(spec_dir, tmp_path, capsys):
+    _tiny_in(spec_dir, tmp_path)
+    out = tmp_path / "o"
+    code, _, err = bil_main(capsys, "run", tmp_path / "tiny.bil", "--out", out, "-q", "--set", "solve.outer.max_iter=1")
+    assert code == 0, err
+    state, meta = checkpoint.load(out / "checkpoint.npz")
+    del state["eps"]
+    meta.pop("finished")
+    checkpoint.save(out / "checkpoint.npz", state, meta)
+    code, _, err = bil_main(capsys, "run", tmp_path / "tiny.bil", "--out", out, "--resume",
+                            "--set", "solve.outer.max_iter=3")
+    assert code == 2 and "cannot resume" in err and "eps" in err and "Traceback" not in err, err
