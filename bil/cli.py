@@ -25,7 +25,7 @@ from typing import Callable, TextIO
 
 import bil
 from bil.compiler import ir
-from bil.compiler.errors import BilError
+from bil.compiler.errors import BilError, BilRuntimeError
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERNAL = 0, 2, 3
 #: `bil run` stopped on a failed solve (results up to the last good point are written)
@@ -203,7 +203,13 @@ def _gradcheck(args: argparse.Namespace) -> int:
         # about the derivatives, not about the precision a run uses.
         print("bil: gradcheck computes in float64 (the spec asks for float32)", file=sys.stderr)
         program, _ = compile_file(args.file, overrides + [("solve.precision", '"float64"')], stderr=io.StringIO())
-    report = gradcheck(program, tol=args.tol, max_entries=args.entries)
+    try:
+        report = gradcheck(program, tol=args.tol, max_entries=args.entries)
+    except BilRuntimeError as e:
+        # a solve failed at these hypers: a failed check (1, as `bil run` exits on a failed
+        # solve), not an error in the spec or the command line (2)
+        _report(e)
+        return EXIT_RUN_FAILED
     print(report.table())
     return EXIT_OK if report.ok else 1
 
@@ -490,7 +496,8 @@ COMMANDS: dict[str, Command] = {
         "  bil emit examples/ridge.bil --stage ir -o ridge.ir\n"),
     "gradcheck": Command(
         "the hypergradient by every applicable method and by central finite differences (exit 1 if "
-        "implicit (unroll for a `train` goal) and finite differences disagree)", _gradcheck_args, _gradcheck,
+        "implicit (unroll for a `train` goal) and finite differences disagree, or a solve fails)", _gradcheck_args,
+        _gradcheck,
         "  bil gradcheck examples/ridge.bil\n"
         "  bil gradcheck examples/tv_denoise.bil --set hyper.alpha=0.05 --set hyper.nu=0.01\n"),
     "run": Command(
