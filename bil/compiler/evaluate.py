@@ -40,6 +40,25 @@ def _power(a, b):
     return jnp.power(a, b)
 
 
+#: integer operators whose concrete results are checked against int64 (they wrap silently:
+#: `10^19` gave -8446744073709551616, `2^62 * 4` gave 0)
+_INT_CHECKED = {"+": operator.add, "-": operator.sub, "*": operator.mul, "^": operator.pow}
+_INT_LIMIT = 2.0 ** 63            # int64 holds [-2^63, 2^63)
+
+
+def _concrete_ints(a, b) -> bool:
+    return all(is_concrete(v) and np.issubdtype(np.asarray(v).dtype, np.integer) for v in (a, b))
+
+
+def _check_int_range(e, a, b) -> None:
+    """A located error where integer arithmetic on constants leaves int64."""
+    with np.errstate(all="ignore"):
+        approx = _INT_CHECKED[e.op](np.asarray(a, np.float64), np.asarray(b, np.float64))
+    if np.any((approx >= _INT_LIMIT) | (approx < -_INT_LIMIT)):
+        raise BilError(f"integer overflow in `{e.op}`: the result does not fit in 64 bits", e.span,
+                       "write a float for a number this large (`1e19`, `2.0^64`)")
+
+
 #: the most elements a compile-time size (``zeros(...)``, ``real[...]``,
 #: ``image(size=...)``) may ask for: a typo such as ``zeros(1e9, 1e9)`` must be
 #: a diagnostic, not an allocation that kills the process.
@@ -161,6 +180,8 @@ class Evaluator:
         a = _array_or_scalar(a, e.left)
         b = _array_or_scalar(b, e.right)
         with _at(e, op=e.op):
+            if e.op in _INT_CHECKED and _concrete_ints(a, b):
+                _check_int_range(e, a, b)
             if e.op == "^":
                 return _power(a, b)
             if e.op == "@":
