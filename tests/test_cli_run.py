@@ -462,6 +462,7 @@ def test_hoag_on_a_capped_lower_solve_fails_and_resume_says_so(spec_dir, tmp_pat
     assert r.returncode == 1 and "already finished" in r.stderr
 
 
+@pytest.mark.slow   # (the in-process test_float32_run_stops_at_the_arithmetic_floor runs by default)
 def test_float32_tv_stops_at_the_precisions_floor(tmp_path):
     """float32 TV denoising: MAID used to tighten ε below what float32 resolves, and one
     iteration ran 120k lower iterations into the cap (exit 1).  The floors now include
@@ -488,7 +489,7 @@ def test_resume_with_a_limit_already_reached_changes_nothing(spec_dir, tmp_path)
     assert ((out / "result.json").read_text(), (out / "history.csv").read_text()) == before
 
 
-@pytest.mark.parametrize("limit", ["4", "200"])     # stopped by max_iter / converged
+@pytest.mark.parametrize("limit", ["4", pytest.param("200", marks=pytest.mark.slow)])   # max_iter / converged
 def test_resume_writes_outputs_a_kill_before_them_left_missing(spec_dir, tmp_path, limit, capsys):
     """The last checkpoint is saved before the outputs: a kill in between left only
     checkpoint.npz, and --resume said "its results are there"."""
@@ -607,6 +608,7 @@ def test_resume_extends_a_run_whose_method_was_set_on_the_command_line(spec_dir,
     assert code == 2 and "did you mean `solve.outer.steps`" in err
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_resumes(full_run, spec_dir, tmp_path):
     """SIGTERM (a job scheduler's stop) was not handled: the iterations since the last periodic
     checkpoint were lost, without a word.  Now it ends the run like Ctrl-C."""

@@ -206,6 +206,7 @@ def test_lower_variable_sizes_are_per_sample(tmp_path):
     assert f == pytest.approx(ref, rel=1e-10)
 
 
+@pytest.mark.slow
 def test_a_long_sum_does_not_exhaust_the_python_stack():
     """A 300-term sum, evaluated under jax.jacfwd (the direct linear solve builds the Hessian
     that way), raised RecursionError (exit 3): the evaluator recursed once per `+`."""
