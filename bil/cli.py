@@ -311,6 +311,8 @@ def _run(args: argparse.Namespace) -> int:
     # earlier `--set solve.outer=adam(...)` may have chosen: checked after merging, below
     first = [kv for kv in overrides if kv[0] not in _RESUME_FREE_KEYS] if args.resume else overrides
     program, spec = compile_file(args.file, first)
+    if args.out is not None and not str(args.out).strip():
+        raise CliError("--out needs a folder name (got an empty one)")
     out = Path(args.out) if args.out else Path("runs") / program.name
     if out.exists() and not out.is_dir():
         raise CliError(f"`{out}` exists and is not a folder; pass --out DIR")
@@ -322,6 +324,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume:
         if ckpt.is_file():
             state, meta = checkpoint.load(ckpt)
+            if meta.get("problem") not in (None, program.name):
+                raise CliError(f"`{ckpt}` belongs to problem `{meta.get('problem')}` (`{meta.get('spec')}`), not "
+                               f"`{program.name}`; pass that spec, another --out, or run without --resume")
             if meta.get("spec_sha256") != sha:
                 raise CliError(f"`{args.file}` changed since `{ckpt}` was written; run without --resume to "
                                f"start over")

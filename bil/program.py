@@ -10,6 +10,7 @@ ordinary JAX: ``prog.objective`` is a differentiable function of the hypers
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Mapping
 
 import jax
@@ -108,7 +109,15 @@ class Program:
         """The API's default accuracy: 1e-10 in float64; in float32, which cannot resolve
         that, the spec's lower ``tol:`` (default 1e-4 there)."""
         if tol is not None:
-            return float(tol)
+            try:
+                t = float(tol)
+            except (TypeError, ValueError):
+                t = math.nan
+            if not (t > 0 and math.isfinite(t)):
+                # (0 or a negative tolerance ran every solve into max_iter and then said "raise max_iter")
+                raise BilUsageError(f"tol must be a positive number, got {tol!r}", None,
+                                    "e.g. tol=1e-10 (float64) or 1e-4 (float32)")
+            return t
         if self.lowered.dtype == jnp.float32:
             return float(self.state.options["lower"]["tol"])
         return 1e-10

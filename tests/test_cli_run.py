@@ -652,3 +652,17 @@ def test_a_damaged_checkpoint_is_a_cli_error(spec_dir, tmp_path, capsys):
     code, _, err = bil_main(capsys, "run", tmp_path / "tiny.bil", "--out", out, "--resume",
                             "--set", "solve.outer.max_iter=3")
     assert code == 2 and "cannot resume" in err and "eps" in err and "Traceback" not in err, err
+
+
+def test_resume_in_another_problems_folder_names_it(spec_dir, tmp_path, capsys):
+    """It said "`other.bil` changed since ..." for a folder written by a different problem."""
+    _tiny_in(spec_dir, tmp_path)
+    out = tmp_path / "o"
+    code, _, err = bil_main(capsys, "run", tmp_path / "tiny.bil", "--out", out, "-q", "--set", "solve.outer.max_iter=1")
+    assert code == 0, err
+    other = tmp_path / "other.bil"
+    other.write_text(SPEC.replace("problem tiny_ridge", "problem other_ridge"))
+    code, _, err = bil_main(capsys, "run", other, "--out", out, "--resume")
+    assert code == 2 and "belongs to problem `tiny_ridge`" in err, err
+    code, _, err = bil_main(capsys, "run", tmp_path / "tiny.bil", "--out", "", "-q")
+    assert code == 2 and "--out needs a folder name" in err

@@ -318,3 +318,13 @@ upper minimize 0.5 * sumsq(X @ w - y)
     X[3, 1] = np.nan
     with pytest.raises(bil.BilUsageError, match=r"data `X` given in `data=` contains NaN at index \(3, 1\)"):
         bil.compile(src, data={"X": X, "y": np.ones(5)})
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "x"])
+def test_api_tolerances_must_be_positive(bad):
+    """solve_lower(tol=0) or tol=-1 ran 10000 iterations into max_iter and then advised raising it."""
+    prog = bil.compile(Path(__file__).resolve().parent.parent / "examples" / "ridge.bil")
+    with pytest.raises(bil.BilUsageError, match="tol must be a positive number"):
+        prog.solve_lower({"lam": 1.0}, tol=bad)
+    with pytest.raises(bil.BilUsageError, match="tol must be a positive number"):
+        prog.value_and_hypergrad({"lam": 1.0}, tol=bad)
