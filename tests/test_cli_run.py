@@ -666,3 +666,22 @@ def test_resume_in_another_problems_folder_names_it(spec_dir, tmp_path, capsys):
     assert code == 2 and "belongs to problem `tiny_ridge`" in err, err
     code, _, err = bil_main(capsys, "run", tmp_path / "tiny.bil", "--out", "", "-q")
     assert code == 2 and "--out needs a folder name" in err
+
+
+def test_plots_of_an_all_nan_history_and_of_many_entries(tmp_path, monkeypatch):
+    """An all-NaN history (a run whose first solve failed) drew empty axes with a made-up range
+    and no word; a hyper with 10 entries had no legend; short runs had fractional iteration ticks."""
+    import bil.runtime.plots as plots
+
+    figs = {}
+    real = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (figs.__setitem__(path.name, fig), real(fig, path))[1])
+    hist = [dict(iter=i, upper=float("nan"), lower_iters_total=3 * i, cg_iters_total=i, wall_s=0.1 * i,
+                 **{f"hyper.l[{j}]": float(j + i) for j in range(10)}) for i in (1, 2)]
+    plots.plot_history(hist, tmp_path, "t")
+    upper = figs["upper_vs_cost.png"].axes[0]
+    assert any(t.get_text() == "no finite upper values recorded" for t in upper.texts)
+    hyp = figs["hypers.png"].axes[0]
+    assert hyp.get_legend() is not None and len(hyp.get_legend().get_texts()) == 10
+    hyp.figure.canvas.draw()
+    assert all(float(t).is_integer() for t in hyp.get_xticks() if 1 <= t <= 2)

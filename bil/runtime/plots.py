@@ -69,12 +69,17 @@ def _upper_plot(history: list[dict], x: np.ndarray, xlabel: str, title: str, pat
     fig = _figure()
     ax = fig.add_subplot()
     y = _col(history, "upper")
-    if len(x):
+    if len(x) and np.any(np.isfinite(y)):
         ax.plot(x, y, marker="o", markersize=3, linewidth=1.5)
-        ax.annotate(f"{y[-1]:.6g}", (x[-1], y[-1]), textcoords="offset points", xytext=(-4, 6), ha="right",
+        last = int(np.flatnonzero(np.isfinite(y))[-1])
+        ax.annotate(f"{y[last]:.6g}", (x[last], y[last]), textcoords="offset points", xytext=(-4, 6), ha="right",
                     fontsize=8)
     else:
-        ax.text(0.5, 0.5, "no iterations recorded", ha="center", va="center", transform=ax.transAxes)
+        # (an all-NaN history, a run whose first solve failed, used to draw empty axes with a
+        # made-up range and no word)
+        ax.text(0.5, 0.5, "no finite upper values recorded" if len(x) else "no iterations recorded",
+                ha="center", va="center", transform=ax.transAxes)
+        ax.set_yticks([])
     _log_if_positive(ax, y)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("upper objective")
@@ -98,6 +103,8 @@ def _hyper_groups(history: list[dict]) -> dict[str, list[str]]:
 
 
 def _hyper_plot(history: list[dict], path: Path) -> Path:
+    from matplotlib.ticker import MaxNLocator
+
     groups = _hyper_groups(history)
     n = max(1, len(groups))
     cols = min(n, 3)
@@ -119,10 +126,11 @@ def _hyper_plot(history: list[dict], path: Path) -> Path:
             label = c[len("hyper."):] if len(columns) > 1 else None
             ax.plot(it, y, marker="o" if len(it) < 40 else None, markersize=3, linewidth=1.3, label=label)
         _log_if_positive(ax, np.concatenate(ys))
-        if 1 < len(columns) <= 8:
-            ax.legend(fontsize=7)
+        if 1 < len(columns) <= 16:   # (up to the 16 entries history.csv keeps)
+            ax.legend(fontsize=7 if len(columns) <= 8 else 5, ncols=1 if len(columns) <= 8 else 2)
         ax.set_title(name)
         ax.set_xlabel("outer iteration")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # no 1.5th iteration
         ax.grid(True, alpha=0.3)
     fig.suptitle("hypers (user coordinates)")
     return _save(fig, path)
