@@ -216,7 +216,8 @@ def _gradcheck(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------- bil run
 #: a checkpoint may differ from the resuming command in these keys only (extending a run)
-_RESUME_FREE_KEYS = frozenset({"solve.outer.max_iter", "solve.outer.steps", "solve.outer.budget"})
+_RESUME_FREE_KEYS = frozenset({"solve.outer.max_iter", "solve.outer.steps", "solve.outer.budget",
+                               "solve.checkpoint_every"})   # (how often it saves: no effect on results)
 #: stop reasons after which --resume continues the run (with raised limits); any other stop is final
 #: (bil.runtime.outer.history.RESUMABLE_STOPS, not imported: the CLI loads JAX only when it runs)
 _RESUMABLE_STOPS = frozenset({"max_iter reached", "budget exhausted", "stopped by callback"})

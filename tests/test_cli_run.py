@@ -685,3 +685,15 @@ def test_plots_of_an_all_nan_history_and_of_many_entries(tmp_path, monkeypatch):
     assert hyp.get_legend() is not None and len(hyp.get_legend().get_texts()) == 10
     hyp.figure.canvas.draw()
     assert all(float(t).is_integer() for t in hyp.get_xticks() if 1 <= t <= 2)
+
+
+def test_resume_may_change_how_often_it_checkpoints(spec_dir, tmp_path, capsys):
+    _tiny_in(spec_dir, tmp_path)
+    out = tmp_path / "o"
+    code, _, err = bil_main(capsys, "run", tmp_path / "tiny.bil", "--out", out, "-q",
+                            "--set", "solve.outer.max_iter=1", "--set", "solve.checkpoint_every=1")
+    assert code == 0, err
+    code, _, err = bil_main(capsys, "run", tmp_path / "tiny.bil", "--out", out, "-q", "--resume",
+                            "--set", "solve.outer.max_iter=2", "--set", "solve.checkpoint_every=5")
+    assert code == 0, err
+    assert json.loads((out / "result.json").read_text())["iterations"] == 2

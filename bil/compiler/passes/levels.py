@@ -74,6 +74,10 @@ class Levels:
                                     (f"did you mean `{guess}`? " if guess else "")
                                     + ("the spec's data names: " + ", ".join(names) if names else
                                        "the spec has no data names"))
+        if not any(v.name in reach for v in st.lower.vars):
+            st.warnings.append(Warning_("the upper objective does not depend on the lower variables", st.upper.span,
+                                        "then the lower problem plays no part: the hypergradient is ∂f/∂θ "
+                                        "alone; use the lower variables in `upper minimize ...`"))
         st.structure["hypers_in_lower"] = sorted(h for h in st.hypers if nx.has_path(g, h, LOWER_NODE))
         st.structure["hypers_in_upper"] = sorted(h for h in st.hypers if g.has_edge(h, UPPER_NODE) or any(
             g.has_edge(h, d) and nx.has_path(g, d, UPPER_NODE) and g.nodes[d]["kind"] == "def" for d in g.successors(h)))
