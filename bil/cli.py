@@ -292,15 +292,20 @@ def _write_missing_outputs(args, program, out: Path, state: dict, reason: str, s
     (a kill between the checkpoint and the outputs); True when it wrote them."""
     if _outputs_current(out, int(state.get("iteration", 0))):
         return False
+    _write_outputs(out, program, program.result_from_state(state, reason), spec)
+    return True
+
+
+def _write_outputs(out: Path, program, result, spec: bytes) -> dict:
+    """result.json, history.csv, the npz files and the plots of a run; the result.json dict."""
     from bil.runtime import plots, results
 
-    result = program.result_from_state(state, reason)
-    results.write_all(out, problem=program.name, result=result, spec_bytes=spec)
+    res = results.write_all(out, problem=program.name, result=result, spec_bytes=spec)
     panels = plots.image_panels(program, result.lower)
     if panels is not None:
         plots.write_images(out, panels)
     plots.plot_run_dir(out, history=result.history, problem=program.name)
-    return True
+    return res
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -372,9 +377,8 @@ def _run(args: argparse.Namespace) -> int:
     if state is None:  # a fresh run: nothing stale may survive from an earlier one
         checkpoint.remove(ckpt)
         # (a kill before this run writes its own would leave the earlier run's beside its checkpoint)
-        for stale in (out / "result.json", out / "history.csv", out / "hypers.npz", out / "lower.npz",
-                      out / plots.IMAGES_NAME):
-            stale.unlink(missing_ok=True)
+        for name in (*results.OUTPUT_NAMES, plots.IMAGES_NAME):
+            (out / name).unlink(missing_ok=True)
         for png in (out / "plots").glob("*.png"):
             png.unlink(missing_ok=True)
 
@@ -399,7 +403,7 @@ def _run_loop(args, program, spec, out, ckpt, state, overrides, sha, data_sha, s
     """`bil run` from the progress display on (the run, the final checkpoint and the outputs)."""
     import time
 
-    from bil.runtime import checkpoint, plots, results
+    from bil.runtime import checkpoint
     from bil.runtime.progress import RunProgress, print_summary
 
     outer = program.state.options["solve"]["outer"]
@@ -437,11 +441,7 @@ def _run_loop(args, program, spec, out, ckpt, state, overrides, sha, data_sha, s
     # the final state, so that --resume continues from here (raised limits) or knows it is done
     checkpoint.save(ckpt, result.state, {**meta, "iteration": int(result.state.get("iteration", 0)),
                                          "finished": result.reason})
-    res = results.write_all(out, problem=program.name, result=result, spec_bytes=spec)
-    panels = plots.image_panels(program, result.lower)
-    if panels is not None:
-        plots.write_images(out, panels)
-    plots.plot_run_dir(out, history=result.history, problem=program.name)
+    res = _write_outputs(out, program, result, spec)
     if not args.quiet:
         print_summary(res, str(out))
     if result.error is not None:

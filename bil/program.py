@@ -264,7 +264,11 @@ class Program:
             except BilError as err:
                 err.hint = err.hint or method_hint(m, "outer")
                 raise
-        res = run_outer(self.engine, m.name, {**m.kwargs, **overrides}, callback=callback, state=state)
+        return self._result(run_outer(self.engine, m.name, {**m.kwargs, **overrides}, callback=callback,
+                                      state=state))
+
+    def _result(self, res) -> "Result":
+        """The :class:`Result` of an outer loop's ``OuterResult`` (upper value re-solved to ``lower.tol``)."""
         upper, x = self._final_value(res)
         lower = {k: np.asarray(v) for k, v in x.items()}
         return Result(hypers=res.hypers, lower=lower, upper=upper, history=list(res.history),
@@ -275,17 +279,9 @@ class Program:
         """The :class:`Result` of a run that ended with the resumable ``state`` and stop
         ``reason``, rebuilt without running an iteration (``bil run --resume`` writes it when
         a run was killed after its last checkpoint but before its outputs were on disk)."""
-        from types import SimpleNamespace
+        from bil.runtime.outer.history import finished_result
 
-        from bil.runtime.outer.history import _history_from_state, host_copy, unpack_iterates
-
-        u, x, _ = unpack_iterates(state, self.engine, host_copy(self.engine.u0))
-        history = _history_from_state(state)
-        upper = float(history[-1]["upper"]) if history else float(state.get("upper", np.nan))
-        upper, x = self._final_value(SimpleNamespace(upper=upper, u=u, x=x))
-        return Result(hypers=self.engine.to_user(u), lower={k: np.asarray(v) for k, v in x.items()}, upper=upper,
-                      history=history, converged=reason == "gradient norm below tol", reason=str(reason),
-                      state=state, error=self._failure(str(reason)))
+        return self._result(finished_result(self.engine, state, reason))
 
     def _final_value(self, res) -> tuple[float, Any]:
         """(upper value, lower variables) at the learned hypers, the lower problem solved to

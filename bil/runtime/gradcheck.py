@@ -182,10 +182,10 @@ def gradcheck(prog, hypers=None, *, tol: float = 1e-5, solve_tol: float = 1e-11,
     # nothing (F flat to float64 over the step: a positive hyper at 1e-8, a bounded one at 1 - 1e-8)
     diff = np.abs(grads[key] - fd)
     ok = bool(np.all((diff <= tol * scale) | (diff <= noise) | zero))
-    blind = [lab for lab, f_, nz in zip(label, fd, noise) if nz > 1e-3 * abs(f_) and nz > 0]
+    blind = [(lab, nz / max(abs(f_), 1e-300)) for lab, f_, nz in zip(label, fd, noise)
+             if 0 < nz and nz > 1e-3 * abs(f_)]
     if blind:
-        notes.append(f"{', '.join(blind)}: F changes by little more than its roundoff over the finite-difference "
-                     "step here, so the finite differences check only to about "
-                     + ", ".join(f"{nz / max(abs(f_), 1e-300):.0e}" for f_, nz, lab in zip(fd, noise, label)
-                                 if lab in blind) + " (relative)")
+        notes.append(f"{', '.join(lab for lab, _ in blind)}: F changes by little more than its roundoff over the "
+                     "finite-difference step here, so the finite differences check only to about "
+                     + ", ".join(f"{r:.0e}" for _, r in blind) + " (relative)")
     return GradcheckReport(label, grads, rel, ok=ok, tol=tol, method=key, notes=notes)

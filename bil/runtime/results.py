@@ -215,6 +215,10 @@ def write_arrays(path: str | os.PathLike, arrays: Mapping[str, Any]) -> None:
         np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
 
 
+#: the files :func:`write_all` writes (a fresh ``bil run`` removes an earlier run's first)
+OUTPUT_NAMES = ("result.json", "history.csv", "hypers.npz", "lower.npz")
+
+
 def write_all(out_dir: str | os.PathLike, *, problem: str, result, spec_bytes: bytes | str) -> dict:
     """Write ``result.json``, ``history.csv``, ``hypers.npz`` and ``lower.npz`` for a
     :class:`bil.Result`; return the ``result.json`` dict."""

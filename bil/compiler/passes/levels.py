@@ -17,9 +17,9 @@ import networkx as nx
 
 from bil.compiler import ir
 from bil.compiler.errors import BilError, BilUsageError, Warning_
-from bil.stdlib.registry import closest
 from bil.compiler.passes.resolve import LOWER_NODE, UPPER_NODE
 from bil.compiler.state import CONST, LOWER, THETA, CompileState
+from bil.stdlib import closest
 
 _ORDER = {CONST: 0, THETA: 1, LOWER: 2}
 

@@ -194,12 +194,13 @@ def unpack_tree(prefix: str, state: dict, like):
 RESUMABLE_STOPS = frozenset({"max_iter reached", "budget exhausted", "stopped by callback"})
 
 
-def finished_result(oracles, state: dict) -> "OuterResult":
-    """The result of a run whose resumable ``state`` records a final stop (converged, failed):
-    resuming it must not run another iteration (:attr:`Tracker.stop`)."""
+def finished_result(oracles, state: dict, reason: str | None = None) -> "OuterResult":
+    """The result a run ended with, rebuilt from its resumable ``state`` without running an
+    iteration: a state that records a final stop (converged, failed; :attr:`Tracker.stop`), or
+    any state with the stop ``reason`` given."""
     u, x, q = unpack_iterates(state, oracles, host_copy(oracles.u0))
     history = _history_from_state(state)
-    reason = str(state["stop"])
+    reason = str(state["stop"] if reason is None else reason)
     upper = float(history[-1]["upper"]) if history else float(state.get("upper", math.nan))
     return OuterResult(u=u, hypers=oracles.to_user(u), x=x, q=q, upper=upper, history=history,
                        converged=reason == "gradient norm below tol", reason=reason, state=dict(state))
