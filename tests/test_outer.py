@@ -19,6 +19,7 @@ from bil.runtime.outer.history import hyper_fields, make_record  # noqa: E402
 from bil.runtime.outer.hoag import first_L, schedule_eps, step_control  # noqa: E402
 from bil.runtime.outer.maid import (RunningConstants, SecantConstants, _nearest_start,  # noqa: E402
                                     curvature_pair_ok, direction_certified, lbfgs_direction, screening_accuracy,
+                                    diagonal_scaling, cubic_extrapolation, secant_extrapolation, cubic_limit, cap_along,
                                     adjoint_bracket, bound_terms, bounds_upper_lower, descent_test, error_bound,
                                     first_trial_step, merge_constants, point_bracket, secant_terms, secant_update,
                                     sufficient_decrease, tighten_dominant, tighten_until,
@@ -421,13 +422,92 @@ def test_lbfgs_unexplored_directions_get_the_first_step_length():
     # a descent direction, and the newest pair's secant equation still holds
     assert float(z @ sub) > 0
     np.testing.assert_allclose(lbfgs_direction(pairs[-1][1], pairs, (1.0, 0.0)), pairs[-1][0], rtol=1e-10)
-    # the unexplored part of z below its error ω: no expansion (the textbook direction)
-    np.testing.assert_array_equal(lbfgs_direction(z, pairs, (1.0, 0.5)), scalar)
+    # the unexplored part of z below its error ω: no expansion (the textbook direction, up to
+    # the per-coordinate scaling, which on these exact diagonal pairs is γ again)
+    np.testing.assert_allclose(lbfgs_direction(z, pairs, (1.0, 0.5)), scalar, rtol=1e-8)
     # never stiffer than the textbook scaling: a tiny length changes nothing
-    np.testing.assert_array_equal(lbfgs_direction(z, pairs, (1e-6, 0.0)), scalar)
+    np.testing.assert_allclose(lbfgs_direction(z, pairs, (1e-6, 0.0)), scalar, rtol=1e-8)
     # steps that explored every direction: nothing is unexplored
     full = [(np.array([1.0, 0.0]), A @ np.array([1.0, 0.0])), (np.array([0.0, 1.0]), A @ np.array([0.0, 1.0]))]
     np.testing.assert_allclose(lbfgs_direction(z, full, (1.0, 0.0)), np.linalg.solve(A, z), rtol=1e-10)
+
+
+def test_lbfgs_unexplored_test_uses_the_error_directions():
+    """ω⊥ is ω times the part of the measured error directions outside the explored span:
+    an error seen only along the explored axis leaves the unexplored part of z trusted."""
+    A = np.diag([9.0, 0.1])
+    pairs = [(np.array([0.5, -0.004]), A @ np.array([0.5, -0.004])),
+             (np.array([0.4, 0.01]), A @ np.array([0.4, 0.01]))]
+    z = np.array([0.3, 0.07])
+    textbook = lbfgs_direction(z, pairs, (1.0, 0.25))              # ‖z⊥‖ = 0.07 < ω = 0.25
+    assert abs(textbook[1]) < 0.05
+    along_explored = [np.array([-0.23, -0.001]), np.array([0.1, 0.0005])]
+    d = lbfgs_direction(z, pairs, (1.0, 0.25), along_explored)     # ω⊥ ≈ 0.25·0.005
+    assert d[1] == pytest.approx(1.0, rel=0.05)
+    # an error direction with a large unexplored part: no expansion
+    np.testing.assert_allclose(lbfgs_direction(z, pairs, (1.0, 0.25), along_explored + [np.array([0.0, 0.3])]),
+                               textbook, rtol=1e-12)
+    # the flag says whether the expansion was used
+    flag = [None]
+    lbfgs_direction(z, pairs, (1.0, 0.25), along_explored, flag)
+    assert flag == [True]
+    lbfgs_direction(z, pairs, (1.0, 0.25), None, flag)
+    assert flag == [False]
+
+
+def test_diagonal_scaling_fits_each_hyper():
+    """Exact pairs of a diagonal quadratic: D = the inverse curvatures, also when every step
+    moved both hypers (where the scalar γ averages them); a coordinate the steps did not
+    move keeps γ; the result stays within the clip range around γ."""
+    A = np.diag([9.0, 0.1])
+    pairs = [(s_, A @ s_) for s_ in (np.array([1.0, -0.005]), np.array([0.52, -0.85]))]
+    gamma = float(pairs[-1][0] @ pairs[-1][1]) / float(pairs[-1][1] @ pairs[-1][1])
+    assert gamma == pytest.approx(0.114, rel=0.01)          # between 1/9 and 10: dominated by 1/9
+    np.testing.assert_allclose(diagonal_scaling(pairs, gamma), [1 / 9.0, 10.0], rtol=1e-10)
+    unmoved = [(s_, A @ s_) for s_ in (np.array([1.0, 0.0]), np.array([0.5, 1e-4]))]
+    assert diagonal_scaling(unmoved, 0.3)[1] == 0.3
+    wild = [(np.array([1.0, 1.0]), np.array([1.0, 1e-9]))]
+    assert diagonal_scaling(wild, 1.0)[1] == pytest.approx(1e3)
+    # with the subspace scaling the direction from those pairs is the Newton direction A⁻¹z
+    z = np.array([0.3, 0.07])
+    np.testing.assert_allclose(lbfgs_direction(z, pairs, (1.0, 10.0)), np.linalg.solve(A, z), rtol=1e-8)
+
+
+def test_cubic_extrapolation_and_limit():
+    # F(t) = (t − 1.5)²: the cubic is exact, the minimum is 0.5 beyond t = 1, and so is the
+    # quadratic model's: they agree, so nothing is capped
+    f = lambda t: (t - 1.5) ** 2                # noqa: E731
+    g = lambda t: 2 * (t - 1.5)                 # noqa: E731
+    assert cubic_extrapolation(f(0), g(0), f(1), g(1)) == pytest.approx(0.5)
+    assert secant_extrapolation(g(0), g(1)) == pytest.approx(0.5)
+    assert cubic_limit(f(0), g(0), f(1), g(1)) == math.inf
+    # a cubic F whose curvature grows along s (TV's weight): the slopes alone put the minimum
+    # 2.2 further, the values 0.5 further: the cap is the cubic's
+    c = lambda t: -7.04 * t - 1.37 * t ** 2 + 1.65 * t ** 3   # noqa: E731
+    dc = lambda t: -7.04 - 2.74 * t + 4.95 * t ** 2           # noqa: E731
+    ext = cubic_extrapolation(c(0), dc(0), c(1), dc(1))
+    assert dc(1 + ext) == pytest.approx(0.0, abs=1e-9) and ext == pytest.approx(0.5, abs=0.01)
+    assert secant_extrapolation(dc(0), dc(1)) > 2 * ext
+    assert cubic_limit(c(0), dc(0), c(1), dc(1)) == pytest.approx(ext)
+    # already rising at t = 1: 0 for both models (the quasi-Newton step turns back by itself,
+    # nothing to cap); falling for ever: no cap
+    assert cubic_extrapolation(0.0, -1.0, -0.4, 0.2) == 0.0 == secant_extrapolation(-1.0, 0.2)
+    assert cubic_limit(0.0, -1.0, -0.4, 0.2) == math.inf
+    assert cubic_extrapolation(0.0, -1.0, -1.2, -1.5) == math.inf     # p' = −1 − 0.2t − 0.3t² < 0
+    assert cubic_limit(0.0, -1.0, -1.2, -1.5) == math.inf
+    assert math.isnan(cubic_extrapolation(math.nan, -1.0, 0.0, -1.0))
+    assert cubic_limit(math.nan, -1.0, 0.0, -1.0) == math.inf
+
+
+def test_cap_along_limits_only_the_move_along_s():
+    s = np.array([2.0, 0.0])
+    d = np.array([-3.0, 1.0])             # the step −αd moves +3α along s and −α across
+    alpha = 0.5
+    dc = cap_along(d, alpha, s, 0.6)
+    assert -alpha * dc[0] == pytest.approx(0.6)          # along s: capped at 0.6
+    assert dc[1] == d[1]                                  # across s: unchanged
+    assert cap_along(d, alpha, s, 5.0) is d               # within the limit: the same object
+    np.testing.assert_array_equal(cap_along(-d, alpha, s, 0.6), -d)    # moving against s: unchanged
 
 
 def test_direction_certified_rule():
@@ -882,3 +962,68 @@ def test_maid_and_hoag_run_on_a_train_goal(outer):
     else:
         # HOAG's tolerance schedule has no effect on exact oracles: recorded as 0, as gd/adam do
         assert all(r["eps"] == 0 and r["delta"] == 0 for r in res.history)
+
+
+# ------------------------------------- MAID on a non-quadratic F: two ridge penalties
+TWO_PENALTIES = """
+problem two_penalties
+data Xtr, ytr, Xval, yval = dataset("diabetes", split=0.5, seed=0, standardize=true)
+hyper a : positive = START
+hyper b : positive = START
+lower {
+    w : real[ncols(Xtr)] = 0
+    minimize 0.5 * sumsq(Xtr @ w - ytr) + 0.5 * a * sumsq(w[0:5]) + 0.5 * b * sumsq(w[5:10])
+}
+upper minimize 0.5 * mean((Xval @ w - yval)^2)
+"""
+
+
+def test_maid_two_penalties_from_a_plateau_converges_and_resumes_bit_identically(monkeypatch):
+    """Two ridge penalties started at 1e-4, where F is flat in log a: F is far from quadratic
+    in log coordinates, so the cubic cap, the error directions and the unexplored-direction
+    length all take part (spied), and the run still gets to the optimum (a fixed unexplored
+    length "no longer than the newest step" stalled on this plateau for 100 iterations).
+    The state carries them: a resumed run is bit-identical."""
+    import bil.runtime.outer.maid as maid_mod
+
+    used = {"cap": 0, "expand": 0}
+    cap0, dir0 = maid_mod.cap_along, maid_mod.lbfgs_direction
+
+    def cap_spy(d, alpha, s, limit):
+        out = cap0(d, alpha, s, limit)
+        used["cap"] += out is not d
+        return out
+
+    def dir_spy(z, pairs, unexplored=None, error_dirs=None, expanded=None):
+        out = dir0(z, pairs, unexplored, error_dirs, expanded)
+        used["expand"] += bool(expanded and expanded[0])
+        return out
+
+    monkeypatch.setattr(maid_mod, "cap_along", cap_spy)
+    monkeypatch.setattr(maid_mod, "lbfgs_direction", dir_spy)
+    opts = dict(tol=1e-8, max_iter=100)
+    eng = bil.compile(TWO_PENALTIES.replace("START", "1e-4")).engine
+    full = run_outer(eng, "maid", opts)
+    assert full.converged, full.reason
+    assert used["cap"] >= 1 and used["expand"] >= 1
+    # the optimum (from penalties 1e4 as well, and from a tight grid: a = 13.1309, b = 57.9919)
+    assert float(full.hypers["a"]) == pytest.approx(13.1309, rel=1e-4)
+    assert float(full.hypers["b"]) == pytest.approx(57.9919, rel=1e-4)
+    # resume in a fresh engine after iteration 13 (iteration 14 caps its first trial with the
+    # cubic through iteration 13's value, and expands along the error directions): bit-identical
+    saved = {}
+
+    def cb(rec, state):
+        if rec["iter"] == 13:
+            saved["state"] = state
+            return True
+        return False
+
+    run_outer(eng, "maid", opts, callback=cb)
+    state = saved["state"]
+    assert math.isfinite(state["lbfgs/last_f"]) and np.shape(state["secant/error_dirs"])[1] == 2
+    assert 0 < state["lbfgs/unexplored_len"] <= 1.0
+    fresh = bil.compile(TWO_PENALTIES.replace("START", "1e-4")).engine
+    resumed = run_outer(fresh, "maid", opts, state=_roundtrip(saved["state"]))
+    assert _strip_wall(resumed.history) == _strip_wall(full.history)
+    assert resumed.upper == full.upper

@@ -95,7 +95,8 @@ def unroll(truncate=None, steps=1000):
 def maid(eps0=0.1, delta0=0.1, eta=1e-4, lam=1e-8, rho=0.5, nu=0.5, nu_plus=1.25,
          rho_plus=1.25, step0=1.0, max_step=1.0, max_iter=100, max_backtracks=8,
          budget=None, tol=1e-6, eps_min=1e-14, delta_min=1e-14, constants_every=5,
-         omega="secant", safety=2.0, bracket="adjoint", direction="lbfgs", memory=5, h0="auto", screen=True):
+         omega="secant", safety=2.0, bracket="adjoint", direction="lbfgs", memory=5, h0="auto",
+         cubic=True, screen=True):
     """Adaptively inexact descent (Salehi et al. 2025): ε, δ and the step are adapted.
 
     `eps0`, `delta0`: first accuracies (‖x̃ − x*‖ ≤ ε, CG residual ≤ δ).  `eta`:
@@ -114,11 +115,16 @@ def maid(eps0=0.1, delta0=0.1, eta=1e-4, lam=1e-8, rho=0.5, nu=0.5, nu_plus=1.25
     (`memory` pairs) whenever ω certifies it as a descent direction, first
     trial α = 1, else along z; "gradient" always along z (the paper).
     `h0`: the L-BFGS initial inverse Hessian: "subspace" scales the directions
-    the stored steps have explored by ⟨s, y⟩/⟨y, y⟩ and the others (where z is
-    above its error ω) so that the step there has length `step0`, as a first
-    gradient step (hypers of very different curvature: TV's weight and
-    smoothing); "scalar" is ⟨s, y⟩/⟨y, y⟩·I throughout; "auto" (default) is
-    "subspace" when there are at most `memory` hypers, else "scalar".
+    the stored steps have explored per hyper (the least-squares fit of s ≈ D·y)
+    and the others (where the part of z there is above its error, measured
+    along the directions in which z's error was seen to lie) so that the step
+    there is as long as a first gradient step, `step0`, or the newest step if
+    shorter (hypers of very different curvature: TV's weight and smoothing);
+    "scalar" is ⟨s, y⟩/⟨y, y⟩·I throughout; "auto" (default) is "subspace" when
+    there are at most `memory` hypers, else "scalar".  `cubic`: cap the first
+    trial's move along the last step at the minimum of the cubic through the
+    upper values and slopes at its two ends, where that is less than half of
+    what the quasi-Newton model extrapolates (True by default).
     `screen`: evaluate each trial coarse to fine, from the accuracy at which
     the bracket decides a trial far worse than predicted down to ε (True by
     default; False solves every trial to ε at once).  `max_iter`,

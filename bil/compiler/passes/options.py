@@ -126,8 +126,9 @@ def check_method(m: Method) -> None:
     if m.name == "maid" and kw["h0"] not in ("auto", "subspace", "scalar"):
         raise BilError(f"`maid(h0=...)` must be \"auto\", \"subspace\" or \"scalar\", got {kw['h0']!r}", span,
                        "\"scalar\" is the textbook L-BFGS scaling <s, y>/<y, y> in every direction")
-    if m.name == "maid" and not isinstance(kw["screen"], bool):
-        raise BilError(f"`maid(screen=...)` must be true or false, got {kw['screen']!r}", span)
+    for flag in ("screen", "cubic"):
+        if m.name == "maid" and not isinstance(kw[flag], bool):
+            raise BilError(f"`maid({flag}=...)` must be true or false, got {kw[flag]!r}", span)
     if m.name == "unroll" and kw["truncate"] is not None:
         _pos_int(kw["truncate"], span, "unroll(truncate=...)")
     for name in ("eps0", "delta0", "lr", "mu", "L0", "step0", "max_step", "tol", "eta", "lam", "alpha", "budget",

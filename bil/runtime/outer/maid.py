@@ -175,20 +175,67 @@ differences of tight hypergradients) is scaled 90× too short: the quasi-Newton
 steps were 0.01–0.04 long where the Newton step is 0.66, and y along them was
 below the hypergradients' error, so the pairs never corrected it (MAID crawled
 for four iterations from 1.3% to 1.0% above the best value).  With
-``h0="subspace"`` H₀ keeps γ on the span of the stored steps and, on the
-directions none of them has explored (singular values of the stacked steps
-below 1/10 of the largest), takes the scaling that makes the step there as long
-as a first gradient step, ``step0`` (:func:`lbfgs_direction`), when z has a part
-there above its error ω.  Backtracking shortens it where that overshoots, and
-the step it takes becomes the pair that explores the direction.  The newest
-pair's secant equation and H ≻ 0 hold as before.  Measured on the five TV
-problems of ``benchmarks/maid_vs_hoag.py --parts variants`` (geometric-mean
-cost to 1% / 0.5% / 0.2% / 0.1%): 889 / 1409 / 1672 / 1962 with "scalar",
-694 / 730 / 1028 / 1384 with "subspace".  With 640 hypers and 5 pairs (the
-digits example) most directions are always unexplored, and there it cost more
-(validation cross-entropy 0.00133 against 0.00080 at 300000 lower + CG
-iterations), so ``h0="auto"`` (the default) uses it only when there are at most
-``memory`` hypers.
+``h0="subspace"`` (:func:`lbfgs_direction`) H₀ = P·D·P + γ⊥·(I − P):
+
+* P projects on the directions the stored steps have explored (singular values
+  of the stacked steps at least 1/10 of the largest).  There D is the
+  per-coordinate least-squares fit of the secant equations s ≈ D·y over the
+  stored pairs (:func:`diagonal_scaling`; γ for coordinates the steps hardly
+  moved): hypers of different kinds have different curvatures, and one step that
+  moves both α and ν tells them apart where the scalar γ averages them (TV: γ ≈
+  0.1 from such a step, D ≈ diag(0.1, 10)).
+* On the other directions γ⊥ makes the step there as long as a first gradient
+  step, when the part z⊥ of z there is above its error.  Backtracking shortens
+  it where that overshoots, and the step it takes becomes the pair that
+  explores the direction.  That length starts at ``step0`` and follows
+  backtracking as a −z step's α does: after an accepted step that used it, it
+  becomes ρ̄ times its accepted fraction (at most ``step0``).  Directions that
+  look unexplored because their steps were short (stiff ones, or any direction
+  near a solution, next to older long steps) then stop costing a long series of
+  backtracks, while a truly flat direction keeps the full length (a ridge
+  penalty started at 10⁻⁴, on a plateau of F: a fixed length "no longer than the
+  newest step" stalled there for 100 iterations).
+* "Above its error" is ‖z⊥‖ > ω⊥, ω⊥ = ω·max ‖P⊥e‖/‖e‖ over the error
+  directions e: the differences z(ε₁, δ₁) − z(ε₂, δ₂) of hypergradients at one θ
+  (the secant pairs, last :data:`_ERROR_DIRS`), which point where z's error lies.
+  On TV the error of z is ~100× larger in α than in ν (at θ = (log α, log ν) =
+  (−2.5, −5.04), ε = δ = 0.2: error (−0.23, −0.001) on z = (0.29, 0.066)), so
+  the ν-part of a loose z is already trustworthy where ω, a norm, is not.
+
+The newest pair's secant equation and H ≻ 0 hold as before.  Measured on the
+five TV problems of ``benchmarks/maid_vs_hoag.py --parts variants``
+(geometric-mean cost to 1% / 0.5% / 0.2% / 0.1%, with the cubic cap below):
+391 / 625 / 874 / 1602 as described; 643 / 676 / 865 / 1311 with ω⊥ = ω (and
+on the spec itself 1029 to 1%, against 247); 393 / 656 / 966 / 1724 without D;
+the same with a fixed length ``step0`` (it does not move on TV).
+With 640 hypers and 5 pairs (the digits example) most directions are always
+unexplored, and there the subspace scaling cost more (validation cross-entropy
+0.00133 against 0.00080 at 300000 lower + CG iterations; the diagonal scaling
+alone: 0.0034 after 200 iterations, against 0.0004–0.0009 without), so
+``h0="auto"`` (the default) uses it only when there are at most ``memory``
+hypers.
+
+Cubic cap on the first trial (``cubic=True``, the default)
+----------------------------------------------------------
+A quasi-Newton step assumes F quadratic along the last step s: it extrapolates
+with the slopes g₀ = ⟨z₀, s⟩, g₁ = ⟨z₁, s⟩ at its two ends (the pair's y).  F
+in log coordinates of a weight is far from quadratic: on TV the curvature in
+log α grows 4× between log α = −4 and −2.5, and at log α = −3 the pair predicted
+the minimum 2.2 further along s where it is 0.5 further.  That overshoot cost a
+rejected trial and its CG solve (205 of the 405 lower + CG iterations MAID
+needed to reach 1.3% above the best).  The values F₀, F₁ at the two ends are
+known too (the brackets' centres), and the cubic through (F₀, g₀, F₁, g₁) -- the
+interpolation of line searches (Moré–Thuente) -- places the minimum 0.5 further.
+Where the cubic's extrapolation is below half the quadratic one
+(:func:`cubic_limit`), the first trial moves along s at most that far (never
+less than a tenth of ‖s‖), the rest of the step unchanged (:func:`cap_along`;
+when the capped direction is not certified, the whole step is shortened
+instead).  On a quadratic the two agree and nothing changes: capping the move
+along s there regardless cost 3× more iterations on an ill-conditioned
+4-hyper quadratic (the quasi-Newton step accounts for the coupling of s with the
+other directions, the 1-D cubic does not).  Only the first trial is shortened;
+acceptance stays certified.  TV denoising (spec): cost to 1% 631 without, 247
+with it; the variants 681 / 717 / 1003 / 1924 without.
 
 Coarse-to-fine trials (``screen=True``, the default)
 ----------------------------------------------------
@@ -210,10 +257,11 @@ example, +7% to 1% on TV.)
 Measured (``benchmarks/maid_vs_hoag.py``, TV denoising, cost = lower + CG
 iterations to reach 1%, 0.5%, 0.2% and 0.1% above the best true F any run
 reaches; the benchmark prints the table): the paper's MAID (``direction=
-"gradient"``, ``bracket="value"``, ``screen=False``) reaches 1% after 1994 and
-never 0.5% in 15000; the defaults reach them after 709 / 709 / 709 / 1036
-(1252 / 1430 / 1957 / 1957 with ``h0="scalar"``).  HOAG's exponential schedule
-reaches 1% after 449 but 0.2% only after 6049.
+"gradient"``, ``bracket="value"``, ``screen=False``) reaches 1% after 2458 and
+0.5% after 7697; the defaults reach them after 247 / 247 / 696 / 1144 (631 / 631
+/ 1186 / 1489 without the cubic cap; 1029 / 1029 / 1029 / 1029 with ω⊥ = ω; 709
+/ 709 / 709 / 1036 before either, and the diagonal scaling). HOAG's exponential
+schedule reaches 1% after 449 but 0.2% only after 6049.
 
 Iteration (all constants are options of ``maid(...)`` in ``bil/stdlib/methods.py``)
 ---------
@@ -224,7 +272,9 @@ Iteration (all constants are options of ``maid(...)`` in ``bil/stdlib/methods.py
    their floors → stop ("eps floor reached").  Powers of ν that ω, evaluated
    with the last ‖∇ₓf‖ and ‖z‖, predicts to fail again are applied at once
    instead of costing a recomputation each.
-2. Direction d: the L-BFGS d = Hz when certified (above), else d = z.
+2. Direction d: the L-BFGS d = Hz when certified (above), else d = z; in the
+   first round of an iteration, the move of the first trial along the last
+   accepted step is capped where the cubic model says so (above).
 3. Trials α = α₀, ρα₀, ρ²α₀, ... (max_backtracks + 1 + r of them on the r-th
    retry).  For d = z, α₀ = min(step, max_step/‖z‖) (the trust region
    ‖αz‖ ≤ max_step); before the first accepted −z step, step = step0/‖z‖,
@@ -240,7 +290,8 @@ Iteration (all constants are options of ``maid(...)`` in ``bil/stdlib/methods.py
    shorter steps only shrink the attainable decrease while the slack stays, so
    the round ends there as failed.
 4. Success: accept, ε, δ ← ν̄ε, ν̄δ; after a −z step the next first trial step
-   is ρ̄α.  Failure of the round: ε, δ ← νε, νδ; after an accuracy-limited
+   is ρ̄α, after a step that expanded unexplored directions their length is
+   ρ̄ times its accepted fraction.  Failure of the round: ε, δ ← νε, νδ; after an accuracy-limited
    trial ε by the smallest power of ν for which that trial's values would
    pass, at most ν^``_MAX_PREDICTED`` (a poor direction makes the central
    decrease tiny and the prediction absurd), δ by ν; then retry from the same
@@ -272,7 +323,8 @@ __all__ = ["RunningConstants", "merge_constants", "error_bound", "bounds_upper_l
            "adjoint_norm_bound", "descent_test", "update_accuracies", "tighten_until", "first_trial_step",
            "SecantConstants", "secant_update", "secant_terms", "bound_terms", "tighten_dominant", "OMEGA_MODES",
            "adjoint_bracket", "point_bracket", "BRACKET_MODES", "DIRECTIONS", "curvature_pair_ok",
-           "lbfgs_direction", "H0_MODES", "direction_certified", "screening_accuracy", "run_maid"]
+           "lbfgs_direction", "H0_MODES", "direction_certified", "diagonal_scaling",
+           "cubic_extrapolation", "secant_extrapolation", "cubic_limit", "cap_along", "screening_accuracy", "run_maid"]
 
 #: consecutive continuations of a capped lower/CG solve at the current point
 _MAX_CONTINUATIONS = 3
@@ -281,6 +333,16 @@ _MAX_CONTINUATIONS = 3
 _EXPLORED = 0.1
 #: the initial inverse Hessians of :func:`lbfgs_direction` (``maid(h0=...)``)
 H0_MODES = ("auto", "subspace", "scalar")
+#: :func:`diagonal_scaling`: a coordinate is fitted when the steps moved it by at least this
+#: fraction (in Σ s_i²) of the most-moved one, and its scale stays within this factor of γ
+_INFORMED = 0.01
+_DIAG_RANGE = 1e3
+#: the cubic cap never shortens the move along the last step below this fraction of it, and
+#: applies only where the cubic extrapolates less than this fraction of the quadratic model
+_CUBIC_FLOOR = 0.1
+_CUBIC_DISAGREE = 0.5
+#: error directions (hypergradient differences at one θ) kept for :func:`lbfgs_direction`
+_ERROR_DIRS = 8
 
 
 # ------------------------------------------------------------ pure pieces
@@ -521,18 +583,36 @@ def curvature_pair_ok(s: np.ndarray, y: np.ndarray) -> bool:
     return math.isfinite(sy) and sy > 1e-8 * float(np.linalg.norm(s) * np.linalg.norm(y))
 
 
-def lbfgs_direction(z: np.ndarray, pairs: list, unexplored: tuple[float, float] | None = None) -> np.ndarray:
+def diagonal_scaling(pairs: list, gamma: float) -> np.ndarray:
+    """Per-coordinate scaling D of an L-BFGS H₀: the least-squares fit of s ≈ D y over the
+    stored pairs, D_i = Σ s_i y_i / Σ y_i², for each coordinate with positive curvature
+    that the steps have moved (Σ s_i² at least :data:`_INFORMED` of the largest); γ for the
+    others; within [γ/:data:`_DIAG_RANGE`, γ·:data:`_DIAG_RANGE`] (module docstring,
+    "Unexplored directions")."""
+    S = np.stack([p[0] for p in pairs])
+    Y = np.stack([p[1] for p in pairs])
+    sy, yy, ss = (S * Y).sum(0), (Y * Y).sum(0), (S * S).sum(0)
+    ok = (sy > 0) & (yy > 0) & (ss >= _INFORMED * ss.max())
+    D = np.where(ok, sy / np.where(ok, yy, 1.0), gamma)
+    return np.clip(D, gamma / _DIAG_RANGE, gamma * _DIAG_RANGE)
+
+
+def lbfgs_direction(z: np.ndarray, pairs: list, unexplored: tuple[float, float] | None = None,
+                    error_dirs: list | None = None, expanded: list | None = None) -> np.ndarray:
     """d = H z, H the L-BFGS inverse-Hessian approximation of ``pairs`` [(s, y), ...]
     (oldest first; two-loop recursion).  Without pairs, d = z.
 
     H₀ = γ·I, γ = ⟨s, y⟩/⟨y, y⟩ from the newest pair (Nocedal–Wright), when
-    ``unexplored`` is None.  With ``unexplored`` = (length, ω), H₀ is γ on the span of
-    the stored steps s and γ⊥ = max(γ, length/‖z⊥‖) on the directions none of them has
-    explored (right singular vectors of the stacked steps whose singular values are
-    below :data:`_EXPLORED` times the largest), z⊥ the part of z there; only when
-    ‖z⊥‖ > ω, i.e. that part of z is above its estimated error (module docstring,
-    "Unexplored directions").  Either H₀ is symmetric positive definite, so H is, and
-    the newest pair's secant condition H y = s holds."""
+    ``unexplored`` is None.  With ``unexplored`` = (length, ω), H₀ = P·D·P + γ⊥·(I − P):
+    P projects on the span of the stored steps s (right singular vectors of the stacked
+    steps whose singular values are at least :data:`_EXPLORED` times the largest), D is
+    the per-coordinate fit :func:`diagonal_scaling` there, and γ⊥ = max(γ, length/‖z⊥‖)
+    on the directions none of them has explored, z⊥ the part of z there; only when
+    ‖z⊥‖ > ω⊥, i.e. that part of z is above its estimated error (module docstring,
+    "Unexplored directions").  ω⊥ = ω times the largest fraction of an ``error_dirs``
+    vector (differences of hypergradients at one θ: the directions of z's error) that
+    lies outside the explored span; ω when none is known.  Either H₀ is symmetric
+    positive definite, so H is, and the newest pair's secant condition H y = s holds."""
     q = np.array(z, dtype=np.float64)
     if not pairs:
         return q
@@ -544,22 +624,102 @@ def lbfgs_direction(z: np.ndarray, pairs: list, unexplored: tuple[float, float] 
     s, y = pairs[-1]
     gamma = float(s @ y) / float(y @ y)
     basis = None
+    scale = gamma
     if unexplored is not None:
         length, omega = unexplored
+        scale = diagonal_scaling(pairs, gamma)
         _, sig, vt = np.linalg.svd(np.stack([p[0] for p in pairs]), full_matrices=False)
         basis = vt[sig >= _EXPLORED * sig[0]].T           # orthonormal: the explored directions
-        z_perp = float(np.linalg.norm(z - basis @ (basis.T @ z)))
+
+        def outside(v):
+            return float(np.linalg.norm(v - basis @ (basis.T @ v)))
+
+        z_perp = outside(z)
+        dirs = [v for v in (error_dirs or ()) if np.linalg.norm(v) > 0]
+        if dirs:
+            # z's error lies along the measured error directions: only their part outside the
+            # explored span can hide the part of z there (TV: the error is ~100x larger in the
+            # weight than in the smoothing)
+            omega = omega * max(outside(v) / float(np.linalg.norm(v)) for v in dirs)
         gamma_perp = length / z_perp if z_perp > omega and z_perp > 0 else gamma
         if not gamma_perp > gamma:
             basis = None
+    if expanded is not None:
+        expanded[0] = basis is not None
     if basis is None:
-        q *= gamma
+        q = scale * q
     else:
         q_in = basis @ (basis.T @ q)
-        q = gamma * q_in + gamma_perp * (q - q_in)
+        q = basis @ (basis.T @ (scale * q_in)) + gamma_perp * (q - q_in)
     for (s, y), a in zip(pairs, reversed(coef)):
         q += (a - float(y @ q) / float(s @ y)) * s
     return q
+
+
+def cubic_extrapolation(f0: float, g0: float, f1: float, g1: float) -> float:
+    """How far beyond t = 1 the cubic p with p(0) = f0, p'(0) = g0, p(1) = f1, p'(1) = g1
+    has its local minimum, in units of the interval: t* − 1.
+
+    inf when p keeps decreasing beyond t = 1, 0 when p already rises there (g1 ≥ 0),
+    NaN when a datum is not finite.  Along the last accepted step s (t = 0 its start,
+    t = 1 the current point; values F, slopes ⟨z, s⟩) this is the cubic interpolation
+    of line searches (Moré–Thuente) used to extrapolate (module docstring, "Cubic cap
+    on the first trial")."""
+    if not all(math.isfinite(v) for v in (f0, g0, f1, g1)):
+        return math.nan
+    if g1 >= 0:
+        return 0.0
+    c = 3.0 * (f1 - f0) - 2.0 * g0 - g1
+    e = g0 + g1 - 2.0 * (f1 - f0)
+    # p'(t) = g0 + 2c·t + 3e·t²; the local minimum is the root where p'' = 2c + 6e·t > 0
+    if abs(e) <= 1e-12 * (abs(c) + abs(g0) + abs(g1)):
+        t = -g0 / (2.0 * c) if c > 0 else math.inf
+    else:
+        disc = c * c - 3.0 * e * g0
+        if disc < 0:
+            return math.inf
+        t = (-c + math.sqrt(disc)) / (3.0 * e)
+        if e < 0 and not t > 1:
+            return math.inf
+    # (p'(1) = g1 < 0, so a local minimum of p lies beyond 1 or p decreases for ever)
+    return t - 1.0 if t > 1 else math.inf
+
+
+def secant_extrapolation(g0: float, g1: float) -> float:
+    """How far beyond t = 1 the quadratic model with slopes p'(0) = g0, p'(1) = g1 has its
+    minimum, t* − 1: 0 when p already rises at t = 1, inf without positive curvature."""
+    if g1 >= 0:
+        return 0.0
+    return -g1 / (g1 - g0) if g1 > g0 else math.inf
+
+
+def cubic_limit(f0: float, g0: float, f1: float, g1: float) -> float:
+    """The cap on the next step's move along the last step s, in units of ‖s‖ (inf: none).
+
+    The cubic's extrapolation (:func:`cubic_extrapolation`, values and slopes) where it
+    is below :data:`_CUBIC_DISAGREE` times the quadratic model's (:func:`secant_extrapolation`,
+    slopes only: what a quasi-Newton step assumes along s), i.e. where the values show
+    that F is far from quadratic along s; never below :data:`_CUBIC_FLOOR`.  On a
+    quadratic the two agree and nothing is capped (the quasi-Newton step, which accounts
+    for the coupling of s with the other directions, stands)."""
+    ext = cubic_extrapolation(f0, g0, f1, g1)
+    if not (math.isfinite(ext) and ext < _CUBIC_DISAGREE * secant_extrapolation(g0, g1)):
+        return math.inf
+    return max(ext, _CUBIC_FLOOR)
+
+
+def cap_along(d: np.ndarray, alpha: float, s: np.ndarray, limit: float) -> np.ndarray:
+    """The direction d' for which the step −α·d' moves at most ``limit`` along s (unit ŝ =
+    s/‖s‖) and is otherwise −α·d: d' = d + ((⟨−αd, ŝ⟩ − limit)/α)·ŝ when it moves further.
+    """
+    sn = float(np.linalg.norm(s))
+    if not (sn > 0 and alpha > 0):
+        return d
+    sh = s / sn
+    along = -alpha * float(sh @ d)
+    if not along > limit:
+        return d
+    return d + ((along - limit) / alpha) * sh
 
 
 def direction_certified(omega: float, z: np.ndarray, d: np.ndarray, eta: float) -> bool:
@@ -666,6 +826,7 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
     memory = int(o.get("memory", 5))
     screen = bool(o.get("screen", True))
     h0 = str(o.get("h0", "auto"))
+    cubic = bool(o.get("cubic", True))
     refresh_dist = 1.0 if max_step is None else max_step
     if not (0 < rho < 1 and 0 < nu < 1):
         raise ValueError("maid: rho and nu must lie in (0, 1)")
@@ -712,6 +873,9 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         since_probe = 0                      # accepted iterations since the last secant probes
         pairs: list = []                     # L-BFGS (s, y), oldest first
         last = None                          # (θ, z) flat at the last accepted point: the next pair
+        last_f = math.nan                    # the upper value's best estimate there (cubic cap)
+        unexplored_len = step0
+        error_dirs: list = []                # z(ε₁, δ₁) − z(ε₂, δ₂) at one θ: where z's error lies
     else:
         u, x, q = unpack_iterates(state, oracles, u0)
         eps, delta, step = float(state["eps"]), float(state["delta"]), float(state["step"])
@@ -732,6 +896,9 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         last = None
         if "lbfgs/last_u" in state:
             last = (np.asarray(state["lbfgs/last_u"], np.float64), np.asarray(state["lbfgs/last_z"], np.float64))
+        last_f = float(state.get("lbfgs/last_f", math.nan))
+        unexplored_len = float(state.get("lbfgs/unexplored_len", step0))
+        error_dirs = [np.array(v, np.float64) for v in np.asarray(state.get("secant/error_dirs", np.zeros((0, 0))))]
     probes = {k: (0 if state is None else int(state.get(f"probes/{k}", 0))) for k in ("eps", "delta")}
 
     def make_state() -> dict:
@@ -752,6 +919,10 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
             st["lbfgs/y"] = np.stack([b for _, b in pairs])
         if last is not None:
             st["lbfgs/last_u"], st["lbfgs/last_z"] = last
+        st["lbfgs/last_f"] = float(last_f)
+        st["lbfgs/unexplored_len"] = float(unexplored_len)
+        if error_dirs:
+            st["secant/error_dirs"] = np.stack(error_dirs)
         return st
 
     def omega_terms(e: float, d: float, gx: float, qn: float) -> tuple[float, float]:
@@ -785,8 +956,10 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
             since_probe = 0
             ks = SecantConstants()
             probes = {"eps": 0, "delta": 0}
+            error_dirs = []
         undo = {"eps": 0, "delta": 0}
         tried = []         # (u, x̃) of this iteration's finite trials: warm starts for retries
+        segment = None     # (s, t* − 1): the last accepted step and the cubic's minimum beyond it
         pair_li = pair_ci = 0
         while stop is None and accepted is None:
             # ---- 1. certified hypergradient at the current point
@@ -849,6 +1022,9 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
                     # ε-change is invisible, and would wrongly read as "ε does not matter")
                     ks = secant_update(ks, (prev[0] - eps) if (pair_li > 0 and pair_ci > 0) else 0.0,
                                        (prev[1] - delta) if pair_ci > 0 else 0.0, _tree_dist(z, prev[2]))
+                    dz = _flat(z) - _flat(prev[2])
+                    if pair_ci > 0 and np.linalg.norm(dz) > 0:
+                        error_dirs = (error_dirs + [dz])[-_ERROR_DIRS:]
                 prev = (eps, delta, z)
                 pair_li = pair_ci = 0
                 zn = tree_norm(z)
@@ -900,15 +1076,19 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
             if direction == "lbfgs" and last is not None:
                 # the pair of the last accepted step, with this point's certified z
                 sv, yv = _flat(u) - last[0], zf - last[1]
+                if cubic:
+                    segment = (sv, cubic_limit(last_f, float(last[1] @ sv), f_cur, float(zf @ sv)))
                 if curvature_pair_ok(sv, yv):
                     pairs = (pairs + [(sv, yv)])[-memory:]
                 last = None
             df, quasi_newton = zf, False
+            flag = [False]
             if direction == "lbfgs" and pairs:
                 # ("auto": the subspace scaling only where the stored steps can span every
                 # direction; with more hypers than pairs it cost more on the digits example)
                 sub = h0 == "subspace" or (h0 == "auto" and zf.size <= memory)
-                dq = lbfgs_direction(zf, pairs, (step0, omega) if sub else None)
+                flag = [False]
+                dq = lbfgs_direction(zf, pairs, (unexplored_len, omega) if sub else None, error_dirs, flag)
                 if direction_certified(omega, zf, dq, eta):
                     df, quasi_newton = dq, True
             d = _unflat(df, z) if quasi_newton else z
@@ -973,6 +1153,22 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
 
             # a quasi-Newton step is tried at its natural length first
             alpha = first_trial_step(1.0 if quasi_newton else step, dn, max_step, step0)
+            expanded_alpha0 = alpha if (quasi_newton and flag[0]) else None
+            if segment is not None and retries == 0 and math.isfinite(segment[1]):
+                # the cubic cap: move along the last step at most to where the cubic through its
+                # two ends' values and slopes has its minimum (module docstring)
+                sv, ext = segment
+                limit = ext * float(np.linalg.norm(sv))
+                dc = cap_along(df, alpha, sv, limit)
+                if dc is not df:
+                    if direction_certified(omega, zf, dc, eta):
+                        df, d = dc, _unflat(dc, z)
+                        dn, rate = float(np.linalg.norm(dc)), float(zf @ dc)
+                        if quasi_newton:
+                            alpha = first_trial_step(1.0, dn, max_step, step0)
+                    else:
+                        # (the capped direction is not certified: shorten the whole step instead)
+                        alpha *= limit / (-alpha * float(sv @ df) / float(np.linalg.norm(sv)))
             t = None
             for i in range(max_bt + 1 + retries):
                 if tr.exhausted():
@@ -1027,12 +1223,15 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
 
         if accepted is not None:
             if direction == "lbfgs":
-                last = (_flat(u), zf)
+                last, last_f = (_flat(u), zf), f_cur
             u, x, f_cur = accepted.u, accepted.x, accepted.center
             if accepted.adj is not None:
                 q = accepted.q
             if not quasi_newton:
                 step = rho_plus * accepted.alpha
+            if expanded_alpha0 is not None:
+                # the unexplored directions' step length follows backtracking, as a −z step's α does
+                unexplored_len = min(step0, rho_plus * unexplored_len * accepted.alpha / expanded_alpha0)
             since_iters += 1
             since_dist += accepted.alpha * dn
             since_probe += 1
