@@ -809,6 +809,16 @@ def test_resume_is_bit_identical(quad, method, opts, stop_at):
     assert len(again.history) == 12 and again.reason == "max_iter reached"
 
 
+def _stop_at(iteration: int, saved: dict):
+    """A callback that keeps the state of record ``iteration`` in ``saved`` and stops there."""
+    def cb(rec, state):
+        if rec["iter"] == iteration:
+            saved["state"] = state
+            return True
+        return False
+    return cb
+
+
 class _MovingFloor(QuadraticOracles):
     """Accuracy floors that depend on where the run is (as float32's ‖H‖·eps·‖x‖ does)."""
 
@@ -823,14 +833,8 @@ def test_resume_keeps_the_refreshed_accuracy_floors():
     opts = dict(max_iter=40, tol=1e-14, constants_every=2)
     full = run_outer(_MovingFloor(), "maid", opts)
     assert full.reason == "eps floor reached"
-    saved = {}
-
-    def cb(rec, state):
-        if rec["iter"] == 3:
-            saved["state"] = state
-            return True
-        return False
-
+    saved: dict = {}
+    cb = _stop_at(3, saved)
     run_outer(_MovingFloor(), "maid", opts, callback=cb)
     state = _roundtrip(saved["state"])
     assert state["eps_min"] > 1e-9
@@ -1011,14 +1015,8 @@ def test_maid_two_penalties_from_a_plateau_converges_and_resumes_bit_identically
     assert float(full.hypers["b"]) == pytest.approx(57.9919, rel=1e-4)
     # resume in a fresh engine after iteration 13 (iteration 14 caps its first trial with the
     # cubic through iteration 13's value, and expands along the error directions): bit-identical
-    saved = {}
-
-    def cb(rec, state):
-        if rec["iter"] == 13:
-            saved["state"] = state
-            return True
-        return False
-
+    saved: dict = {}
+    cb = _stop_at(13, saved)
     run_outer(eng, "maid", opts, callback=cb)
     state = saved["state"]
     assert math.isfinite(state["lbfgs/last_f"]) and np.shape(state["secant/error_dirs"])[1] == 2
