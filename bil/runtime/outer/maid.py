@@ -258,7 +258,7 @@ Measured (``benchmarks/maid_vs_hoag.py``, TV denoising, cost = lower + CG
 iterations to reach 1%, 0.5%, 0.2% and 0.1% above the best true F any run
 reaches; the benchmark prints the table): the paper's MAID (``direction=
 "gradient"``, ``bracket="value"``, ``screen=False``) reaches 1% after 2458 and
-0.5% after 7697; the defaults reach them after 247 / 247 / 696 / 1144 (631 / 631
+0.5% after 7697; the defaults reach them after 247 / 696 / 696 / 1144 (631 / 631
 / 1186 / 1489 without the cubic cap; 1029 / 1029 / 1029 / 1029 with ω⊥ = ω; 709
 / 709 / 709 / 1036 before either, and the diagonal scaling). HOAG's exponential
 schedule reaches 1% after 449 but 0.2% only after 6049.
