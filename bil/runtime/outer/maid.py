@@ -1153,7 +1153,6 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
 
             # a quasi-Newton step is tried at its natural length first
             alpha = first_trial_step(1.0 if quasi_newton else step, dn, max_step, step0)
-            expanded_alpha0 = alpha if (quasi_newton and flag[0]) else None
             if segment is not None and retries == 0 and math.isfinite(segment[1]):
                 # the cubic cap: move along the last step at most to where the cubic through its
                 # two ends' values and slopes has its minimum (module docstring)
@@ -1169,6 +1168,8 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
                     else:
                         # (the capped direction is not certified: shorten the whole step instead)
                         alpha *= limit / (-alpha * float(sv @ df) / float(np.linalg.norm(sv)))
+            # (the first trial's α, against which the accepted α measures backtracking)
+            expanded_alpha0 = alpha if (quasi_newton and flag[0]) else None
             t = None
             for i in range(max_bt + 1 + retries):
                 if tr.exhausted():
