@@ -1007,21 +1007,29 @@ def test_maid_two_penalties_from_a_plateau_converges_and_resumes_bit_identically
     monkeypatch.setattr(maid_mod, "lbfgs_direction", dir_spy)
     opts = dict(tol=1e-8, max_iter=100)
     eng = bil.compile(TWO_PENALTIES.replace("START", "1e-4")).engine
-    full = run_outer(eng, "maid", opts)
+    saved: dict = {}
+
+    def keep_13(rec, state):
+        # the state after iteration 13: iteration 14 caps its first trial with the cubic through
+        # iteration 13's value, and expands along the error directions
+        if rec["iter"] == 13:
+            saved["state"] = _roundtrip(state)
+        return False
+
+    full = run_outer(eng, "maid", opts, callback=keep_13)
     assert full.converged, full.reason
     assert used["cap"] >= 1 and used["expand"] >= 1
     # the optimum (from penalties 1e4 as well, and from a tight grid: a = 13.1309, b = 57.9919)
     assert float(full.hypers["a"]) == pytest.approx(13.1309, rel=1e-4)
     assert float(full.hypers["b"]) == pytest.approx(57.9919, rel=1e-4)
-    # resume in a fresh engine after iteration 13 (iteration 14 caps its first trial with the
-    # cubic through iteration 13's value, and expands along the error directions): bit-identical
-    saved: dict = {}
-    cb = _stop_at(13, saved)
-    run_outer(eng, "maid", opts, callback=cb)
+    # resumed from there (the engine is set back to the state's μ): bit-identical
     state = saved["state"]
     assert math.isfinite(state["lbfgs/last_f"]) and np.shape(state["secant/error_dirs"])[1] == 2
     assert 0 < state["lbfgs/unexplored_len"] <= 1.0
-    fresh = bil.compile(TWO_PENALTIES.replace("START", "1e-4")).engine
-    resumed = run_outer(fresh, "maid", opts, state=_roundtrip(saved["state"]))
+    resumed = run_outer(eng, "maid", opts, state=state)
     assert _strip_wall(resumed.history) == _strip_wall(full.history)
     assert resumed.upper == full.upper
+    # and what a resume reads back is what was saved (a run already at its max_iter saves it again)
+    again = run_outer(eng, "maid", dict(opts, max_iter=13), state=state).state
+    for k in ("lbfgs/last_f", "lbfgs/unexplored_len", "secant/error_dirs"):
+        np.testing.assert_array_equal(again[k], state[k])
