@@ -287,7 +287,7 @@ def _outputs_current(out: Path, iteration: int) -> bool:
     return (out / "history.csv").is_file() and isinstance(res, dict) and res.get("iterations") == iteration
 
 
-def _write_missing_outputs(args, program, out: Path, state: dict, reason: str, spec: bytes) -> bool:
+def _write_missing_outputs(program, out: Path, state: dict, reason: str, spec: bytes) -> bool:
     """Write the outputs of a finished (or limit-reached) checkpointed run if they are not on disk
     (a kill between the checkpoint and the outputs); True when it wrote them."""
     if _outputs_current(out, int(state.get("iteration", 0))):
@@ -346,7 +346,7 @@ def _run(args: argparse.Namespace) -> int:
             if finished is not None and finished not in _RESUMABLE_STOPS:
                 # nothing left to do (re-running would add an iteration); its outputs are on disk,
                 # unless the run was killed between its last checkpoint and writing them
-                wrote = _write_missing_outputs(args, program, out, state, finished, spec)
+                wrote = _write_missing_outputs(program, out, state, finished, spec)
                 print(f"bil: the run in `{out}` already finished after iteration {meta.get('iteration')} "
                       f"({finished}); its results are {'written now' if wrote else 'there'}. Run without "
                       "--resume to start over", file=sys.stderr)
@@ -356,7 +356,7 @@ def _run(args: argparse.Namespace) -> int:
             if reached:
                 # a limit at or below what the run has done: resuming would only rewrite its outputs
                 spent, why = reached
-                wrote = _write_missing_outputs(args, program, out, state, why, spec)
+                wrote = _write_missing_outputs(program, out, state, why, spec)
                 print(f"bil: the run in `{out}` has already done {spent}; its results are "
                       f"{'written now' if wrote else 'there'}. Raise the limit to continue", file=sys.stderr)
                 return EXIT_OK

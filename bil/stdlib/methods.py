@@ -118,8 +118,9 @@ def maid(eps0=0.1, delta0=0.1, eta=1e-4, lam=1e-8, rho=0.5, nu=0.5, nu_plus=1.25
     the stored steps have explored per hyper (the least-squares fit of s ≈ D·y)
     and the others (where the part of z there is above its error, measured
     along the directions in which z's error was seen to lie) so that the step
-    there is as long as a first gradient step, `step0`, or the newest step if
-    shorter (hypers of very different curvature: TV's weight and smoothing);
+    there is as long as a first gradient step: `step0`, shortened as
+    backtracking shortens it (hypers of very different curvature: TV's weight
+    and smoothing);
     "scalar" is ⟨s, y⟩/⟨y, y⟩·I throughout; "auto" (default) is "subspace" when
     there are at most `memory` hypers, else "scalar".  `cubic`: cap the first
     trial's move along the last step at the minimum of the cubic through the

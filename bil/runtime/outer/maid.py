@@ -1082,13 +1082,12 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
                     pairs = (pairs + [(sv, yv)])[-memory:]
                 last = None
             df, quasi_newton = zf, False
-            flag = [False]
+            expanded = [False]   # set by lbfgs_direction: did it expand unexplored directions?
             if direction == "lbfgs" and pairs:
                 # ("auto": the subspace scaling only where the stored steps can span every
                 # direction; with more hypers than pairs it cost more on the digits example)
                 sub = h0 == "subspace" or (h0 == "auto" and zf.size <= memory)
-                flag = [False]
-                dq = lbfgs_direction(zf, pairs, (unexplored_len, omega) if sub else None, error_dirs, flag)
+                dq = lbfgs_direction(zf, pairs, (unexplored_len, omega) if sub else None, error_dirs, expanded)
                 if direction_certified(omega, zf, dq, eta):
                     df, quasi_newton = dq, True
             d = _unflat(df, z) if quasi_newton else z
@@ -1169,7 +1168,7 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
                         # (the capped direction is not certified: shorten the whole step instead)
                         alpha *= limit / (-alpha * float(sv @ df) / float(np.linalg.norm(sv)))
             # (the first trial's α, against which the accepted α measures backtracking)
-            expanded_alpha0 = alpha if (quasi_newton and flag[0]) else None
+            expanded_alpha0 = alpha if (quasi_newton and expanded[0]) else None
             t = None
             for i in range(max_bt + 1 + retries):
                 if tr.exhausted():
