@@ -85,8 +85,9 @@ class Diagnostics:
     def raise_any(self) -> None:
         """Raise the recorded errors as one :class:`BilError` (the first, carrying all), if any."""
         if self.errors:
-            first = self.errors[0]
-            first.errors = list(self.errors[: self.cap])
+            errors = sorted(self.errors[: self.cap], key=lambda e: (e.line or 0, e.column or 0))  # source order
+            first = errors[0]
+            first.errors = errors
             first.__suppress_context__ = True
             raise first.with_traceback(None)
 

@@ -100,7 +100,7 @@ class InferShapes:
         # ncols(X) of X[3, 20, 4] is 4, as in the vmapped solve, not the stacked array's 20
         for v in st.lower.vars:
             if not _uses(v.init, failed) and not _uses_domain(v.domain, failed):
-                with st.diag.guard() as g:
+                with st.diag.guard() as g, _per_sample_note(st, v.init):
                     self._lower_var(st, v, Evaluator(sample), env, sample)
                 if not g.failed:
                     continue
@@ -111,7 +111,8 @@ class InferShapes:
 
         def objective(e: ir.Expr, what: str) -> None:
             # concrete=: meta functions such as nclasses(y) read the data's values
-            self._scalar(eval_abstract(e, env, concrete=sample), e, what)
+            with _per_sample_note(st, e):
+                self._scalar(eval_abstract(e, env, concrete=sample), e, what)
             _check_labels(st, e, env, sample)
 
         checks = [((st.goal,), lambda: objective(st.goal, "the lower objective")),
@@ -300,6 +301,27 @@ def _per_sample_sizes_only(e: ir.Expr, per_sample: set[str], what: str, hint: st
         if isinstance(x, ir.Name) and x.id in per_sample:
             raise BilError(f"`per sample` data `{x.id}` used as a value in {what}", x.span, hint)
         stack.extend(reversed(ir.children(x)))
+
+
+class _per_sample_note:
+    """Context manager: a shape error in ``e`` of a per-sample problem says, in its hint, that
+    per-sample names (and so the sizes taken from them) are one sample's there."""
+
+    def __init__(self, st: CompileState, e: ir.Expr):
+        self.st, self.e = st, e
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, err, tb) -> bool:
+        st = self.st
+        if isinstance(err, BilError) and st.per_sample and "shape" in err.message:
+            names = sorted(ir.free_names(self.e) & st.per_sample) or sorted(st.per_sample)
+            shapes = ", ".join(f"`{n}` {tuple(st.data[n].shape[1:])}" for n in names)
+            err.hint = (err.hint + "; " if err.hint else "") + (
+                f"`per sample` data is one sample: {shapes}, and so are the sizes taken from it "
+                "(`rows`, `ncols`, `shape`) in domains")
+        return False
 
 
 def _domain_exprs(dom: ir.Domain | None) -> tuple:
