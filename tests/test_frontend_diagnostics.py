@@ -97,6 +97,20 @@ upper minimize loss(w)
     assert [(e.line, e.message) for e in info.value.errors] == [(2, "unknown name `scale`")]
 
 
+def test_an_unknown_name_is_reported_at_its_first_use_only():
+    with pytest.raises(bil.BilError) as info:
+        bil.compile("""
+hyper lam : positive = 1.0
+lower {
+    w = zeros(ncols(X))
+    minimize sumsq(X @ w - y) + lam * sumsq(w)
+}
+upper minimize sumsq(X @ w - y)
+""")
+    assert [(e.line, e.column, e.message) for e in info.value.errors] == [
+        (4, 21, "unknown name `X`"), (5, 28, "unknown name `y`")]
+
+
 def test_errors_stop_at_the_cap():
     terms = " + ".join(f"u{i}" for i in range(MAX_ERRORS + 5))
     with pytest.raises(bil.BilError) as info:

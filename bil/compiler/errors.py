@@ -68,6 +68,7 @@ class Diagnostics:
     def __init__(self, cap: int = MAX_ERRORS):
         self.cap = cap
         self.errors: list[BilError] = []
+        self._once: set = set()
 
     def add(self, err: BilError) -> None:
         """Record ``err`` (and the errors it carries) once each; raise them all at the cap."""
@@ -78,6 +79,14 @@ class Diagnostics:
                 self.errors.append(e)
         if len(self.errors) >= self.cap:
             self.raise_any()
+
+    def once(self, key) -> bool:
+        """True the first time ``key`` is asked about: for an error reported at its first
+        occurrence only (an undeclared name used ten times is one mistake)."""
+        if key in self._once:
+            return False
+        self._once.add(key)
+        return True
 
     def guard(self) -> "_Guard":
         return _Guard(self)

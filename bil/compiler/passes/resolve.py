@@ -130,6 +130,7 @@ class Resolve:
             with st.diag.guard():
                 if isinstance(node, ir.Name) and node.id not in local:
                     deps.add(self._name(st, node, allowed, where, local, hint))
+                    deps.discard(None)
                 elif isinstance(node, ir.Call):
                     check_call_syntax(node)
                     if node.func in st.defs:
@@ -147,10 +148,13 @@ class Resolve:
         return deps
 
     @staticmethod
-    def _name(st: CompileState, node: ir.Name, allowed, where: str, local, hint) -> str:
-        """The user symbol ``node`` names, if it may be used here."""
+    def _name(st: CompileState, node: ir.Name, allowed, where: str, local, hint) -> str | None:
+        """The user symbol ``node`` names, if it may be used here (None: an unknown name,
+        reported at its first use only)."""
         sym = st.symbols.get(node.id)
         if sym is None:
+            if not st.diag.once(("unknown name", node.id)):
+                return None
             if lookup(node.id) is not None:
                 raise BilError(f"`{node.id}` is a function; call it with arguments", node.span,
                                f"e.g. `{node.id}(...)`")

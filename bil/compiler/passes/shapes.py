@@ -85,7 +85,7 @@ class InferShapes:
         """Each hyper, lower variable and objective is checked on its own (its errors recorded in
         ``st.diag``); one that uses a name whose declaration failed is skipped (no cascade)."""
         # Hypers are shared by all samples, but their sizes are one sample's, like the lower
-        # problem's: `real[ncols(X)]` of a per-sample X[3, 20, 4] is 4 (see `_per_sample_values`)
+        # problem's: `real[ncols(X)]` of a per-sample X[3, 20, 4] is 4 (see `_per_sample_sizes_only`)
         sample = one_sample(st)
         failed: set[str] = set()
         for s in st.module.statements:
