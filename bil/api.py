@@ -34,7 +34,8 @@ def read_spec(path_or_source: str | os.PathLike) -> tuple[str, str]:
 
 
 def compile(path_or_source: str | os.PathLike, data: Mapping[str, Any] | None = None,  # noqa: A001
-            overrides: Mapping[str, Any] | None = None) -> "Program":
+            overrides: Mapping[str, Any] | None = None,
+            base_dir: str | os.PathLike | None = None) -> "Program":
     """Parse, check and analyse a spec; return a :class:`Program`.
 
     ``data`` binds names to arrays supplied from Python, overriding the spec's
@@ -45,8 +46,15 @@ def compile(path_or_source: str | os.PathLike, data: Mapping[str, Any] | None = 
     (hyper values in user coordinates; strings are `.bil` expressions), or a
     list of ``(key, value)`` pairs applied in order.  An unknown key is a
     :class:`BilError` listing the valid ones.
+
+    Relative paths (``load("train.npz")``, in any statement or override) are taken
+    from ``base_dir`` if given, else from the spec file's folder, else (a spec
+    given as text) from the current folder.
+
+    A spec with errors raises one :class:`BilError` whose ``errors`` lists every
+    independent error found (at most 20); ``str(err)`` shows them all.
     """
     text, file = read_spec(path_or_source)
     from bil.program import Program
 
-    return Program(check(text, file, data, overrides=overrides))
+    return Program(check(text, file, data, overrides=overrides, base_dir=base_dir))

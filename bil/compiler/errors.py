@@ -11,12 +11,17 @@ from dataclasses import dataclass
 
 from bil.compiler.source import Span
 
+#: the most diagnostics one check reports (as compilers do: the rest usually follow from these)
+MAX_ERRORS = 20
+
 
 class BilError(Exception):
     """An error in a spec (or at run time, attributed to a spec line).
 
     ``str(err)`` renders the full diagnostic.  Attributes: ``file``, ``line``,
-    ``column``, ``message``, ``hint``, ``span``.
+    ``column``, ``message``, ``hint``, ``span`` (of the first error), and
+    ``errors``: every independent error found by the check (``[err]`` when there
+    is one; ``str(err)`` then renders them all and their count).
     """
 
     severity = "error"
@@ -26,6 +31,7 @@ class BilError(Exception):
         self.message = message
         self.span = span
         self.hint = hint
+        self.errors: list[BilError] = [self]
 
     @property
     def file(self) -> str | None:
@@ -40,7 +46,80 @@ class BilError(Exception):
         return self.span.column if self.span else None
 
     def __str__(self) -> str:
-        return render(self.severity, self.message, self.span, self.hint)
+        one = render(self.severity, self.message, self.span, self.hint)
+        if len(self.errors) <= 1:
+            return one
+        rest = [render(e.severity, e.message, e.span, e.hint) for e in self.errors[1:]]
+        n = len(self.errors)
+        where = f"{self.file}: " if self.file else ""
+        more = " (stopped at this many; fix these first)" if n >= MAX_ERRORS else ""
+        return "\n".join([one, *rest, f"{where}{n} errors{more}"])
+
+
+class Diagnostics:
+    """The independent errors of one check, collected up to :data:`MAX_ERRORS`.
+
+    A pass checks independent statements inside ``with diag.guard() as g:``; an
+    error there is recorded (``g.failed``) and the pass goes on with the next
+    statement, skipping whatever depends on a failed one (so that errors do not
+    cascade).  The pipeline calls :meth:`raise_any` after each pass.
+    """
+
+    def __init__(self, cap: int = MAX_ERRORS):
+        self.cap = cap
+        self.errors: list[BilError] = []
+        self._once: set = set()
+
+    def add(self, err: BilError) -> None:
+        """Record ``err`` (and the errors it carries) once each; raise them all at the cap."""
+        seen = {_key(e) for e in self.errors}
+        for e in err.errors:
+            if _key(e) not in seen:
+                seen.add(_key(e))
+                self.errors.append(e)
+        if len(self.errors) >= self.cap:
+            self.raise_any()
+
+    def once(self, key) -> bool:
+        """True the first time ``key`` is asked about: for an error reported at its first
+        occurrence only (an undeclared name used ten times is one mistake)."""
+        if key in self._once:
+            return False
+        self._once.add(key)
+        return True
+
+    def guard(self) -> "_Guard":
+        return _Guard(self)
+
+    def raise_any(self) -> None:
+        """Raise the recorded errors as one :class:`BilError` (the first, carrying all), if any."""
+        if self.errors:
+            errors = sorted(self.errors[: self.cap], key=lambda e: (e.line or 0, e.column or 0))  # source order
+            first = errors[0]
+            first.errors = errors
+            first.__suppress_context__ = True
+            raise first.with_traceback(None)
+
+
+class _Guard:
+    """``with diag.guard() as g``: a :class:`BilError` in the block is recorded, not raised."""
+
+    def __init__(self, diag: Diagnostics):
+        self.diag, self.failed = diag, False
+
+    def __enter__(self) -> "_Guard":
+        return self
+
+    def __exit__(self, typ, err, tb) -> bool:
+        if isinstance(err, BilError):
+            self.failed = True
+            self.diag.add(err)
+            return True
+        return False
+
+
+def _key(e: BilError) -> tuple:
+    return (e.file, e.line, e.column, e.message)
 
 
 class BilRuntimeError(BilError):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 import networkx as nx
 import numpy as np
 
 from bil.compiler import ir
-from bil.compiler.errors import Warning_
+from bil.compiler.errors import Diagnostics, Warning_
 from bil.compiler.source import Source
 
 #: levels of the level analysis, from "depends on nothing" upwards
@@ -65,6 +66,9 @@ class CompileState:
     source: Source
     module: ir.Module
     data_override: dict[str, Any] = field(default_factory=dict)
+    #: the folder relative paths (``load("f.npz")``) are taken from: the spec's folder, or for a
+    #: spec given as text the current folder or ``base_dir=`` (absolute; set by the pipeline)
+    base_dir: Optional[Path] = None
     problem: str = "problem"
     graph: nx.DiGraph = field(default_factory=nx.DiGraph)
     #: user symbols: name -> IR statement node (Data, Hyper, LowerVar, Def)
@@ -91,6 +95,8 @@ class CompileState:
     levels: dict[str, str] = field(default_factory=dict)
     structure: dict[str, Any] = field(default_factory=dict)
     warnings: list[Warning_] = field(default_factory=list)
+    #: independent errors found so far (raised together after the pass that found them)
+    diag: Diagnostics = field(default_factory=Diagnostics)
 
     @property
     def is_train(self) -> bool:

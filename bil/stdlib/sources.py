@@ -6,7 +6,8 @@ they use ships inside installed packages (scikit-learn's bundled datasets,
 scikit-image's bundled images): nothing is downloaded.
 
 Relative paths given to ``load`` are resolved against :data:`base_dir`, which
-the compiler sets to the spec's folder.
+the compiler sets, for the whole compile, to the spec's folder (or, for a spec
+given as text, to the current folder or the API's ``base_dir=``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from bil.stdlib.registry import closest, register
 #: it to the spec's folder.  The default ``Path(".")`` means the current
 #: working directory at the time of the call.
 base_dir: contextvars.ContextVar[Path | str] = contextvars.ContextVar("base_dir", default=Path("."))
+#: what :data:`base_dir` is, in words (``{}``: the folder), for the hint of a missing file
+base_origin: contextvars.ContextVar[str] = contextvars.ContextVar("base_origin", default="the current folder ({})")
 
 
 def _unknown(what, name, known, arg="name"):
@@ -290,7 +293,7 @@ def load(path, key=None):
     if not p.is_file():
         raise StdlibError(
             f"load: no such file {str(p.resolve())!r}",
-            hint=f"relative paths are resolved against the spec's folder ({base.resolve()})",
+            hint=f"relative paths are resolved against {base_origin.get().format(base.resolve())}",
             arg="path",
         )
     suffix = p.suffix.lower()

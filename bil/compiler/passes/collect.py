@@ -20,37 +20,8 @@ class Collect:
         if st.source.file != "<string>":
             st.problem = Path(st.source.file).stem  # the default name: the file stem
         for s in st.module.statements:
-            kind = type(s).__name__.lower()
-            if isinstance(s, (ir.Problem, ir.Lower, ir.Upper, ir.Solve)):
-                if kind in seen_blocks:
-                    prev = seen_blocks[kind]
-                    raise BilError(f"a second `{_kw(s)}` statement", s.span,
-                                   f"a spec has at most one; the first is at line {prev.span.line}")
-                seen_blocks[kind] = s
-            if isinstance(s, ir.Problem):
-                st.problem = s.name
-            elif isinstance(s, ir.Data):
-                for n, sp in zip(s.names, s.name_spans or (s.span,) * len(s.names)):
-                    self._define(st, n, s, sp)
-                st.data_stmts.append(s)
-            elif isinstance(s, ir.Hyper):
-                self._define(st, s.name, s, s.span)
-            elif isinstance(s, ir.Def):
-                self._define(st, s.name, s, s.span)
-                st.defs[s.name] = s
-                for i, p in enumerate(s.params):
-                    if p in s.params[:i]:
-                        raise BilError(f"parameter `{p}` appears twice in `def {s.name}`", s.span,
-                                       "give each parameter its own name")
-                    self._check_keyword(p, s.span)
-            elif isinstance(s, ir.Lower):
-                st.lower = s
-                for v in s.vars:
-                    self._define(st, v.name, v, v.span)
-            elif isinstance(s, ir.Upper):
-                st.upper = s
-            elif isinstance(s, ir.Solve):
-                st.solve = s
+            with st.diag.guard():  # each statement's errors are its own
+                self._statement(st, s, seen_blocks)
         # Names given from Python (`bil.compile(..., data=...)`) that no `data`
         # statement binds are data too: the spec may use them like any other.
         for n in st.data_override:
@@ -70,6 +41,41 @@ class Collect:
             raise BilError("the spec declares no `hyper`", end,
                            "declare the upper-level variables, e.g. `hyper lam : positive = 1.0`")
 
+    def _statement(self, st: CompileState, s, seen_blocks: dict) -> None:
+        kind = type(s).__name__.lower()
+        if isinstance(s, (ir.Problem, ir.Lower, ir.Upper, ir.Solve)):
+            if kind in seen_blocks:
+                prev = seen_blocks[kind]
+                raise BilError(f"a second `{_kw(s)}` statement", s.span,
+                               f"a spec has at most one; the first is at line {prev.span.line}")
+            seen_blocks[kind] = s
+        if isinstance(s, ir.Problem):
+            st.problem = s.name
+        elif isinstance(s, ir.Data):
+            for n, sp in zip(s.names, s.name_spans or (s.span,) * len(s.names)):
+                self._define(st, n, s, sp)
+            st.data_stmts.append(s)
+        elif isinstance(s, ir.Hyper):
+            self._define(st, s.name, s, s.span)
+        elif isinstance(s, ir.Def):
+            self._define(st, s.name, s, s.span)
+            if st.symbols[s.name] is s:
+                st.defs[s.name] = s
+            for i, p in enumerate(s.params):
+                with st.diag.guard():
+                    if p in s.params[:i]:
+                        raise BilError(f"parameter `{p}` appears twice in `def {s.name}`", s.span,
+                                       "give each parameter its own name")
+                    self._check_keyword(p, s.span)
+        elif isinstance(s, ir.Lower):
+            st.lower = s
+            for v in s.vars:
+                self._define(st, v.name, v, v.span)
+        elif isinstance(s, ir.Upper):
+            st.upper = s
+        elif isinstance(s, ir.Solve):
+            st.solve = s
+
     @staticmethod
     def _check_keyword(name: str, span) -> None:
         if name in KEYWORDS:
@@ -77,12 +83,15 @@ class Collect:
                            f"rename it (e.g. `{name}_`)")
 
     def _define(self, st: CompileState, name: str, node, span) -> None:
-        self._check_keyword(name, span)
-        if name in st.symbols:
-            prev = st.symbols[name]
-            raise BilError(f"`{name}` is already defined", span,
-                           f"first defined at line {_span_of(prev).line}; choose another name")
-        st.symbols[name] = node
+        """Bind ``name`` (the first definition wins; a reserved word is reported but still bound,
+        so that its uses are not reported again as unknown names)."""
+        with st.diag.guard():
+            if name in st.symbols:
+                prev = st.symbols[name]
+                raise BilError(f"`{name}` is already defined", span,
+                               f"first defined at line {_span_of(prev).line}; choose another name")
+            st.symbols[name] = node
+            self._check_keyword(name, span)
 
 
 def _span_of(node):

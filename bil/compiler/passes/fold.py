@@ -58,8 +58,7 @@ class EvaluateData:
     name: str = "evaluate-data"
 
     def apply(self, st: CompileState) -> None:
-        folder = Path(st.source.file).parent if st.source.file not in ("<string>",) else Path(".")
-        token = sources.base_dir.set(folder)
+        token = sources.base_dir.set(st.base_dir or Path("."))   # the pipeline sets it too
         try:
             for d in _in_dependency_order(st.data_stmts, set(st.data_override)):
                 self._one(st, d)

@@ -123,41 +123,50 @@ class Resolve:
 
     def _refs(self, st: CompileState, e: ir.Expr, allowed, where: str, local=frozenset(), hint=None,
               calls_ok=False) -> set[str]:
-        """Check every name and call in ``e``; return the user symbols it uses."""
+        """Check every name and call in ``e`` (each on its own: its errors are recorded in
+        ``st.diag``, and the others are still checked); return the user symbols it uses."""
         deps: set[str] = set()
         for node in ir.walk(e):
-            if isinstance(node, ir.Name):
-                if node.id in local:
-                    continue
-                sym = st.symbols.get(node.id)
-                if sym is None:
-                    if lookup(node.id) is not None:
-                        raise BilError(f"`{node.id}` is a function; call it with arguments", node.span,
-                                       f"e.g. `{node.id}(...)`")
-                    raise _unknown(st, node.id, node.span, local)
-                kind = kind_of(sym)
-                if kind == "def":
-                    raise BilError(f"`{node.id}` is a def; call it with arguments", node.span,
-                                   f"`def {node.id}({', '.join(sym.params)})`")
-                if kind not in allowed:
-                    raise BilError(f"{_article(kind)} `{node.id}` cannot be used in {where}", node.span,
-                                   hint or f"only {', '.join(allowed)} may appear here")
-                deps.add(node.id)
-            elif isinstance(node, ir.Call):
-                check_call_syntax(node)
-                if node.func in st.defs:
-                    deps.add(node.func)
-                elif node.func in st.symbols:
-                    raise BilError(f"`{node.func}` is not a function", node.name_span or node.span,
-                                   "only defs and standard-library functions can be called")
-                elif lookup(node.func) is None and not calls_ok:
-                    known = names() + list(st.defs)
-                    guess = closest(node.func, known)
-                    raise BilError(f"unknown function `{node.func}`", node.name_span or node.span,
-                                   f"did you mean `{guess}`?" if guess else "see the standard library in the README")
-                elif not calls_ok:
-                    check_signature(lookup(node.func), node)
+            with st.diag.guard():
+                if isinstance(node, ir.Name) and node.id not in local:
+                    deps.add(self._name(st, node, allowed, where, local, hint))
+                    deps.discard(None)
+                elif isinstance(node, ir.Call):
+                    check_call_syntax(node)
+                    if node.func in st.defs:
+                        deps.add(node.func)
+                        check_def_call(st.defs[node.func], node)
+                    elif node.func in st.symbols:
+                        raise BilError(f"`{node.func}` is not a function", node.name_span or node.span,
+                                       "only defs and standard-library functions can be called")
+                    elif lookup(node.func) is None and not calls_ok:
+                        guess = closest(node.func, list(st.defs)) or closest(node.func, names())
+                        raise BilError(f"unknown function `{node.func}`", node.name_span or node.span,
+                                       f"did you mean `{guess}`?" if guess else "see the standard library in the README")
+                    elif not calls_ok:
+                        check_signature(lookup(node.func), node)
         return deps
+
+    @staticmethod
+    def _name(st: CompileState, node: ir.Name, allowed, where: str, local, hint) -> str | None:
+        """The user symbol ``node`` names, if it may be used here (None: an unknown name,
+        reported at its first use only)."""
+        sym = st.symbols.get(node.id)
+        if sym is None:
+            if not st.diag.once(("unknown name", node.id)):
+                return None
+            if lookup(node.id) is not None:
+                raise BilError(f"`{node.id}` is a function; call it with arguments", node.span,
+                               f"e.g. `{node.id}(...)`")
+            raise _unknown(st, node.id, node.span, local)
+        kind = kind_of(sym)
+        if kind == "def":
+            raise BilError(f"`{node.id}` is a def; call it with arguments", node.span,
+                           f"`def {node.id}({', '.join(sym.params)})`")
+        if kind not in allowed:
+            raise BilError(f"{_article(kind)} `{node.id}` cannot be used in {where}", node.span,
+                           hint or f"only {', '.join(allowed)} may appear here")
+        return node.id
 
 
 def _method_name(st: CompileState, e: ir.Expr) -> bool:
@@ -178,6 +187,28 @@ def check_call_syntax(call: ir.Call) -> None:
             if (a.span.line, a.span.column) > (first_kw.line, first_kw.column):
                 raise BilError(f"positional argument after a keyword argument in the call to `{call.func}`", a.span,
                                "put positional arguments first, e.g. `sum(x, axis=0)`")
+
+
+def check_def_call(d: ir.Def, call: ir.Call) -> None:
+    """Raise a :class:`BilError` when ``call`` does not bind each parameter of ``def d`` once."""
+    params = f"`def {d.name}({', '.join(d.params)})`"
+    if len(call.args) > len(d.params):
+        raise BilError(f"`{d.name}` takes {len(d.params)} argument(s) but {len(call.args)} were given", call.span,
+                       f"{params} at line {d.span.line}")
+    bound = set(d.params[: len(call.args)])
+    for k in call.kwargs:
+        if k.name not in d.params:
+            guess = closest(k.name, list(d.params))
+            raise BilError(f"`{d.name}` has no parameter `{k.name}`", k.span,
+                           (f"did you mean `{guess}`? " if guess else "") + params)
+        if k.name in bound:
+            raise BilError(f"`{d.name}` got parameter `{k.name}` twice", k.span,
+                           f"give each parameter once, by position or by keyword: {params}")
+        bound.add(k.name)
+    missing = [p for p in d.params if p not in bound]
+    if missing:
+        raise BilError(f"`{d.name}` is missing argument(s) {', '.join('`' + m + '`' for m in missing)}", call.span,
+                       f"{params} at line {d.span.line}")
 
 
 def check_signature(fn, call: ir.Call, what: str = "") -> None:
@@ -217,9 +248,10 @@ def _article(kind: str) -> str:
 
 
 def _unknown(st: CompileState, name: str, span, local) -> BilError:
-    candidates = list(st.symbols) + list(local)
+    """An unknown name; the hint suggests a name in scope (a def's parameter, then a lower
+    variable, hyper, data name or def) before a standard-library function."""
     if name in ("True", "False"):
         return BilError(f"unknown name `{name}`", span, f"booleans are written `{name.lower()}`")
-    guess = closest(name, candidates) or closest(name, names())
+    guess = closest(name, list(local)) or closest(name, list(st.symbols)) or closest(name, names())
     return BilError(f"unknown name `{name}`", span, f"did you mean `{guess}`?" if guess else
                     "names must be declared by `data`, `hyper`, `def` or a lower variable before use")

@@ -4,7 +4,9 @@ Hypers and domains are evaluated as constants.  Lower variables, the lower
 objective and the upper objective are evaluated *abstractly* with
 ``jax.eval_shape`` through the same interpreter used for lowering, so shape
 rules are exactly those of the JAX implementations (NumPy broadcasting).
-Per-sample data is seen with its sample axis removed.
+Per-sample data is seen with its sample axis removed, in the lower problem and
+in hyper declarations alike (a hyper is shared by all samples: its declaration
+may take sizes from per-sample data, which are one sample's, but not values).
 """
 
 from __future__ import annotations
@@ -52,14 +54,27 @@ def eval_abstract(e: ir.Expr, env: dict, consts: dict | None = None, concrete: d
     arrays = {k: v for k, v in env.items() if isinstance(v, jax.ShapeDtypeStruct)}
     statics = {k: v for k, v in env.items() if not isinstance(v, jax.ShapeDtypeStruct)}
 
+    failed: list[BilError] = []
+
     def evaluate(a):
-        v = Evaluator({**statics, **a}, consts, concrete)(e)
+        try:
+            v = Evaluator({**statics, **a}, consts, concrete)(e)
+        except BilError as err:
+            # raised below, outside JAX: through jax.eval_shape it would gain JAX's traceback
+            # note, or (JAX_TRACEBACK_FILTERING=remove_frames, as under IPython) a chained copy
+            # of itself, and the diagnostic was printed twice
+            failed.append(err)
+            return 0.0
         if any(isinstance(leaf, str) for leaf in jax.tree.leaves(v)):
-            raise BilError("expected a number or an array here, not a string", e.span,
-                           "strings name things (datasets, images, files); use a number or an array here")
+            failed.append(BilError("expected a number or an array here, not a string", e.span,
+                                   "strings name things (datasets, images, files); use a number or an array here"))
+            return 0.0
         return v
 
-    return jax.eval_shape(evaluate, arrays)
+    out = jax.eval_shape(evaluate, arrays)
+    if failed:
+        raise failed[0].with_traceback(None)
+    return out
 
 
 @dataclass(frozen=True)
@@ -67,27 +82,48 @@ class InferShapes:
     name: str = "infer-shapes"
 
     def apply(self, st: CompileState) -> None:
-        const = Evaluator(st.data)
+        """Each hyper, lower variable and objective is checked on its own (its errors recorded in
+        ``st.diag``); one that uses a name whose declaration failed is skipped (no cascade)."""
+        # Hypers are shared by all samples, but their sizes are one sample's, like the lower
+        # problem's: `real[ncols(X)]` of a per-sample X[3, 20, 4] is 4 (see `_per_sample_sizes_only`)
+        sample = one_sample(st)
+        failed: set[str] = set()
         for s in st.module.statements:
             if isinstance(s, ir.Hyper):
-                self._hyper(st, st.symbols[s.name], const)
+                with st.diag.guard() as g:
+                    self._hyper(st, st.symbols[s.name], Evaluator(sample))
+                if g.failed:
+                    failed.add(s.name)
         env = {**abstract_data(st), **{h.name: sds(h.shape) for h in st.hypers.values()}}
         # the lower problem (its variables' domains and initial values included) is written for
         # ONE sample (LANGUAGE.md, Batching): there, a per-sample name is one sample of it, so
         # ncols(X) of X[3, 20, 4] is 4, as in the vmapped solve, not the stacked array's 20
-        sample = one_sample(st)
         for v in st.lower.vars:
-            self._lower_var(st, v, Evaluator(sample), env, sample)
+            if not _uses(v.init, failed) and not _uses_domain(v.domain, failed):
+                with st.diag.guard() as g, _per_sample_note(st, v.init):
+                    self._lower_var(st, v, Evaluator(sample), env, sample)
+                if not g.failed:
+                    continue
+            failed.add(v.name)
         env.update({v.name: sds(v.shape) for v in st.lower_vars.values()})
 
         goal = st.lower.goal
-        # concrete=: meta functions such as nclasses(y) read the data's values
-        self._scalar(eval_abstract(st.goal, env, concrete=sample), st.goal, "the lower objective")
-        if isinstance(goal, ir.Train):
-            self._train(st, goal, Evaluator(sample), env, sample)
-        self._scalar(eval_abstract(st.upper_expr, env, concrete=sample), st.upper_expr, "the upper objective")
-        for e in (st.goal, st.upper_expr):
+
+        def objective(e: ir.Expr, what: str) -> None:
+            # concrete=: meta functions such as nclasses(y) read the data's values
+            with _per_sample_note(st, e):
+                self._scalar(eval_abstract(e, env, concrete=sample), e, what)
             _check_labels(st, e, env, sample)
+
+        checks = [((st.goal,), lambda: objective(st.goal, "the lower objective")),
+                  ((st.upper_expr,), lambda: objective(st.upper_expr, "the upper objective"))]
+        if isinstance(goal, ir.Train):
+            checks.insert(1, ((goal.expr, goal.optimizer, goal.steps),
+                              lambda: self._train(st, goal, Evaluator(sample), env, sample)))
+        for exprs, check in checks:
+            if not any(_uses(e, failed) for e in exprs):
+                with st.diag.guard():
+                    check()
 
     # ---------------------------------------------------------------- parts
     def _domain(self, dom: ir.Domain | None, const: Evaluator, what: str):
@@ -134,6 +170,11 @@ class InferShapes:
         return dom.base, shape, bounds
 
     def _hyper(self, st: CompileState, h: ir.Hyper, const: Evaluator) -> None:
+        for e in (h.init, *_domain_exprs(h.domain)):
+            _per_sample_sizes_only(e, st.per_sample, f"the declaration of hyper `{h.name}`",
+                                   "a hyper is shared by all samples, so its declaration may use `per sample` data "
+                                   "only for sizes (`ncols(X)`, `rows(X)`, `shape(X)`: one sample's, as in the "
+                                   "lower block); for a value, bind data without `per sample`")
         kind, shape, bounds = self._domain(h.domain, const, f"hyper `{h.name}`")
         raw = const(h.init)
         if not is_concrete(raw) or isinstance(raw, (str, list, tuple)):
@@ -156,6 +197,10 @@ class InferShapes:
         st.hypers[h.name] = HyperInfo(h.name, h, kind, tuple(init.shape), bounds, init)
 
     def _lower_var(self, st: CompileState, v: ir.LowerVar, const: Evaluator, env: dict, sample: dict) -> None:
+        for e in (v.domain.bounds or ()) if v.domain is not None else ():
+            _per_sample_sizes_only(e, st.per_sample, f"the bounds of `{v.name}`",
+                                   "bounds are the same for every sample, so they may use `per sample` data only "
+                                   "for sizes (`ncols(X)`, `rows(X)`); for a value, bind data without `per sample`")
         kind, shape, bounds = self._domain(v.domain, const, f"lower variable `{v.name}`")
         init_shape = eval_abstract(v.init, env, concrete=sample)
         if isinstance(init_shape, (tuple, list)) or not hasattr(init_shape, "shape"):
@@ -241,6 +286,54 @@ class InferShapes:
         if tuple(shape) != ():
             raise BilError(f"{what} must be a scalar, but this expression has shape {tuple(shape)}", e.span,
                            "reduce it, e.g. with `sum(...)`, `mean(...)` or `sumsq(...)`")
+
+
+def _per_sample_sizes_only(e: ir.Expr, per_sample: set[str], what: str, hint: str) -> None:
+    """Raise a :class:`BilError` at the first per-sample name in ``e`` used other than as the
+    argument of a size function (kind ``meta``: ``shape rows ncols nclasses``): ``what`` is one
+    value shared by all samples, and a size is the same for each sample, a value is not."""
+    stack = [e]
+    while stack:
+        x = stack.pop()
+        fn = lookup(x.func) if isinstance(x, ir.Call) else None
+        if fn is not None and fn.kind == "meta":
+            continue
+        if isinstance(x, ir.Name) and x.id in per_sample:
+            raise BilError(f"`per sample` data `{x.id}` used as a value in {what}", x.span, hint)
+        stack.extend(reversed(ir.children(x)))
+
+
+class _per_sample_note:
+    """Context manager: a shape error in ``e`` of a per-sample problem says, in its hint, that
+    per-sample names (and so the sizes taken from them) are one sample's there."""
+
+    def __init__(self, st: CompileState, e: ir.Expr):
+        self.st, self.e = st, e
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, err, tb) -> bool:
+        st = self.st
+        if isinstance(err, BilError) and st.per_sample and "shape" in err.message:
+            names = sorted(ir.free_names(self.e) & st.per_sample) or sorted(st.per_sample)
+            shapes = ", ".join(f"`{n}` {tuple(st.data[n].shape[1:])}" for n in names)
+            err.hint = (err.hint + "; " if err.hint else "") + (
+                f"`per sample` data is one sample: {shapes}, and so are the sizes taken from it "
+                "(`rows`, `ncols`, `shape`) in domains")
+        return False
+
+
+def _domain_exprs(dom: ir.Domain | None) -> tuple:
+    return () if dom is None else (*(dom.shape or ()), *(dom.bounds or ()))
+
+
+def _uses(e: ir.Expr | None, names: set[str]) -> bool:
+    return e is not None and bool(ir.free_names(e) & names)
+
+
+def _uses_domain(dom: ir.Domain | None, names: set[str]) -> bool:
+    return any(_uses(x, names) for x in _domain_exprs(dom))
 
 
 def _method(name, kwargs, span):
