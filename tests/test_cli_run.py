@@ -347,18 +347,18 @@ upper minimize 0.5 * sumsq(X @ w - y)
 """
 
 
-def test_set_outer_keyword_of_a_defaulted_adam(tmp_path, capsys):
-    """A train goal without `outer:` gets adam: its keywords are settable, and the maid/hoag
-    limit `max_iter` points to adam's `steps` (on the CLI and in prog.run)."""
-    st = bil.compile(TRAIN_SPEC, overrides={"solve.outer.steps": 3}).state
-    assert st.options["solve"]["outer"].name == "adam" and st.options["solve"]["outer"].kwargs["steps"] == 3
+def test_set_outer_keyword_of_a_defaulted_maid_on_train(tmp_path, capsys):
+    """A train goal without `outer:` gets maid (benchmarks/defaults.py): its keywords are
+    settable, and adam/gd's limit `steps` points to maid's `max_iter` (CLI and prog.run)."""
+    st = bil.compile(TRAIN_SPEC, overrides={"solve.outer.max_iter": 3}).state
+    assert st.options["solve"]["outer"].name == "maid" and st.options["solve"]["outer"].kwargs["max_iter"] == 3
     spec = tmp_path / "t.bil"
     spec.write_text(TRAIN_SPEC)
-    code, _, err = bil_main(capsys, "run", spec, "--out", tmp_path / "o", "--set", "solve.outer.max_iter=5")
-    assert code == 2 and "did you mean `solve.outer.steps`" in err and "maid" not in err
-    with pytest.raises(BilError, match="max_iter") as e:
-        bil.compile(TRAIN_SPEC).run(max_iter=2)
-    assert "did you mean `steps`" in e.value.hint
+    code, _, err = bil_main(capsys, "run", spec, "--out", tmp_path / "o", "--set", "solve.outer.steps=5")
+    assert code == 2 and "did you mean `solve.outer.max_iter`" in err and "adam" not in err
+    with pytest.raises(BilError, match="steps") as e:
+        bil.compile(TRAIN_SPEC).run(steps=2)
+    assert "did you mean `max_iter`" in e.value.hint
 
 
 def test_set_whole_method(spec_dir):

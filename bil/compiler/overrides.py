@@ -126,7 +126,7 @@ def _default_method(module: ir.Module, block: str, opt: str) -> str | None:
     lower = _find(module, ir.Lower)
     train = lower is not None and isinstance(lower.goal, ir.Train)
     if (block, opt) == ("solve", "outer"):
-        return "adam" if train else "maid"   # as passes/options.py fills it in
+        return "maid"   # as passes/options.py fills it in (train goals too)
     if (block, opt) == ("solve", "hypergradient"):
         return "unroll" if train else "implicit"
     if (block, opt) == ("lower", "solver"):
