@@ -73,7 +73,7 @@ class InferShapes:
                 self._hyper(st, st.symbols[s.name], const)
         env = {**abstract_data(st), **{h.name: sds(h.shape) for h in st.hypers.values()}}
         # the lower problem (its variables' domains and initial values included) is written for
-        # ONE sample (LANGUAGE.md, Batching): there, a per-sample name is one sample of it, so
+        # ONE sample (docs/LANGUAGE.md, Batching): there, a per-sample name is one sample of it, so
         # ncols(X) of X[3, 20, 4] is 4, as in the vmapped solve, not the stacked array's 20
         sample = one_sample(st)
         for v in st.lower.vars:
