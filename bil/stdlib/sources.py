@@ -129,7 +129,9 @@ def _check_corrupt(corrupt_labels, y):
                           arg="corrupt_labels", hint="use a classification dataset: breast_cancer, digits, iris, wine")
 
 
-@register("dataset", kind="source", static=("name", "split", "seed", "standardize", "corrupt_labels"))
+@register("dataset", kind="source", static=("name", "split", "seed", "standardize", "corrupt_labels"),
+          doc="A bundled scikit-learn dataset as (X, y), (Xtr, ytr, Xval, yval) with split=ftr, or train/val/test "
+              "with split=(ftr, fval).")
 def dataset(name, split=None, seed=0, standardize=False, corrupt_labels=0.0):
     """A bundled dataset as (X, y), (Xtr, ytr, Xval, yval) with split=ftr, or train/val/test with split=(ftr, fval).
 
