@@ -39,7 +39,7 @@ def test_iteration_zero_and_log_gap_axis(tmp_path, figs):
     x, y = ax.lines[0].get_data()
     assert x[0] == 0 and len(x) == 6                          # iteration 0 at cost 0, then the 5 records
     np.testing.assert_allclose(y, np.array([16.37, *uppers]) - 3.2035)
-    assert any("3.2035" in t.get_text() for t in ax.texts)   # the reference value is stated
+    assert "final F = 3.2035" in ax.get_legend().get_texts()[0].get_text()   # the reference value is stated
     hyp = figs["hypers.png"].axes
     assert [a.get_title() for a in hyp] == ["alpha", "nu"]
     assert all(a.get_yscale() == "log" for a in hyp)          # positive hypers on log axes
@@ -60,6 +60,13 @@ def test_linear_axes_for_small_ranges_and_real_hypers(tmp_path, figs):
     plots.plot_history(hist, tmp_path)
     ax = figs["upper_vs_cost.png"].axes[0]
     assert ax.get_yscale() == "log" and list(ax.lines[0].get_ydata()) == [0.3, 0.01, 0.0006]
+    # a recorded value below the final one (adam oscillating, or recorded at a loose accuracy): F − best F,
+    # the best drawn at the floor, a tenth of the smallest positive gap
+    hist = _history([0.066, 0.064, 0.06402, 0.0641, 0.06415], [{"w": 1.0}] * 5)
+    plots.plot_history(hist, tmp_path, final_upper=0.06415)
+    ax = figs["upper_vs_cost.png"].axes[0]
+    assert ax.get_yscale() == "log" and "best F = 0.064" in ax.get_legend().get_texts()[0].get_text()
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [0.002, 2e-6, 2e-5, 1e-4, 1.5e-4])
 
 
 def test_many_entry_hyper_gets_histogram_and_heat_map(tmp_path, figs):
@@ -80,8 +87,11 @@ def test_many_entry_hyper_gets_histogram_and_heat_map(tmp_path, figs):
     assert axes[titles.index("lam: entries, start vs learned")].get_xscale() == "log"
 
 
-def test_bil_run_writes_the_start_and_bil_plot_reads_it(tmp_path):
-    """start.npz holds F(θ₀) (the lower problem solved to lower.tol) and θ₀; plot_run_dir draws from it."""
+def test_start_point_is_the_upper_value_at_the_initial_hypers(tmp_path):
+    """start.npz holds F(θ₀) (the lower problem solved to lower.tol; here against ridge's closed
+    form) and θ₀; with_start prepends them as iteration 0."""
+    from bil.stdlib.sources import dataset
+
     spec = tmp_path / "r.bil"
     spec.write_text(
         "problem r\n"
@@ -89,13 +99,14 @@ def test_bil_run_writes_the_start_and_bil_plot_reads_it(tmp_path):
         "hyper lam : positive = 2.0\n"
         "lower {\n    w : real[ncols(X)] = 0\n    minimize 0.5 * sumsq(X @ w - y) + 0.5 * lam * sumsq(w)\n}\n"
         "upper minimize 0.5 * mean((Xv @ w - yv)^2)\n")
-    prog = bil.compile(spec)
-    start = plots.start_point(prog)
-    f0, _ = prog.value_and_hypergrad({"lam": 2.0}, tol=1e-10)
-    assert abs(start["upper"] - f0) < 1e-8 and start["positive"] == {"lam": True}
+    start = plots.start_point(bil.compile(spec))
+    X, y, Xv, yv = dataset("diabetes", split=0.5, seed=0, standardize=True)
+    w = np.linalg.solve(X.T @ X + 2.0 * np.eye(X.shape[1]), X.T @ y)
+    assert abs(start["upper"] - 0.5 * np.mean((Xv @ w - yv) ** 2)) < 1e-8
+    assert start["positive"] == {"lam": True}
     plots.write_start(tmp_path, start)
     back = plots.read_start(tmp_path / plots.START_NAME)
     assert back["upper"] == start["upper"] and float(back["hypers"]["lam"]) == 2.0 and back["positive"]["lam"]
-    res = prog.run(max_iter=2)
-    rows = plots.with_start(res.history, back)
-    assert rows[0]["iter"] == 0 and rows[0]["hyper.lam"] == 2.0 and rows[1]["iter"] == 1
+    rows = plots.with_start(_history([0.3], [{"lam": 3.0}]), back)
+    assert [r["iter"] for r in rows] == [0, 1] and rows[0]["hyper.lam"] == 2.0
+    assert plots.read_start(tmp_path / "missing.npz") is None

@@ -3,7 +3,8 @@
 * ``upper_vs_cost.png``: upper value against cumulative lower + CG iterations;
 * ``upper_vs_time.png``: upper value against wall time; both from iteration 0 (the
   starting point, from ``start.npz``), on a log scale of F where F spans decades, else of
-  F − final F (``result.json``'s ``upper``, named on the axis) where that gap spans decades;
+  F − final F (``result.json``'s ``upper``; the best recorded F where a recorded value is
+  below it), the reference value stated, where that gap spans decades;
 * ``hypers.png``: trajectories, or histograms for hypers of more than 16 entries
   (:mod:`bil.runtime.plot_hypers`);
 * ``montage.png`` (image problems only): reference / input(s) / reconstruction
@@ -49,24 +50,28 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _upper_scale(y: np.ndarray, final: float | None) -> tuple[str, float, float]:
-    """How to draw the upper values ``y``: ``("log", 0, 0)`` for positive values spanning more
-    than a decade (F itself on a log axis); ``("gap", ref, floor)`` when F − ref spans more than
-    two decades, ref the run's final value (``result.json``'s ``upper``, re-solved to
-    ``lower.tol``; else the smallest recorded value): log of F − ref, so the progress near the
-    optimum shows, values within ``floor`` of ref (a tenth of the smallest positive gap, at least
-    1e-6 relative: below that the recorded values' own accuracy dominates) or below it drawn at
-    ``floor``; else ``("linear", 0, 0)``."""
+def _upper_scale(y: np.ndarray, final: float | None) -> tuple[str, float, float, str]:
+    """How to draw the upper values ``y``: ``("log", ...)`` for positive values spanning more than
+    a decade (F itself on a log axis); ``("gap", ref, floor, name)`` when F − ref spans more than
+    two decades: log of F − ref, so the progress near the optimum shows.  ref is the run's final
+    value (``result.json``'s ``upper``, re-solved to ``lower.tol``) when no recorded value lies
+    below it (by more than 1e-6 relative), else the smallest recorded value (an oscillating adam
+    run, or values recorded at a loose accuracy); values within ``floor`` of ref (a tenth of the
+    smallest positive gap, at least 1e-6 relative) are drawn at ``floor``.  Else ``"linear"``."""
     f = y[np.isfinite(y)]
     if f.size < 2:
-        return "linear", 0.0, 0.0
+        return "linear", 0.0, 0.0, ""
     if np.all(f > 0) and f.max() / f.min() > 10:
-        return "log", 0.0, 0.0
-    ref = float(final) if final is not None and np.isfinite(final) else float(f.min())
+        return "log", 0.0, 0.0, ""
+    best = float(f.min())
+    if final is not None and np.isfinite(final) and best >= final - 1e-6 * abs(final):
+        ref, name = float(final), "final F"
+    else:
+        ref, name = min(best, final) if final is not None and np.isfinite(final) else best, "best F"
     pos = (f - ref)[f > ref]
     if pos.size and pos.max() / pos.min() > 100:
-        return "gap", ref, max(float(pos.min()) / 10, 1e-6 * abs(ref))
-    return "linear", 0.0, 0.0
+        return "gap", ref, max(float(pos.min()) / 10, 1e-6 * abs(ref)), name
+    return "linear", 0.0, 0.0, ""
 
 
 def _upper_plot(history: list[dict], x: np.ndarray, xlabel: str, title: str, path: Path,
@@ -75,7 +80,7 @@ def _upper_plot(history: list[dict], x: np.ndarray, xlabel: str, title: str, pat
     ax = fig.add_subplot()
     y = _col(history, "upper")
     it = _col(history, "iter")
-    mode, ref, floor = _upper_scale(y, final)
+    mode, ref, floor, refname = _upper_scale(y, final)
     if len(x) and np.any(np.isfinite(y)):
         shown = np.maximum(y - ref, floor) if mode == "gap" else y
         ax.plot(x, shown, marker="o", markersize=3, linewidth=1.5)
@@ -88,11 +93,8 @@ def _upper_plot(history: list[dict], x: np.ndarray, xlabel: str, title: str, pat
         if mode == "gap":
             low = np.isfinite(y) & (y - ref <= floor)
             ax.plot(x[low], shown[low], marker="v", markersize=7, color="C3", linestyle="none", fillstyle="none",
-                    label=f"within {floor:.1g} of the final F, or below it\n(values are recorded at each "
-                          "iteration's accuracy)")
-            if low.any():
-                ax.legend(fontsize=7, loc="upper right")
-            ax.text(0.02, 0.03, f"final F = {ref:.7g}", transform=ax.transAxes, fontsize=8)
+                    label=f"{refname} = {ref:.7g}\n(▽: within {floor:.1g} of it)")
+            ax.legend(fontsize=8, loc="upper right")
     else:
         # (an all-NaN history, a run whose first solve failed, used to draw empty axes with a
         # made-up range and no word)
@@ -105,7 +107,7 @@ def _upper_plot(history: list[dict], x: np.ndarray, xlabel: str, title: str, pat
         ax.set_yscale("log")
         readable_log_ticks(ax.yaxis, y if mode == "log" else np.maximum(y - ref, floor))
     ax.set_ylabel({"log": "upper objective F (log scale)",
-                   "gap": "F − final F  (log scale)",
+                   "gap": f"F − {refname}  (log scale)",
                    "linear": "upper objective F"}[mode])
     ax.set_xlabel(xlabel)
     ax.set_title(title)
@@ -149,19 +151,20 @@ def plot_history(history: list[dict], plots_dir: str | os.PathLike, problem: str
 # ---------------------------------------------------------------- the starting point
 def start_point(program) -> dict:
     """``{"upper": F(θ₀), "hypers": θ₀, "positive": {name: bool}}`` at the spec's initial hypers
-    (user coordinates), the lower problem solved to ``lower.tol`` from its initial values (a
-    training procedure: its steps) with the compiled value oracle; ``upper`` is NaN where that
-    solve fails."""
+    (user coordinates), the lower problem solved to ``lower.tol`` from its initial values with
+    the value oracle (a training procedure: its steps, by the hypergradient oracle), both
+    already compiled by a run; ``upper`` is NaN where that solve fails."""
     eng = program.engine
     st = program.state
     u0 = eng.u0
     x0 = eng.init_lower(u0)
     if st.is_train:
-        eps = 0.0
+        # the run compiled the hypergradient, not the value oracle: a training procedure's
+        # value is exact, and this reuses that compilation (seconds on examples/learned_lr.bil)
+        v = eng.hypergrad(u0, x0, eng.init_adjoint(x0), 0.0, 0.0)
     else:
         tol = max(float(st.options["lower"]["tol"]), eng.mu() * eng.accuracy_floor(u0, x0)[0])
-        eps = tol / eng.mu()
-    v = eng.value(u0, x0, eps)
+        v = eng.value(u0, x0, tol / eng.mu())
     f = float(v.f) if int(v.lower_status) == 0 else float("nan")
     return {"upper": f, "hypers": eng.to_user(u0),
             "positive": {n: h.kind == "positive" and h.bounds is None for n, h in st.hypers.items()}}
