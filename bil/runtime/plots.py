@@ -85,7 +85,7 @@ def _upper_plot(history: list[dict], x: np.ndarray, xlabel: str, title: str, pat
         shown = np.maximum(y - ref, floor) if mode == "gap" else y
         ax.plot(x, shown, marker="o", markersize=3, linewidth=1.5)
         last = int(np.flatnonzero(np.isfinite(y))[-1])
-        if len(it) and it[0] == 0:
+        if len(it) and it[0] == 0 and np.isfinite(y[0]):
             ax.annotate(f"start {y[0]:.6g}", (x[0], shown[0]), textcoords="offset points", xytext=(6, 4),
                         fontsize=8, va="bottom")
         ax.annotate(f"{y[last]:.7g}", (x[last], shown[last]), textcoords="offset points", xytext=(-4, 6),
@@ -210,7 +210,7 @@ def _final_upper(path: Path) -> float | None:
         return None
 
 
-def read_arrays(path: str | os.PathLike) -> dict | None:
+def _read_arrays(path: str | os.PathLike) -> dict | None:
     path = Path(path)
     if not path.is_file():
         return None
@@ -326,7 +326,7 @@ def plot_run_dir(out_dir: str | os.PathLike, history: list[dict] | None = None, 
     if history is None:
         history = read_history_csv(out / "history.csv")
     paths = plot_history(history, out / "plots", problem, start=read_start(out / START_NAME),
-                         final=read_arrays(out / "hypers.npz"), final_upper=_final_upper(out / "result.json"))
+                         final=_read_arrays(out / "hypers.npz"), final_upper=_final_upper(out / "result.json"))
     panels = read_images(out / IMAGES_NAME)
     if panels is not None:
         paths.append(plot_montage(panels, out / "plots" / "montage.png"))
