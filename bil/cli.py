@@ -304,6 +304,7 @@ def _write_outputs(out: Path, program, result, spec: bytes) -> dict:
     panels = plots.image_panels(program, result.lower)
     if panels is not None:
         plots.write_images(out, panels)
+    plots.write_start(out, plots.start_point(program))   # iteration 0 of the plots
     plots.plot_run_dir(out, history=result.history, problem=program.name)
     return res
 
@@ -377,7 +378,7 @@ def _run(args: argparse.Namespace) -> int:
     if state is None:  # a fresh run: nothing stale may survive from an earlier one
         checkpoint.remove(ckpt)
         # (a kill before this run writes its own would leave the earlier run's beside its checkpoint)
-        for name in (*results.OUTPUT_NAMES, plots.IMAGES_NAME):
+        for name in (*results.OUTPUT_NAMES, plots.IMAGES_NAME, plots.START_NAME):
             (out / name).unlink(missing_ok=True)
         for png in (out / "plots").glob("*.png"):
             png.unlink(missing_ok=True)

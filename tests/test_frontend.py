@@ -184,7 +184,7 @@ upper minimize cross_entropy(Xval @ W, yval) + 0 * nclasses(yval)
 
 
 def test_lower_variable_sizes_are_per_sample(tmp_path):
-    """LANGUAGE.md, Batching: the lower problem, its variables' domains and initial values
+    """docs/LANGUAGE.md, Batching: the lower problem, its variables' domains and initial values
     included, is written for one sample.  ncols(X) of a per-sample X[3, 20, 4] is 4 (it was
     the stacked array's 20, a shape error in a correct spec)."""
     rng = np.random.default_rng(0)
@@ -258,7 +258,7 @@ def test_shape_entries_and_integer_sigmoid():
 
 
 def test_per_sample_and_in_are_not_reserved():
-    """LANGUAGE.md reserves only the statement and block keywords: `sample`, `per` and `in`
+    """docs/LANGUAGE.md reserves only the statement and block keywords: `sample`, `per` and `in`
     may be names (they were reserved keywords)."""
     prog = bil.compile("""
         data sample = randn(4, 3, seed=0) per sample

@@ -218,7 +218,7 @@ def test_show_latex_compiles_as_math():
 
 
 def test_implicit_on_a_train_goal_warns_at_the_option(capsys, tmp_path):
-    """Allowed by LANGUAGE.md ("treating the end point as a minimiser"), but its derivative is
+    """Allowed by docs/LANGUAGE.md ("treating the end point as a minimiser"), but its derivative is
     not that of the training steps: on learned_lr it was [0, -4.8] against FD [0.088, -0.78]."""
     src = (ROOT / "examples" / "learned_lr.bil").read_text()
     assert "unroll(truncate=20)" in src

@@ -940,7 +940,7 @@ TRAIN_SPEC = """
 @pytest.mark.parametrize("outer", ["maid(max_iter=15)", "hoag(max_iter=15)",
                                    "maid(max_iter=15)\n hypergradient: implicit"])
 def test_maid_and_hoag_run_on_a_train_goal(outer):
-    """LANGUAGE.md lists maid and hoag without restriction; on a training procedure (exact
+    """docs/LANGUAGE.md lists maid and hoag without restriction; on a training procedure (exact
     values and unrolled hypergradients, nothing to adapt) MAID runs with ε = δ = 0: no
     probes, every trial one training run, and every accepted step a true decrease.  With
     implicit differentiation of the end point, CG gets the spec's tol instead of δ = 0 (which

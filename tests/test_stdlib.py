@@ -43,7 +43,7 @@ def test_required_names_registered_with_docs():
     assert {REGISTRY[n].kind for n in ("shape", "rows", "ncols", "nclasses")} == {"meta"}
     assert {REGISTRY[n].kind for n in ("dataset", "image", "denoising_pairs", "load")} == {"source"}
     assert REGISTRY["sum"].static == ("axis", "keepdims")
-    assert set(REGISTRY["dataset"].static) == {"name", "split", "seed", "standardize"}
+    assert set(REGISTRY["dataset"].static) == {"name", "split", "seed", "standardize", "corrupt_labels"}
 
 
 # --------------------------------------------------------------------------
@@ -337,6 +337,81 @@ def test_dataset_errors():
     for bad in (0.0, 1.0, 1.5, -0.2, "half"):
         with pytest.raises(StdlibError):
             S.dataset("iris", split=bad)
+
+
+def _recipe(name, seed, ntr, nval=None, corrupt=0.0):
+    """The split documented in docs/LANGUAGE.md, written with scikit-learn and NumPy only."""
+    import sklearn.datasets
+
+    X, y = getattr(sklearn.datasets, f"load_{name}")(return_X_y=True)
+    if np.issubdtype(y.dtype, np.integer):
+        y = np.unique(y, return_inverse=True)[1]
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(X))
+    cuts = [0, ntr] + ([ntr + nval] if nval is not None else []) + [len(X)]
+    parts = [(X[perm[a:b]], y[perm[a:b]].copy()) for a, b in zip(cuts, cuts[1:])]
+    if corrupt:
+        k = y.max() + 1
+        m = round(corrupt * ntr)
+        pick = rng.choice(ntr, m, replace=False)
+        parts[0][1][pick] = (parts[0][1][pick] + rng.integers(1, k, m)) % k
+    return [a for pair in parts for a in pair]
+
+
+@pytest.mark.parametrize("name", ["diabetes", "breast_cancer", "digits", "iris", "wine", "linnerud"])
+def test_dataset_matches_documented_recipe(name):
+    n = len(S.dataset(name)[0])
+    ntr, nval = round(0.6 * n), round(0.2 * n)
+    two = S.dataset(name, split=0.6, seed=3)
+    for got, want in zip(two, _recipe(name, 3, ntr), strict=True):
+        np.testing.assert_array_equal(got, want)
+    three = S.dataset(name, split=(0.6, 0.2), seed=3)
+    assert len(three) == 6 and [len(a) for a in three[::2]] == [ntr, nval, n - ntr - nval]
+    for got, want in zip(three, _recipe(name, 3, ntr, nval), strict=True):
+        np.testing.assert_array_equal(got, want)
+    # the three-way split's training part is the two-way split's (same permutation)
+    np.testing.assert_array_equal(three[0], two[0])
+
+
+def test_dataset_three_way_split_counts_and_standardize():
+    Xtr, ytr, Xva, yva, Xte, yte = S.dataset("diabetes", split=(200, 100), seed=0, standardize=True)
+    assert (len(Xtr), len(Xva), len(Xte)) == (200, 100, 142)
+    np.testing.assert_allclose(Xtr.mean(0), 0, atol=1e-12)
+    raw = S.dataset("diabetes", split=(200, 100), seed=0)
+    mu, sd = raw[0].mean(0), raw[0].std(0)
+    np.testing.assert_allclose(Xte, (raw[4] - mu) / sd)   # test standardized with training statistics
+    np.testing.assert_allclose(yte, (raw[5] - raw[1].mean()) / raw[1].std())
+
+
+def test_dataset_corrupt_labels():
+    clean = S.dataset("digits", split=0.5, seed=2)
+    bad = S.dataset("digits", split=0.5, seed=2, corrupt_labels=0.3)
+    flipped = bad[1] != clean[1]
+    assert flipped.sum() == round(0.3 * len(clean[1]))       # exactly that many, each to another class
+    assert bad[1].min() >= 0 and bad[1].max() <= 9
+    for got, want in zip(bad[::2] + bad[3:4], clean[::2] + clean[3:4]):   # X and the validation labels
+        np.testing.assert_array_equal(got, want)
+    again = S.dataset("digits", split=0.5, seed=2, corrupt_labels=0.3)
+    np.testing.assert_array_equal(again[1], bad[1])
+    n = len(S.dataset("digits")[0])
+    for got, want in zip(bad, _recipe("digits", 2, round(0.5 * n), corrupt=0.3), strict=True):
+        np.testing.assert_array_equal(got, want)
+    # no split: the whole set is the training set
+    X, y = S.dataset("iris", corrupt_labels=0.5)
+    assert (y != S.dataset("iris")[1]).sum() == 75
+
+
+def test_dataset_split_and_corrupt_errors():
+    for bad in ((0.6, 0.4), (0.5,) * 3, (0.5, "x"), (0.0, 0.2)):
+        with pytest.raises(StdlibError) as e:
+            S.dataset("iris", split=bad)
+        assert e.value.arg == "split"
+    for bad in (-0.1, 1.5, True, "x"):
+        with pytest.raises(StdlibError) as e:
+            S.dataset("iris", corrupt_labels=bad)
+        assert e.value.arg == "corrupt_labels"
+    with pytest.raises(StdlibError, match="class labels"):
+        S.dataset("diabetes", split=0.5, corrupt_labels=0.1)
 
 
 def test_image():

@@ -5,7 +5,7 @@ batched with ``jax.vmap``; per-sample tolerances are the global ones divided by
 √N so the stacked problem meets them exactly (‖∇G‖² = Σᵢ‖∇gᵢ‖²).  The upper
 objective of a ``per sample`` problem is the mean over samples.
 
-Implicit differentiation (ALGORITHMS.md): with x̃ and q solving H q = ∇ₓf,
+Implicit differentiation (docs/ALGORITHMS.md, "Hypergradients"): with x̃ and q solving H q = ∇ₓf,
 z = ∇θ f − Jᵀq, the gradient over θ of the adjoint Lagrangian
 f(x̃, θ) − ⟨∇ₓg(x̃, θ), q⟩ with x̃ and q held fixed, taken in two reverse
 passes (∇θ f, and Jᵀq = ∇θ⟨∇ₓg, q⟩) because MAID's bound needs ‖Jᵀq‖; H is

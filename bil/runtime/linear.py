@@ -3,7 +3,7 @@
 All functions work on pytrees, are jittable and vmappable, and take their
 tolerances as traced values (changing ``tol`` never recompiles).
 
-Why not lineax: the hypergradient certificate (see ALGORITHMS.md, "Hypergradients")
+Why not lineax: the hypergradient certificate (see docs/ALGORITHMS.md, "Hypergradients")
 needs, in one jittable call, (i) a stopping rule on the *absolute* residual
 2-norm ``||A x - b|| <= tol`` with ``tol`` traced, (ii) a warm start, (iii) the
 number of iterations taken (our cost axis) and (iv) a flag telling whether the

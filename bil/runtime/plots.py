@@ -1,14 +1,18 @@
 """Plots of a run (matplotlib, Agg; no display needed).
 
 * ``upper_vs_cost.png``: upper value against cumulative lower + CG iterations;
-* ``upper_vs_time.png``: upper value against wall time;
-* ``hypers.png``: each hyper's trajectory (user coordinates) over outer iterations;
+* ``upper_vs_time.png``: upper value against wall time; both from iteration 0 (the
+  starting point, from ``start.npz``), on a log scale of F where F spans decades, else of
+  F − final F (``result.json``'s ``upper``; the best recorded F where a recorded value is
+  below it), the reference value stated, where that gap spans decades;
+* ``hypers.png``: trajectories, or histograms for hypers of more than 16 entries
+  (:mod:`bil.runtime.plot_hypers`);
 * ``montage.png`` (image problems only): reference / input(s) / reconstruction
   per sample, with the PSNR against the reference in the titles.
 
-Everything but the montage is drawn from the history records alone, so
-``bil plot DIR`` redraws from ``history.csv``; the montage is drawn from
-``images.npz``, which ``bil run`` writes beside ``lower.npz`` for image problems.
+``bil run`` writes ``start.npz`` (F(θ₀) and θ₀: the history starts at iteration 1) and,
+for image problems, ``images.npz`` beside ``lower.npz``; ``bil plot DIR`` redraws
+everything from ``history.csv`` and those files (each optional).
 
 Figures are built with :class:`matplotlib.figure.Figure` directly (no pyplot),
 so plotting never touches global state or needs a display.
@@ -18,25 +22,24 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-__all__ = ["plot_history", "image_panels", "write_images", "read_images", "plot_montage", "plot_run_dir", "psnr"]
+from bil.runtime.outer.history import hyper_fields
+from bil.runtime.plot_hypers import column as _col, figure as _figure, hypers_figure, plain_numbers, readable_log_ticks
+
+__all__ = ["plot_history", "start_point", "write_start", "read_start", "with_start", "START_NAME", "image_panels",
+           "write_images", "read_images", "plot_montage", "plot_run_dir", "psnr"]
 
 #: data names taken as the clean reference of an image problem, in order of preference
 REFERENCE_NAMES = ("clean", "truth", "ground_truth", "gt", "target", "reference", "original", "x_true", "sharp")
 #: at most this many samples are shown in a montage
 MONTAGE_SAMPLES = 4
 IMAGES_NAME = "images.npz"
-
-
-def _figure(w: float = 6.4, h: float = 4.2):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(w, h), dpi=110, layout="constrained")
+#: the starting point (F(θ₀) and θ₀), which the history (1-based) does not hold
+START_NAME = "start.npz"
 
 
 def _save(fig, path: Path) -> Path:
@@ -47,107 +50,172 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _col(history: list[dict], name: str) -> np.ndarray:
-    return np.array([float(r.get(name, np.nan)) for r in history], dtype=float)
-
-
-def _log_if_positive(ax, y: np.ndarray) -> None:
-    """Log scale for positive values spanning more than a decade; else plain numbers (no offset)."""
-    finite = y[np.isfinite(y)]
-    if finite.size and np.all(finite > 0) and finite.max() / finite.min() > 10:
-        ax.set_yscale("log")
+def _upper_scale(y: np.ndarray, final: float | None) -> tuple[str, float, float, str]:
+    """How to draw the upper values ``y``: ``("log", ...)`` for positive values spanning more than
+    a decade (F itself on a log axis); ``("gap", ref, floor, name)`` when F − ref spans more than
+    two decades: log of F − ref, so the progress near the optimum shows.  ref is the run's final
+    value (``result.json``'s ``upper``, re-solved to ``lower.tol``) when no recorded value lies
+    below it (by more than 1e-6 relative), else the smallest recorded value (an oscillating adam
+    run, or values recorded at a loose accuracy); values within ``floor`` of ref (a tenth of the
+    smallest positive gap, at least 1e-6 relative) are drawn at ``floor``.  Else ``"linear"``."""
+    f = y[np.isfinite(y)]
+    if f.size < 2:
+        return "linear", 0.0, 0.0, ""
+    if np.all(f > 0) and f.max() / f.min() > 10:
+        return "log", 0.0, 0.0, ""
+    best = float(f.min())
+    if final is not None and np.isfinite(final) and best >= final - 1e-6 * abs(final):
+        ref, name = float(final), "final F"
     else:
-        from matplotlib.ticker import ScalarFormatter
+        ref, name = min(best, final) if final is not None and np.isfinite(final) else best, "best F"
+    pos = (f - ref)[f > ref]
+    if pos.size and pos.max() / pos.min() > 100:
+        return "gap", ref, max(float(pos.min()) / 10, 1e-6 * abs(ref)), name
+    return "linear", 0.0, 0.0, ""
 
-        fmt = ScalarFormatter(useOffset=False)
-        fmt.set_scientific(True)
-        fmt.set_powerlimits((-3, 4))
-        ax.yaxis.set_major_formatter(fmt)
 
-
-def _upper_plot(history: list[dict], x: np.ndarray, xlabel: str, title: str, path: Path) -> Path:
+def _upper_plot(history: list[dict], x: np.ndarray, xlabel: str, title: str, path: Path,
+                final: float | None = None) -> Path:
     fig = _figure()
     ax = fig.add_subplot()
     y = _col(history, "upper")
+    it = _col(history, "iter")
+    mode, ref, floor, refname = _upper_scale(y, final)
     if len(x) and np.any(np.isfinite(y)):
-        ax.plot(x, y, marker="o", markersize=3, linewidth=1.5)
+        shown = np.maximum(y - ref, floor) if mode == "gap" else y
+        ax.plot(x, shown, marker="o", markersize=3, linewidth=1.5)
         last = int(np.flatnonzero(np.isfinite(y))[-1])
-        ax.annotate(f"{y[last]:.6g}", (x[last], y[last]), textcoords="offset points", xytext=(-4, 6), ha="right",
-                    fontsize=8)
+        if len(it) and it[0] == 0 and np.isfinite(y[0]):
+            ax.annotate(f"start {y[0]:.6g}", (x[0], shown[0]), textcoords="offset points", xytext=(6, 4),
+                        fontsize=8, va="bottom")
+        ax.annotate(f"{y[last]:.7g}", (x[last], shown[last]), textcoords="offset points", xytext=(-4, 6),
+                    ha="right", fontsize=8)
+        if mode == "gap":
+            low = np.isfinite(y) & (y - ref <= floor)
+            ax.plot(x[low], shown[low], marker="v", markersize=7, color="C3", linestyle="none", fillstyle="none",
+                    label=f"{refname} = {ref:.7g}\n(▽: within {floor:.1g} of it)")
+            ax.legend(fontsize=8, loc="upper right")
     else:
         # (an all-NaN history, a run whose first solve failed, used to draw empty axes with a
         # made-up range and no word)
         ax.text(0.5, 0.5, "no finite upper values recorded" if len(x) else "no iterations recorded",
                 ha="center", va="center", transform=ax.transAxes)
         ax.set_yticks([])
-    _log_if_positive(ax, y)
+    if mode == "linear":
+        plain_numbers(ax.yaxis)
+    else:
+        ax.set_yscale("log")
+        readable_log_ticks(ax.yaxis, y if mode == "log" else np.maximum(y - ref, floor))
+    ax.set_ylabel({"log": "upper objective F (log scale)",
+                   "gap": f"F − {refname}  (log scale)",
+                   "linear": "upper objective F"}[mode])
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("upper objective")
     ax.set_title(title)
-    ax.grid(True, alpha=0.3)
+    ax.grid(True, alpha=0.3, which="both" if mode != "linear" else "major")
     return _save(fig, path)
 
 
-_HYPER_COL = re.compile(r"^hyper\.(?P<name>.+?)(?:\[(?P<i>\d+)\])?$")
+def with_start(history: list[dict], start: dict | None) -> list[dict]:
+    """The history with the starting point prepended as iteration 0 (cost and time 0), when
+    ``start`` (:func:`read_start`) is known and the history does not already begin there."""
+    if not start or (history and int(float(history[0].get("iter", 1))) == 0):
+        return list(history)
+    rec = dict(iter=0, upper=start["upper"], lower_iters_total=0, cg_iters_total=0, wall_s=0.0)
+    cols = set(history[0]) if history else set()
+    rec.update({k: v for k, v in hyper_fields(start["hypers"]).items() if k in cols})
+    return [rec, *history]
 
 
-def _hyper_groups(history: list[dict]) -> dict[str, list[str]]:
-    """``{name: [column, ...]}`` for the ``hyper.*`` columns, in column order."""
-    groups: dict[str, list[str]] = {}
-    for rec in history[:1]:
-        for c in rec:
-            m = _HYPER_COL.match(c)
-            if m:
-                groups.setdefault(m.group("name"), []).append(c)
-    return groups
+def plot_history(history: list[dict], plots_dir: str | os.PathLike, problem: str = "",
+                 start: dict | None = None, final: Mapping[str, Any] | None = None,
+                 final_upper: float | None = None) -> list[Path]:
+    """Draw the three history plots into ``plots_dir``; return their paths.
 
-
-def _hyper_plot(history: list[dict], path: Path) -> Path:
-    from matplotlib.ticker import MaxNLocator
-
-    groups = _hyper_groups(history)
-    n = max(1, len(groups))
-    cols = min(n, 3)
-    rows = math.ceil(n / cols)
-    fig = _figure(4.2 * cols, 3.2 * rows)
-    it = _col(history, "iter")
-    if not groups:
-        ax = fig.add_subplot()
-        ax.text(0.5, 0.5, "no hyper trajectories recorded\n(arrays of more than 16 values are left out)",
-                ha="center", va="center", transform=ax.transAxes)
-        ax.set_axis_off()
-        return _save(fig, path)
-    for k, (name, columns) in enumerate(groups.items()):
-        ax = fig.add_subplot(rows, cols, k + 1)
-        ys = []
-        for c in columns:
-            y = _col(history, c)
-            ys.append(y)
-            label = c[len("hyper."):] if len(columns) > 1 else None
-            ax.plot(it, y, marker="o" if len(it) < 40 else None, markersize=3, linewidth=1.3, label=label)
-        _log_if_positive(ax, np.concatenate(ys))
-        if 1 < len(columns) <= 16:   # (up to the 16 entries history.csv keeps)
-            ax.legend(fontsize=7 if len(columns) <= 8 else 5, ncols=1 if len(columns) <= 8 else 2)
-        ax.set_title(name)
-        ax.set_xlabel("outer iteration")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # no 1.5th iteration
-        ax.grid(True, alpha=0.3)
-    fig.suptitle("hypers (user coordinates)")
-    return _save(fig, path)
-
-
-def plot_history(history: list[dict], plots_dir: str | os.PathLike, problem: str = "") -> list[Path]:
-    """Draw the three history plots into ``plots_dir``; return their paths."""
+    ``start`` (:func:`read_start`) adds the starting point as iteration 0 and tells which hypers
+    are ``positive`` (log axes); ``final`` (the learned hypers, ``hypers.npz``) gives the hypers
+    of more than 16 entries, which the history leaves out, their histogram panels;
+    ``final_upper`` (``result.json``'s ``upper``) is the reference of a log-of-gap upper axis."""
     d = Path(plots_dir)
+    history = with_start(history, start)
     cost = _col(history, "lower_iters_total") + _col(history, "cg_iters_total")
     prefix = f"{problem}: " if problem else ""
     return [
         _upper_plot(history, cost, "cumulative lower + CG iterations", f"{prefix}upper value vs cost",
-                    d / "upper_vs_cost.png"),
+                    d / "upper_vs_cost.png", final_upper),
         _upper_plot(history, _col(history, "wall_s"), "wall time (s)", f"{prefix}upper value vs time",
-                    d / "upper_vs_time.png"),
-        _hyper_plot(history, d / "hypers.png"),
+                    d / "upper_vs_time.png", final_upper),
+        _save(hypers_figure(history, start=start, final=final), d / "hypers.png"),
     ]
+
+
+# ---------------------------------------------------------------- the starting point
+def start_point(program) -> dict:
+    """``{"upper": F(θ₀), "hypers": θ₀, "positive": {name: bool}}`` at the spec's initial hypers
+    (user coordinates), the lower problem solved to ``lower.tol`` from its initial values with
+    the value oracle (a training procedure: its steps, by the hypergradient oracle), both
+    already compiled by a run; ``upper`` is NaN where that solve fails."""
+    eng = program.engine
+    st = program.state
+    u0 = eng.u0
+    x0 = eng.init_lower(u0)
+    if st.is_train:
+        # the run compiled the hypergradient, not the value oracle: a training procedure's
+        # value is exact, and this reuses that compilation (seconds on examples/learned_lr.bil)
+        v = eng.hypergrad(u0, x0, eng.init_adjoint(x0), 0.0, 0.0)
+    else:
+        tol = max(float(st.options["lower"]["tol"]), eng.mu() * eng.accuracy_floor(u0, x0)[0])
+        v = eng.value(u0, x0, tol / eng.mu())
+    f = float(v.f) if int(v.lower_status) == 0 else float("nan")
+    return {"upper": f, "hypers": eng.to_user(u0),
+            "positive": {n: h.kind == "positive" and h.bounds is None for n, h in st.hypers.items()}}
+
+
+def write_start(out_dir: str | os.PathLike, start: dict) -> Path:
+    """``start.npz``: ``upper``, ``hyper.NAME`` (user coordinates), ``positive.NAME``."""
+    from bil.runtime.results import write_arrays
+
+    arrays: dict[str, Any] = {"upper": np.float64(start["upper"])}
+    arrays.update({f"hyper.{n}": np.asarray(v) for n, v in start["hypers"].items()})
+    arrays.update({f"positive.{n}": np.bool_(v) for n, v in start["positive"].items()})
+    path = Path(out_dir) / START_NAME
+    write_arrays(path, arrays)
+    return path
+
+
+def read_start(path: str | os.PathLike) -> dict | None:
+    """What :func:`write_start` wrote, or None when there is no such file."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    out: dict[str, Any] = {"upper": float("nan"), "hypers": {}, "positive": {}}
+    with np.load(path, allow_pickle=False) as z:
+        for key in z.files:
+            kind, _, name = key.partition(".")
+            if key == "upper":
+                out["upper"] = float(z[key])
+            elif kind == "hyper":
+                out["hypers"][name] = np.asarray(z[key])
+            elif kind == "positive":
+                out["positive"][name] = bool(z[key])
+    return out
+
+
+def _final_upper(path: Path) -> float | None:
+    """``upper`` of a run's ``result.json`` (None when unreadable)."""
+    import json
+
+    try:
+        return float(json.loads(path.read_text())["upper"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _read_arrays(path: str | os.PathLike) -> dict | None:
+    path = Path(path)
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        return {k: np.asarray(z[k]) for k in z.files}
 
 
 # ---------------------------------------------------------------- images
@@ -250,13 +318,15 @@ def plot_montage(panels: dict, path: str | os.PathLike) -> Path:
 
 
 def plot_run_dir(out_dir: str | os.PathLike, history: list[dict] | None = None, problem: str = "") -> list[Path]:
-    """(Re)draw every plot of a run folder from ``history.csv`` (and ``images.npz``)."""
+    """(Re)draw every plot of a run folder from ``history.csv`` (and ``start.npz``, ``hypers.npz``,
+    ``images.npz`` where present)."""
     from bil.runtime.results import read_history_csv
 
     out = Path(out_dir)
     if history is None:
         history = read_history_csv(out / "history.csv")
-    paths = plot_history(history, out / "plots", problem)
+    paths = plot_history(history, out / "plots", problem, start=read_start(out / START_NAME),
+                         final=_read_arrays(out / "hypers.npz"), final_upper=_final_upper(out / "result.json"))
     panels = read_images(out / IMAGES_NAME)
     if panels is not None:
         paths.append(plot_montage(panels, out / "plots" / "montage.png"))

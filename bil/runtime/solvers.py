@@ -6,7 +6,7 @@ value (changing ``tol`` never recompiles; ``max_iter`` is a Python int or a
 traced integer) and
 reports the iterations it took, which the runtime counts as cost.
 
-Stopping rule (ALGORITHMS.md, "Lower-level accuracy"): ``grad_norm <= tol``,
+Stopping rule (docs/ALGORITHMS.md, "Lower solvers"): ``grad_norm <= tol``,
 checked before the first iteration so an accurate warm start costs nothing.
 With box ``bounds`` the measure is the projected-gradient norm
 ``||x - P(x - grad)||``.

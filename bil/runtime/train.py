@@ -1,4 +1,4 @@
-"""Unrolled training procedures (ALGORITHMS.md, "Hypergradients": unroll).
+"""Unrolled training procedures (docs/ALGORITHMS.md, "Hypergradients": unrolling).
 
 ``train`` runs a fixed number of optax steps with ``lax.scan``; it is an
 ordinary differentiable JAX function of ``params`` and of the optimizer's

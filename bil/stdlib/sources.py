@@ -85,50 +85,95 @@ def _standardize(train, *others):
     return tuple((a - mu) / sd for a in (train, *others))
 
 
-@register("dataset", kind="source", static=("name", "split", "seed", "standardize"))
-def dataset(name, split=None, seed=0, standardize=False):
-    """A bundled dataset as (X, y), or (Xtr, ytr, Xval, yval) when split= gives the training fraction."""
+def _split_sizes(split, n):
+    """``(ntr, nval)`` for ``split=``: a training fraction in (0, 1) or an int count of
+    training samples (two parts), or a pair of them (three parts: train, val, test)."""
+    parts = tuple(split) if isinstance(split, (tuple, list)) else (split,)
+    if len(parts) not in (1, 2):
+        raise StdlibError(f"dataset: split must be one number or a pair, got {split!r}", arg="split",
+                          hint="split=0.5 (train, val) or split=(0.6, 0.2) (train, val, test)")
+    sizes = []
+    for p in parts:
+        if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.integer, np.floating)):
+            raise StdlibError(f"dataset: split must be a number or a pair of numbers, got {split!r}", arg="split")
+        # a fraction in (0, 1) of all n samples, or (an int >= 1) a number of samples; 1.0 is neither
+        if 0 < p < 1:
+            sizes.append(int(round(p * n)))
+        elif isinstance(p, (int, np.integer)) and p >= 1:
+            sizes.append(int(p))
+        else:
+            raise StdlibError(f"dataset: split={split!r} is not a fraction in (0, 1)", arg="split",
+                              hint="split is the fraction of samples used for training, e.g. split=0.5, "
+                                   "or (train, val) fractions, e.g. split=(0.6, 0.2)")
+    rest = n - sum(sizes)
+    if min(sizes) < 1 or rest < 1:
+        names = ("training", "validation", "test")[: len(sizes) + 1]
+        got = ", ".join(f"{k} for {w}" for k, w in zip(sizes, names[:-1]))
+        raise StdlibError(f"dataset: split={split!r} leaves {got} and {rest} of {n} samples for {names[-1]}; "
+                          "every part must be non-empty", arg="split")
+    return sizes[0], (sizes[1] if len(sizes) == 2 else None)
+
+
+def _corrupt(y, idx, fraction, rng, nclass):
+    """Flip ``round(fraction * len(idx))`` of the labels ``y[idx]`` (drawn without replacement)
+    to another class, uniformly among the other ``nclass - 1``."""
+    m = int(round(fraction * len(idx)))
+    pick = idx[rng.choice(len(idx), size=m, replace=False)]
+    y[pick] = (y[pick] + rng.integers(1, nclass, size=m)) % nclass
+
+
+def _check_corrupt(corrupt_labels, y):
+    if isinstance(corrupt_labels, (bool, np.bool_)) or not isinstance(
+            corrupt_labels, (int, float, np.integer, np.floating)) or not 0 <= corrupt_labels <= 1:
+        raise StdlibError(f"dataset: corrupt_labels must be a fraction in [0, 1], got {corrupt_labels!r}",
+                          arg="corrupt_labels", hint="e.g. corrupt_labels=0.2 flips 20% of the training labels")
+    if corrupt_labels and not np.issubdtype(y.dtype, np.integer):
+        raise StdlibError("dataset: corrupt_labels needs class labels; this dataset's targets are real numbers",
+                          arg="corrupt_labels", hint="use a classification dataset: breast_cancer, digits, iris, wine")
+
+
+@register("dataset", kind="source", static=("name", "split", "seed", "standardize", "corrupt_labels"),
+          doc="A bundled scikit-learn dataset as (X, y), (Xtr, ytr, Xval, yval) with split=ftr, or train/val/test "
+              "with split=(ftr, fval).")
+def dataset(name, split=None, seed=0, standardize=False, corrupt_labels=0.0):
+    """A bundled dataset as (X, y), (Xtr, ytr, Xval, yval) with split=ftr, or train/val/test with split=(ftr, fval).
+
+    The recipe, reproducible with NumPy alone (``X, y`` from scikit-learn's ``load_NAME(return_X_y=True)``,
+    class labels mapped to 0..K-1 by ``np.unique``): ``rng = np.random.default_rng(seed)``,
+    ``perm = rng.permutation(n)``; training rows ``perm[:ntr]``, validation ``perm[ntr:ntr + nval]``, test
+    the rest, with ``ntr = round(ftr * n)`` (an int is a count).  ``corrupt_labels=c`` then, with the same
+    ``rng``, picks ``round(c * ntr)`` training rows by ``rng.choice(ntr, m, replace=False)`` and adds
+    ``rng.integers(1, K, m)`` to their labels modulo K.  ``standardize`` centres and scales X (and a real y)
+    with the training part's mean and std (std 0 counts as 1).
+    """
     if name not in _DATASETS:
         raise _unknown("dataset", name, sorted(_DATASETS))
     if not isinstance(standardize, (bool, np.bool_)):
         raise StdlibError(f"dataset: standardize must be true or false, got {standardize!r}", arg="standardize",
                           hint="e.g. dataset(\"diabetes\", standardize=true)")
     X, y = _raw_dataset(name)
+    _check_corrupt(corrupt_labels, y)
     n = X.shape[0]
     regression = np.issubdtype(y.dtype, np.floating)
+    nclass = int(y.max()) + 1 if not regression else 0
+    rng = np.random.default_rng(_int(seed, "dataset", "seed"))
     if split is None:
-        if standardize:
-            (X,) = _standardize(X)
-            if regression:
-                (y,) = _standardize(y)
-        return np.array(X), np.array(y)
-
-    if isinstance(split, bool) or not isinstance(split, (int, float, np.integer, np.floating)):
-        raise StdlibError(f"dataset: split must be a number, got {split!r}", arg="split")
-    # A fraction in (0, 1), or (an int >= 1) a number of training samples; 1.0 is neither.
-    if 0 < split < 1:
-        ntr = int(round(split * n))
-    elif isinstance(split, (int, np.integer)) and split >= 1:
-        ntr = int(split)
+        X, y = np.array(X), np.array(y)
+        if corrupt_labels:
+            _corrupt(y, np.arange(n), corrupt_labels, rng, nclass)
+        parts = [(X, y)]
     else:
-        raise StdlibError(
-            f"dataset: split={split!r} is not a fraction in (0, 1)",
-            hint="split is the fraction of samples used for training, e.g. split=0.5",
-            arg="split",
-        )
-    if not 1 <= ntr <= n - 1:
-        raise StdlibError(
-            f"dataset: split={split!r} leaves {ntr} of {n} samples for training; both parts must be non-empty",
-            arg="split",
-        )
-    perm = np.random.default_rng(_int(seed, "dataset", "seed")).permutation(n)
-    tr, va = perm[:ntr], perm[ntr:]
-    Xtr, ytr, Xva, yva = X[tr], y[tr], X[va], y[va]
+        ntr, nva = _split_sizes(split, n)
+        perm = rng.permutation(n)
+        bounds = [0, ntr] + ([ntr + nva] if nva is not None else []) + [n]
+        parts = [(X[perm[a:b]], y[perm[a:b]]) for a, b in zip(bounds, bounds[1:])]
+        if corrupt_labels:
+            _corrupt(parts[0][1], np.arange(ntr), corrupt_labels, rng, nclass)
     if standardize:
-        Xtr, Xva = _standardize(Xtr, Xva)
-        if regression:
-            ytr, yva = _standardize(ytr, yva)
-    return Xtr, ytr, Xva, yva
+        xs = _standardize(*(p[0] for p in parts))
+        ys = _standardize(*(p[1] for p in parts)) if regression else [p[1] for p in parts]
+        parts = list(zip(xs, ys))
+    return tuple(a for pair in parts for a in pair)
 
 
 # --------------------------------------------------------------------------

@@ -96,7 +96,7 @@ class InferShapes:
                     failed.add(s.name)
         env = {**abstract_data(st), **{h.name: sds(h.shape) for h in st.hypers.values()}}
         # the lower problem (its variables' domains and initial values included) is written for
-        # ONE sample (LANGUAGE.md, Batching): there, a per-sample name is one sample of it, so
+        # ONE sample (docs/LANGUAGE.md, Batching): there, a per-sample name is one sample of it, so
         # ncols(X) of X[3, 20, 4] is 4, as in the vmapped solve, not the stacked array's 20
         for v in st.lower.vars:
             if not _uses(v.init, failed) and not _uses_domain(v.domain, failed):

@@ -1,6 +1,6 @@
 """HOAG (Pedregosa, ICML 2016) on the same compiled oracles as MAID.
 
-Follows ``ALGORITHMS.md`` (section HOAG) and the public reference code:
+Follows ``docs/ALGORITHMS.md`` (section HOAG) and the public reference code:
 
 * Tolerance schedule over evaluations j = 0, 1, 2, ... (j = 0 is the
   evaluation at the initial hypers): quadratic ε₀/(j+1)², cubic ε₀/(j+1)³,

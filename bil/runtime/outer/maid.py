@@ -1,310 +1,15 @@
 r"""MAID: the method of adaptive inexact descent (Salehi, Mukherjee, Roberts, Ehrhardt).
 
-See ``ALGORITHMS.md`` (section MAID).  The loop is a host-side Python loop over
-the compiled oracles; each oracle call is one jitted call whose accuracies
-(``eps``, ``delta``) are traced, so adapting them never recompiles.
-
-Certified error bound
----------------------
-Notation: x* = x*(θ), x̃ the lower iterate with ‖x̃ − x*‖ ≤ ε, q̃ the adjoint with
-‖H(x̃) q̃ − ∇ₓf(x̃)‖ ≤ δ, z = ∇θf(x̃) − J(x̃)ᵀq̃ and ∇F = ∇θf(x*) − J(x*)ᵀq* with
-q* = H(x*)⁻¹∇ₓf(x*).  Assume g(·, θ) is μ-strongly convex (‖H⁻¹‖ ≤ 1/μ), ∇ₓf is
-L_f-Lipschitz in x, ∇θf is L_fθ-Lipschitz in x, and H, J are L_H-, L_J-Lipschitz
-in x.  Write q̂ = H(x̃)⁻¹∇ₓf(x̃).  Then
-
-    z − ∇F = [∇θf(x̃) − ∇θf(x*)] − J(x̃)ᵀ(q̃ − q̂) − J(x̃)ᵀ(q̂ − q*) − (J(x̃) − J(x*))ᵀq*
-
-and, term by term,
-
-* ‖∇θf(x̃) − ∇θf(x*)‖ ≤ L_fθ ε;
-* ‖q̃ − q̂‖ = ‖H(x̃)⁻¹(H(x̃)q̃ − ∇ₓf(x̃))‖ ≤ δ/μ, so the second term is ≤ (‖J‖/μ) δ;
-* q̂ − q* = H(x̃)⁻¹(∇ₓf(x̃) − ∇ₓf(x*)) + (H(x̃)⁻¹ − H(x*)⁻¹)∇ₓf(x*), and
-  H(x̃)⁻¹ − H(x*)⁻¹ = H(x̃)⁻¹(H(x*) − H(x̃))H(x*)⁻¹ has norm ≤ L_H ε/μ²; with
-  ‖∇ₓf(x*)‖ ≤ ‖∇ₓf(x̃)‖ + L_f ε this gives
-  ‖q̂ − q*‖ ≤ (L_f/μ + L_H‖∇ₓf(x̃)‖/μ²) ε + (L_H L_f/μ²) ε²;
-* ‖(J(x̃) − J(x*))ᵀq*‖ ≤ L_J ε ‖q*‖ ≤ L_J ε (‖∇ₓf(x̃)‖ + L_f ε)/μ.
-
-Summing,
-
-    ‖z − ∇F‖ ≤ ω = c·ε + (‖J‖/μ)·δ + c₂·ε²,
-    c  = L_fθ + ‖J‖L_f/μ + ‖J‖L_H‖∇ₓf(x̃)‖/μ² + L_J‖∇ₓf(x̃)‖/μ,
-    c₂ = L_J L_f/μ + ‖J‖L_H L_f/μ²,
-
-which is the paper's bound (its "L of H⁻¹" is L_H/μ²) with the O(ε²) terms kept
-and the x-dependence of ∇θf included.
-
-A tighter variant uses the computed adjoint.  Writing H(x̃)⁻¹ − H(x*)⁻¹ applied
-to ∇ₓf(x*) as H(x̃)⁻¹(H(x*) − H(x̃))q*, the last two terms are together
-≤ ‖J‖L_f ε/μ + (‖J‖L_H/μ + L_J)·ε·‖q*‖, and ‖q*‖ ≤ Q for either
-
-    Q_f = (‖∇ₓf(x̃)‖ + L_f ε)/μ                         (as above), or
-    Q_q = (‖q̃‖ + δ/μ + L_f ε/μ)/(1 − L_H ε/μ)   when L_H ε < μ,
-
-the latter from ‖q*‖ ≤ ‖q̃‖ + ‖q̃ − q̂‖ + ‖q̂ − q*‖ ≤ ‖q̃‖ + δ/μ + (L_f ε + L_H ε‖q*‖)/μ.
-So the bound used is
-
-    ω = L_fθ ε + (‖J‖/μ) δ + (‖J‖L_f/μ) ε + (‖J‖L_H/μ + L_J)·ε·min(Q_f, Q_q),
-
-equal to c·ε + (‖J‖/μ)·δ + c₂·ε² with Q_f, and smaller when H⁻¹ damps ∇ₓf
-(‖q̃‖ ≪ ‖∇ₓf‖/μ, e.g. denoising, where ∇ₓf is mostly high-frequency).
-‖∇ₓf(x̃)‖ and ‖q̃‖ are exact (returned by the oracle); μ, L_f, ‖J‖, L_H, L_J,
-L_fθ are estimates from ``oracles.constants``: μ the local value (the oracles
-convert ε to the lower tolerance ‖∇ₓg‖ ≤ μ·ε with that same μ, which a
-penalty weight among the hypers moves by orders of magnitude during a run),
-the rest running maxima.  They are refreshed on the first iteration, then
-whenever ``constants_every`` iterations have passed or θ has moved by more than
-``max_step`` (1 when unbounded) since the last refresh, so that large early
-moves are not certified with constants from a distant point.
-
-How pessimistic the a-priori ω is, and the a-posteriori ω (``omega="secant"``)
-----------------------------------------------------------------------------
-The constants above are worst cases over all directions (power iteration for
-‖J‖, third derivatives along a random direction for L_H and L_J), while the
-error the lower solver leaves is in one particular, smooth direction.
-Measured on TV denoising (examples/tv_denoise.bil, ``benchmarks/maid_vs_hoag.py
---parts omega``) ω is 10–30× (at θ₀) to 10⁴–10⁵× (near the optimum) the true
-‖z − ∇F‖: near the optimum ‖z‖ ≈ 0.07 then forces ε ≈ 10⁻⁴ where ε ≈ 0.03 would
-give a descent direction.  The default therefore estimates the error the way
-adaptive ODE and quadrature codes do, a posteriori, from quantities MAID
-computes anyway, keeping the linear form of the bound:
-
-    ω = s·(k_ε·ε + k_δ·δ),      s = ``safety`` (default 2),
-
-where k_ε and k_δ are secant slopes of the hypergradient with respect to the two
-accuracies, measured on pairs of hypergradients at the *same* θ, the second
-warm-started from the first at a tighter accuracy (every tightening in step 1
-and every retry after a failed backtracking produces such a pair):
-‖z(ε₁, δ₁) − z(ε₂, δ₂)‖ ≈ k_ε(ε₁ − ε₂) + k_δ(δ₁ − δ₂) (:func:`secant_update`: a
-pair that changed one accuracy gives that slope; one that changed both scales
-both).  An accuracy whose solve did no iterations did not take effect; an
-ε-change is only visible in z through a re-solved adjoint, so it counts only
-when CG iterated too.  When no pair is known (the first point, and every
-``constants_every`` accepted iterations, when the estimates are reset and
-re-measured), the point is *probed*: δ is tightened alone by ν and z recomputed
-(a CG-only pair), then ε (together with δ when an ε-probe showed nothing), up
-to ``_MAX_PROBES`` times each; the probes' tightening is undone for the next
-iteration.  A constant still unknown after its probes falls back to the
-a-priori term.  ``omega="bound"`` uses the a-priori ω throughout.
-
-This ω is an estimate, not a certificate: it only decides whether z is accurate
-enough to try (and when to stop on ``tol``).  Step acceptance stays certified
-by the value bracket below, which uses no estimated constant except L_f in its
-second-order term, so every accepted step decreases the true upper value.  A z
-that the estimate wrongly trusts costs a failed backtracking round, whose retry
-at tighter accuracies yields a new pair and corrects the estimate.
-
-Tightening only the accuracy that matters
------------------------------------------
-ALGORITHMS.md tightens ε and δ together.  Here, when the descent test fails,
-only the accuracy whose term of ω dominates is tightened (both when the terms
-are within a factor 2: :func:`tighten_dominant`); with the a-priori bound on TV
-the δ-term is ~10⁻² of the ε-term, so tightening δ with ε only bought CG
-iterations.  A failed backtracking round tightens both, as in the paper (ε by
-as many powers of ν as the last trial's values say are needed when the round
-was limited by the bracket's width, step 4 below).  Tightening ε alone there
-was tried: a poor direction (z from a too loose δ) also shows a small, real
-central decrease that its bracket cannot certify, and ε-only retries then
-backtracked along it again and again (TV: one iteration cost 1012 lower + CG
-iterations).
-
-Inexact backtracking
---------------------
-|f(x̃, θ) − f(x*, θ)| ≤ ‖∇ₓf(x̃)‖ε + (L_f/2)ε² (Taylor at x̃), so
-f̄± = f(x̃) ± (‖∇ₓf(x̃)‖ε + (L_f/2)ε²) bracket the true upper value, and
-f̄⁺(θ − αz) − f̄⁻(θ) + λα‖z‖² ≤ 0 certifies F(θ − αz) ≤ F(θ) − λα‖z‖².
-(On TV this bracket, not ω, is what sets ε near the optimum: certifying a
-decrease d needs ε < d/(2‖∇ₓf‖), and decreases there are ~10⁻³.)
-
-Adjoint-corrected bracket (``bracket="adjoint"``)
-------------------------------------------------
-The value bracket's slack ‖∇ₓf‖ε is first order in ε.  With r = ∇ₓg(x̃, θ) (so
-∇ₓg(x*) = 0 and r = H̄(x̃ − x*), H̄ = ∫₀¹ H(x* + t(x̃ − x*)) dt, ‖H̄ − H(x̃)‖ ≤
-L_H ε/2) and the computed adjoint, H(x̃)q̃ = ∇ₓf(x̃) + s with ‖s‖ ≤ δ (H
-symmetric), the dual-weighted residual correction f_c = f(x̃) − ⟨q̃, r⟩ satisfies
-
-    f(x*) − f_c = [f(x*) − f(x̃) − ⟨∇ₓf(x̃), x* − x̃⟩]
-                  + ⟨s, x̃ − x*⟩ + ⟨q̃, (H̄ − H(x̃))(x̃ − x*)⟩,
-
-because ⟨q̃, H(x̃)(x̃ − x*)⟩ = ⟨∇ₓf(x̃) + s, x̃ − x*⟩.  Hence
-
-    |f(x*) − f_c| ≤ δε + ½(L_f + L_H‖q̃‖)ε²,
-
-second order in the accuracies (δε, ε²) and free of μ.  f̄± = f_c ± that slack is
-a bracket as certified as the value bracket (same assumption ‖x̃ − x*‖ ≤ ε;
-the engine's stopping rule ‖∇ₓg‖ ≤ μ·ε gives it; estimated constants L_f, L_H
-only in the ε² term).  For ``per sample`` problems the sums over samples of
-δᵢεᵢ are ≤ δε by Cauchy–Schwarz (the tolerances are split as tol/√N).  Since
-both brackets hold, their intersection is used (:func:`point_bracket`).  The
-oracle returns ⟨q̃, r⟩ as ``HyperGrad.qr`` (None or NaN where unknown, e.g. with
-active bounds, where ∇ₓg(x*) ≠ 0: then the value bracket alone is used).
-
-f̄⁻ at the current point comes free (step 1 computes q̃ there).  A trial is
-first evaluated with the value oracle (no CG); only when the value bracket
-fails but the trial's value-bracket lower end f(x̃) − ‖∇ₓf‖ε − ½L_f ε² still
-allows acceptance is the adjoint computed there (a hypergradient call: CG only,
-x̃ already meets ε), and on success its x̃, q̃ are the next point's (whose step 1
-then does no iterations).  This is the default (``bracket="adjoint"``): near
-the optimum of TV denoising ε stays ~10⁻³ where the value bracket needs ~10⁻⁴.
-The recorded ``upper`` of a point is its corrected value f_c where known.
-
-Quasi-Newton directions (``direction="lbfgs"``, the default)
------------------------------------------------------------
-The paper steps along −z.  Hypers of very different curvature (TV's weight α
-and smoothing ν: about 100×) make that a slow walk along a flat valley, each
-step a full lower solve.  The default steps along −d, d = H z with H the
-L-BFGS inverse-Hessian approximation (``memory`` pairs (s, y): s the accepted
-step in θ, y the change of z, the new z taken at the next point once its
-descent test passed; pairs without positive curvature are skipped,
-:func:`curvature_pair_ok`).  Nothing certified changes:
-
-* −d is used only when it is a certified descent direction:
-  ⟨∇F, d⟩ ≥ ⟨z, d⟩ − ω‖d‖ > 0 when ω ≤ (1 − η)⟨z, d⟩/‖d‖
-  (:func:`direction_certified`); otherwise that iteration steps along −z;
-* the sufficient decrease becomes f̄⁺(θ − αd) − f̄⁻(θ) + λα⟨z, d⟩ ≤ 0, which
-  certifies F(θ − αd) ≤ F(θ) − λα⟨z, d⟩ as before;
-* the first trial is α = 1 (the quasi-Newton step), within the trust region
-  ‖αd‖ ≤ max_step; −z steps keep the step-size memory of step 4.
-
-Unexplored directions (``h0``)
-------------------------------
-The textbook L-BFGS starts from H₀ = γI, γ = ⟨s, y⟩/⟨y, y⟩ of the newest pair: the
-curvature along the recent steps is assumed everywhere.  On TV denoising the
-first steps all move the weight α (curvature ≈ 9 in log coordinates), so once α
-is right the step in the smoothing ν (curvature ≈ 0.1, measured by finite
-differences of tight hypergradients) is scaled 90× too short: the quasi-Newton
-steps were 0.01–0.04 long where the Newton step is 0.66, and y along them was
-below the hypergradients' error, so the pairs never corrected it (MAID crawled
-for four iterations from 1.3% to 1.0% above the best value).  With
-``h0="subspace"`` (:func:`lbfgs_direction`) H₀ = P·D·P + γ⊥·(I − P):
-
-* P projects on the directions the stored steps have explored (singular values
-  of the stacked steps at least 1/10 of the largest).  There D is the
-  per-coordinate least-squares fit of the secant equations s ≈ D·y over the
-  stored pairs (:func:`diagonal_scaling`; γ for coordinates the steps hardly
-  moved): hypers of different kinds have different curvatures, and one step that
-  moves both α and ν tells them apart where the scalar γ averages them (TV: γ ≈
-  0.1 from such a step, D ≈ diag(0.1, 10)).
-* On the other directions γ⊥ makes the step there as long as a first gradient
-  step, when the part z⊥ of z there is above its error.  Backtracking shortens
-  it where that overshoots, and the step it takes becomes the pair that
-  explores the direction.  That length starts at ``step0`` and follows
-  backtracking as a −z step's α does: after an accepted step that used it, it
-  becomes ρ̄ times its accepted fraction (at most ``step0``).  Directions that
-  look unexplored because their steps were short (stiff ones, or any direction
-  near a solution, next to older long steps) then stop costing a long series of
-  backtracks, while a truly flat direction keeps the full length (a ridge
-  penalty started at 10⁻⁴, on a plateau of F: a fixed length "no longer than the
-  newest step" stalled there for 100 iterations).
-* "Above its error" is ‖z⊥‖ > ω⊥, ω⊥ = ω·max ‖P⊥e‖/‖e‖ over the error
-  directions e: the differences z(ε₁, δ₁) − z(ε₂, δ₂) of hypergradients at one θ
-  (the secant pairs, last :data:`_ERROR_DIRS`), which point where z's error lies.
-  On TV the error of z is ~100× larger in α than in ν (at θ = (log α, log ν) =
-  (−2.5, −5.04), ε = δ = 0.2: error (−0.23, −0.001) on z = (0.29, 0.066)), so
-  the ν-part of a loose z is already trustworthy where ω, a norm, is not.
-
-The newest pair's secant equation and H ≻ 0 hold as before.  Measured on the
-five TV problems of ``benchmarks/maid_vs_hoag.py --parts variants``
-(geometric-mean cost to 1% / 0.5% / 0.2% / 0.1%, with the cubic cap below):
-391 / 625 / 874 / 1602 as described; 643 / 676 / 865 / 1311 with ω⊥ = ω (and
-on the spec itself 1029 to 1%, against 247); 393 / 656 / 966 / 1724 without D;
-the same with a fixed length ``step0`` (it does not move on TV).
-With 640 hypers and 5 pairs (the digits example) most directions are always
-unexplored, and there the subspace scaling cost more (validation cross-entropy
-0.00133 against 0.00080 at 300000 lower + CG iterations; the diagonal scaling
-alone: 0.0034 after 200 iterations, against 0.0004–0.0009 without), so
-``h0="auto"`` (the default) uses it only when there are at most ``memory``
-hypers.
-
-Cubic cap on the first trial (``cubic=True``, the default)
-----------------------------------------------------------
-A quasi-Newton step assumes F quadratic along the last step s: it extrapolates
-with the slopes g₀ = ⟨z₀, s⟩, g₁ = ⟨z₁, s⟩ at its two ends (the pair's y).  F
-in log coordinates of a weight is far from quadratic: on TV the curvature in
-log α grows 4× between log α = −4 and −2.5, and at log α = −3 the pair predicted
-the minimum 2.2 further along s where it is 0.5 further.  That overshoot cost a
-rejected trial and its CG solve (205 of the 405 lower + CG iterations MAID
-needed to reach 1.3% above the best).  The values F₀, F₁ at the two ends are
-known too (the brackets' centres), and the cubic through (F₀, g₀, F₁, g₁) -- the
-interpolation of line searches (Moré–Thuente) -- places the minimum 0.5 further.
-Where the cubic's extrapolation is below half the quadratic one
-(:func:`cubic_limit`), the first trial moves along s at most that far (never
-less than a tenth of ‖s‖), the rest of the step unchanged (:func:`cap_along`;
-when the capped direction is not certified, the whole step is shortened
-instead).  On a quadratic the two agree and nothing changes: capping the move
-along s there regardless cost 3× more iterations on an ill-conditioned
-4-hyper quadratic (the quasi-Newton step accounts for the coupling of s with the
-other directions, the 1-D cubic does not).  Only the first trial is shortened;
-acceptance stays certified.  TV denoising (spec): cost to 1% 631 without, 247
-with it; the variants 681 / 717 / 1003 / 1924 without.
-
-Coarse-to-fine trials (``screen=True``, the default)
-----------------------------------------------------
-A trial's lower solve is the largest single cost of an iteration.  A trial
-that is far worse than predicted (an overshoot) is decided by a loose bracket,
-so each trial is first solved to ε_c = α⟨z, d⟩/‖∇ₓf(x̃)‖ (the accuracy at which
-the value bracket's slack equals the predicted first-order decrease; within
-[ε, 64ε], :func:`screening_accuracy`).  Its bracket there either already
-certifies the decrease (accepted), or cannot (its lower end fails even against
-the current point's upper end f̄⁺(θ): rejected), or is undecided: then
-ε_c ← max(ε, ε_c/4), continued from the trial's own iterate (so nothing is
-solved twice).  Acceptance is certified at whatever accuracy decided it, and
-the point is taken as it is: its ``upper`` in the history is the bracket's
-centre at that accuracy (up to 64ε), the next point's solve starts from there.
-(Solving an accepted trial on to ε first made the records as accurate as
-without screening but cost twice as much per unit of progress on the digits
-example, +7% to 1% on TV.)
-
-Measured (``benchmarks/maid_vs_hoag.py``, TV denoising, cost = lower + CG
-iterations to reach 1%, 0.5%, 0.2% and 0.1% above the best true F any run
-reaches; the benchmark prints the table): the paper's MAID (``direction=
-"gradient"``, ``bracket="value"``, ``screen=False``) reaches 1% after 2458 and
-0.5% after 7697; the defaults reach them after 247 / 696 / 696 / 1144 (631 / 631
-/ 1186 / 1489 without the cubic cap; 1029 / 1029 / 1029 / 1029 with ω⊥ = ω; 709
-/ 709 / 709 / 1036 before either, and the diagonal scaling). HOAG's exponential
-schedule reaches 1% after 449 but 0.2% only after 6049.
-
-Iteration (all constants are options of ``maid(...)`` in ``bil/stdlib/methods.py``)
----------
-1. z at (ε, δ), warm-started from the last accepted lower iterate and the last
-   adjoint (probes first, see above).  If ‖z‖ + ω ≤ tol, or ‖z‖ ≤ tol with a
-   certified direction, stop (converged).  While ω > (1 − η)‖z‖: tighten the
-   dominant accuracy by ν (floors eps_min, delta_min) and recompute; both at
-   their floors → stop ("eps floor reached").  Powers of ν that ω, evaluated
-   with the last ‖∇ₓf‖ and ‖z‖, predicts to fail again are applied at once
-   instead of costing a recomputation each.
-2. Direction d: the L-BFGS d = Hz when certified (above), else d = z; in the
-   first round of an iteration, the move of the first trial along the last
-   accepted step is capped where the cubic model says so (above).
-3. Trials α = α₀, ρα₀, ρ²α₀, ... (max_backtracks + 1 + r of them on the r-th
-   retry).  For d = z, α₀ = min(step, max_step/‖z‖) (the trust region
-   ‖αz‖ ≤ max_step); before the first accepted −z step, step = step0/‖z‖,
-   i.e. ``step0`` is the length of the first trial step in unconstrained
-   coordinates (robust to the scale of the hypergradient).  For d = Hz,
-   α₀ = min(1, max_step/‖d‖).  Each trial is a lower solve at θ − αd (coarse
-   to fine, above), warm-started from the lower iterate of the nearest point
-   evaluated in this iteration (the accepted point, or an earlier trial: a
-   trial retried after tightening continues from its own iterate).  A trial
-   whose lower solve hits its cap (or is non-finite) is failed.  A trial whose
-   *central* values already show the decrease (f(θ − αd) − f(θ) + λα⟨z, d⟩ ≤ 0)
-   but whose bracket f̄± does not is limited by the accuracy, not by the step:
-   shorter steps only shrink the attainable decrease while the slack stays, so
-   the round ends there as failed.
-4. Success: accept, ε, δ ← ν̄ε, ν̄δ; after a −z step the next first trial step
-   is ρ̄α, after a step that expanded unexplored directions their length is
-   ρ̄ times its accepted fraction.  Failure of the round: ε, δ ← νε, νδ; after an accuracy-limited
-   trial ε by the smallest power of ν for which that trial's values would
-   pass, at most ν^``_MAX_PREDICTED`` (a poor direction makes the central
-   decrease tiny and the prediction absurd), δ by ν; then retry from the same
-   θ (step 1, which recomputes z and f̄⁻ at the new accuracy) with one more
-   trial; with ε at its floor → stop ("eps floor reached").
-5. Stop also on max_iter, on ``budget`` (total lower + CG iterations; every
-   oracle call is capped by what is left, so a run never spends more), when the
-   first trial no longer changes θ ("step too small"), or on solver failures.
-
-A lower solve or CG that hits its cap *at the current point* is continued from
-where it stopped (its iterate is the next warm start), up to
-``_MAX_CONTINUATIONS`` times in a row, since the current point's x̃ and q must be
-certified before anything else can be done.
+Learns the hypers by descent steps on inexact hypergradients: each iteration
+computes z at lower accuracy ε and adjoint residual δ, tightens them until an
+error estimate ω certifies a descent direction (L-BFGS where ω allows, else −z),
+and accepts a step only when brackets of the upper value certify a decrease;
+ε, δ and the step adapt from iteration to iteration.  The loop is a host-side
+Python loop over the compiled oracles; their accuracies are traced, so adapting
+them never recompiles.  The derivations (certified and a-posteriori ω, the
+adjoint-corrected bracket, unexplored directions, the cubic cap, coarse-to-fine
+trials), the iteration step by step and the measurements behind each default
+are in ``docs/ALGORITHMS.md`` (section MAID).
 """
 
 from __future__ import annotations
@@ -379,7 +84,7 @@ def merge_constants(running: RunningConstants | None, new) -> RunningConstants:
 
 def adjoint_norm_bound(eps: float, delta: float, gx_norm: float, c: RunningConstants,
                        q_norm: float | None = None) -> float:
-    """An upper bound Q on ‖q*‖ (module docstring): min of (‖∇ₓf(x̃)‖ + L_f ε)/μ and,
+    """An upper bound Q on ‖q*‖ (docs/ALGORITHMS.md, MAID): min of (‖∇ₓf(x̃)‖ + L_f ε)/μ and,
     when L_H ε < μ and ‖q̃‖ is known, (‖q̃‖ + δ/μ + L_f ε/μ)/(1 − L_H ε/μ)."""
     mu = c.mu
     Q = (gx_norm + c.L_f * eps) / mu
@@ -389,7 +94,7 @@ def adjoint_norm_bound(eps: float, delta: float, gx_norm: float, c: RunningConst
 
 
 def error_bound(eps: float, delta: float, gx_norm: float, c: RunningConstants, q_norm: float | None = None) -> float:
-    """ω = L_fθ ε + (‖J‖/μ) δ + (‖J‖L_f/μ) ε + (‖J‖L_H/μ + L_J)·ε·Q (module docstring).
+    """ω = L_fθ ε + (‖J‖/μ) δ + (‖J‖L_f/μ) ε + (‖J‖L_H/μ + L_J)·ε·Q (docs/ALGORITHMS.md, MAID).
 
     With Q = (‖∇ₓf(x̃)‖ + L_f ε)/μ this is c·ε + (‖J‖/μ)·δ + c₂·ε²; passing the
     computed adjoint's norm ``q_norm`` can only tighten it.
@@ -411,7 +116,7 @@ def bounds_upper_lower(f: float, gx_norm: float, eps: float, L_f: float) -> tupl
 def adjoint_bracket(f: float, qr: float, q_norm: float, eps: float, delta: float, L_f: float,
                     L_H: float) -> tuple[float, float, float]:
     """(f̄⁺, f̄⁻, f_c): the adjoint-corrected value f_c = f(x̃) − ⟨q̃, ∇ₓg(x̃)⟩ and its
-    bracket f_c ± (δε + ½(L_f + L_H‖q̃‖)ε²) (module docstring, "Adjoint-corrected
+    bracket f_c ± (δε + ½(L_f + L_H‖q̃‖)ε²) (docs/ALGORITHMS.md, MAID, "Adjoint-corrected
     bracket")."""
     fc = f - qr
     slack = delta * eps + 0.5 * (L_f + L_H * q_norm) * eps * eps
@@ -555,7 +260,7 @@ def tighten_dominant(eps: float, delta: float, nu: float, eps_min: float, delta_
     ``terms(ε, δ)`` gives ω's (ε-part, δ-part).  Each round multiplies by ν the
     accuracy with the larger part (both when the parts are within a factor 2,
     the other one when the larger one is at its floor), so the cost goes where
-    the error is: ALGORITHMS.md's rule "ε, δ ← νε, νδ" applied to the term that
+    the error is: the published rule "ε, δ ← νε, νδ" applied to the term that
     matters.  At least one round is made.
     """
     for _ in range(max_halvings):
@@ -587,7 +292,7 @@ def diagonal_scaling(pairs: list, gamma: float) -> np.ndarray:
     """Per-coordinate scaling D of an L-BFGS H₀: the least-squares fit of s ≈ D y over the
     stored pairs, D_i = Σ s_i y_i / Σ y_i², for each coordinate with positive curvature
     that the steps have moved (Σ s_i² at least :data:`_INFORMED` of the largest); γ for the
-    others; within [γ/:data:`_DIAG_RANGE`, γ·:data:`_DIAG_RANGE`] (module docstring,
+    others; within [γ/:data:`_DIAG_RANGE`, γ·:data:`_DIAG_RANGE`] (docs/ALGORITHMS.md, MAID,
     "Unexplored directions")."""
     S = np.stack([p[0] for p in pairs])
     Y = np.stack([p[1] for p in pairs])
@@ -608,7 +313,7 @@ def lbfgs_direction(z: np.ndarray, pairs: list, unexplored: tuple[float, float] 
     steps whose singular values are at least :data:`_EXPLORED` times the largest), D is
     the per-coordinate fit :func:`diagonal_scaling` there, and γ⊥ = max(γ, length/‖z⊥‖)
     on the directions none of them has explored, z⊥ the part of z there; only when
-    ‖z⊥‖ > ω⊥, i.e. that part of z is above its estimated error (module docstring,
+    ‖z⊥‖ > ω⊥, i.e. that part of z is above its estimated error (docs/ALGORITHMS.md, MAID,
     "Unexplored directions").  ω⊥ = ω times the largest fraction of an ``error_dirs``
     vector (differences of hypergradients at one θ: the directions of z's error) that
     lies outside the explored span; ω when none is known.  Either H₀ is symmetric
@@ -663,7 +368,7 @@ def cubic_extrapolation(f0: float, g0: float, f1: float, g1: float) -> float:
     inf when p keeps decreasing beyond t = 1, 0 when p already rises there (g1 ≥ 0),
     NaN when a datum is not finite.  Along the last accepted step s (t = 0 its start,
     t = 1 the current point; values F, slopes ⟨z, s⟩) this is the cubic interpolation
-    of line searches (Moré–Thuente) used to extrapolate (module docstring, "Cubic cap
+    of line searches (Moré–Thuente) used to extrapolate (docs/ALGORITHMS.md, MAID, "Cubic cap
     on the first trial")."""
     if not all(math.isfinite(v) for v in (f0, g0, f1, g1)):
         return math.nan
@@ -735,7 +440,7 @@ def screening_accuracy(eps: float, alpha: float, rate: float, gx_norm: float,
     ‖∇ₓf‖ε equals the first-order decrease α⟨z, d⟩, within [ε, max_ratio·ε].
 
     A trial far worse than predicted is rejected there, one as good as predicted
-    is decided after one or two refinements (module docstring, "Coarse-to-fine
+    is decided after one or two refinements (docs/ALGORITHMS.md, MAID, "Coarse-to-fine
     trials")."""
     if not (gx_norm > 0 and math.isfinite(gx_norm) and rate > 0 and math.isfinite(rate)):
         return eps
@@ -1154,7 +859,7 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
             alpha = first_trial_step(1.0 if quasi_newton else step, dn, max_step, step0)
             if segment is not None and retries == 0 and math.isfinite(segment[1]):
                 # the cubic cap: move along the last step at most to where the cubic through its
-                # two ends' values and slopes has its minimum (module docstring)
+                # two ends' values and slopes has its minimum (docs/ALGORITHMS.md, MAID)
                 sv, ext = segment
                 limit = ext * float(np.linalg.norm(sv))
                 dc = cap_along(df, alpha, sv, limit)
