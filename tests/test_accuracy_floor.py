@@ -135,7 +135,7 @@ solve { outer: maid(tol=1e-12, max_iter=60) }
 """
 
 
-def _krr_data(path, n=20):
+def _krr_data(path, n=30):
     rng = np.random.default_rng(0)
     X, Xv = np.sort(rng.uniform(-3, 3, n)), np.sort(rng.uniform(-3, 3, n))
     f = lambda t: np.sin(2 * t) + 0.3 * t  # noqa: E731
@@ -155,6 +155,7 @@ def _krr_grid(D, Dv, y, yv) -> float:
     return best
 
 
+@pytest.mark.slow   # (~50 s on a loaded machine; the FlooredSolver tests above are its fast siblings)
 def test_kernel_ridge_reaches_the_floor_via_the_cli(tmp_path, capsys):
     """RBF kernel ridge learning (γ, λ), an ill-conditioned kernel: the lower solver's cap
     (200 iterations) is the accuracy floor.  Exit 0, the floor in result.json, and an
