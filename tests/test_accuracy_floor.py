@@ -54,7 +54,7 @@ def test_floor_reason_and_helpers():
     eps64 = float(np.finfo(np.float64).eps)
     assert e == pytest.approx(100 * eps64 * 4) and d == pytest.approx(100 * eps64 * 10)
     e32, _ = auto_floors({"w": np.full(4, 2.0, np.float32)}, (0.0, 0.0))
-    assert e32 == pytest.approx(100 * float(np.finfo(np.float32).eps) * 4)
+    assert e32 == pytest.approx(float(np.finfo(np.float32).eps) * 4)     # (float32's arithmetic floor has ‖H‖)
     # the arithmetic floor wins where it is larger; explicit numbers are kept above it
     assert auto_floors(x, (1.0, 2.0))[:2] == (1.0, 2.0)
     assert resolve_floors(1e-6, AUTO, x, (1e-9, 0.0), 10.0) == (1e-6, pytest.approx(100 * eps64 * 10))

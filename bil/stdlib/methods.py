@@ -132,11 +132,11 @@ def maid(eps0=0.1, delta0=0.1, eta=1e-4, lam=1e-8, rho=0.5, nu=0.5, nu_plus=1.25
     `max_backtracks` (trials per round, one more per retry), `budget` (total
     lower + CG iterations, strict: every solve is capped by what is left),
     `tol` (stop when ‖z‖ + ω ≤ tol), `eps_min`,
-    `delta_min`: floors of ε and δ.  "auto" (default): 100 roundoff units of
-    the run's precision times ‖x̃‖ (ε) and times ‖∇ₓf(x̃)‖ (δ), refreshed with
-    the constants as x̃ moves (float64: ε ≥ 2.2e-14·‖x̃‖); a number is an
-    absolute floor.  Either is never below one roundoff unit of ‖∇ₓg‖/μ
-    (float32 also ‖H‖·‖x̃‖/μ) and of ‖∇ₓf‖.  Where the lower solver or CG
+    `delta_min`: floors of ε and δ.  "auto" (default): in float64 100
+    roundoff units times ‖x̃‖ (ε) and times ‖∇ₓf(x̃)‖ (δ), i.e. ε ≥
+    2.2e-14·‖x̃‖, in float32 one unit; refreshed with the constants as x̃
+    moves.  A number is an absolute floor.  Either is never below one
+    roundoff unit of ‖∇ₓg‖/μ (float32 also ‖H‖·‖x̃‖/μ) and of ‖∇ₓf‖.  Where the lower solver or CG
     cannot reach an accuracy that MAID asks for after a point is certified
     (its iteration cap at the current point or at two trials in a row, the
     floors, or `max_backtracks`-long rounds failing 8 times in one

@@ -24,7 +24,10 @@ __all__ = ["AUTO", "ROUNDOFF_UNITS", "FLOOR_PREFIX", "floor_reason", "is_floor_s
            "auto_floors", "resolve_floors", "hypers_text"]
 
 AUTO = "auto"
-#: ``"auto"`` floors: this many roundoff units of the lower iterate's norm (ε) and of ‖∇ₓf‖ (δ)
+#: ``"auto"`` floors in float64: this many roundoff units of the lower iterate's norm (ε) and of
+#: ‖∇ₓf‖ (δ).  (float64's arithmetic floor leaves out ‖H‖, whose power iteration would cost a
+#: compilation in every run; the factor stands in for the conditioning.  float32's includes
+#: ‖H‖·‖x‖/μ, and one unit is used there.)
 ROUNDOFF_UNITS = 100.0
 FLOOR_PREFIX = "accuracy floor reached"
 
@@ -56,13 +59,14 @@ def _norm(tree) -> float:
 def auto_floors(x, arithmetic: tuple[float, float], gx_norm: float = math.nan) -> tuple[float, float]:
     """(ε, δ) floors for ``eps_min``/``delta_min="auto"``.
 
-    ε: :data:`ROUNDOFF_UNITS` roundoff units of ‖x̃‖ (a lower iterate cannot be certified
-    much closer to x* than its own rounding, times the conditioning that a solver's
-    stopping test sees), and never below ``arithmetic[0]`` (roundoff of ‖∇ₓg‖/μ and
+    ε: :data:`ROUNDOFF_UNITS` roundoff units of ‖x̃‖ in float64, one in lower precisions (a
+    lower iterate cannot be certified much closer to x* than its own rounding, times the
+    conditioning that a solver's stopping test sees), and never below ``arithmetic[0]`` (roundoff of ‖∇ₓg‖/μ and
     ‖H‖‖x‖/μ, :meth:`~bil.runtime.oracles.AbstractOracles.accuracy_floor`).  δ: the same
     units of ‖∇ₓf(x̃)‖ (the right-hand side of the adjoint system) where known, never
     below ``arithmetic[1]``."""
-    u = ROUNDOFF_UNITS * machine_eps(x)
+    eps = machine_eps(x)
+    u = eps * (ROUNDOFF_UNITS if eps <= float(np.finfo(np.float64).eps) else 1.0)
     e = max(arithmetic[0], u * _norm(x))
     d = arithmetic[1]
     if math.isfinite(gx_norm):
