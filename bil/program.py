@@ -326,6 +326,12 @@ class Program:
                 self.engine.low.upper_span,
                 "check the upper objective's domain (log/sqrt of non-positive values, division by 0) over the "
                 "values the lower variables and the hypers take")
+        if reason.startswith("invalid strong-convexity estimate"):
+            # MAID's certificates (‖x̃ − x*‖ ≤ ε from ‖∇ₓg‖ ≤ μ·ε) need μ > 0
+            return BilRuntimeError(
+                f"{prefix}the lower objective is not strongly convex there ({reason.split(' ', 3)[-1]}), "
+                "which MAID's accuracy certificates need", self.engine.low.lower_span,
+                "add a strongly convex term (e.g. `+ 1e-3 * sumsq(x)`), or use `outer: hoag(...)`")
         if reason not in self._FAILED_STOPS:
             return None
         lower_status, cg_status = self._FAILED_STOPS[reason]

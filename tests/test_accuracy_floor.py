@@ -283,3 +283,26 @@ def test_huber_tv_deblurring_reaches_the_floor(tmp_path):
                        noisy.ravel(), jac=True, method="L-BFGS-B", options=dict(maxiter=5000, gtol=1e-12))
         best = min(best, 0.5 * float(np.sum((sol.x - clean.ravel()) ** 2)))
     assert res.upper <= best
+
+
+class NotStronglyConvex(QuadraticOracles):
+    def constants(self, u, x):
+        return super().constants(u, x)._replace(mu=0.0)
+
+
+def test_a_lower_problem_that_is_not_strongly_convex_is_a_failure():
+    """MAID needs μ > 0; that stop was exit 0 (it was not among the failed solves)."""
+    r = run_outer(NotStronglyConvex(), "maid", dict(max_iter=3))
+    assert r.reason.startswith("invalid strong-convexity estimate")
+    prog = bil.compile("""
+data X, y = (randn(20, 3, seed=0), randn(20, seed=1))
+hyper lam : positive = 1.0
+lower {
+    w : real[3] = 0
+    minimize 0.5 * sumsq(X @ w - y) + 0.5 * lam * sumsq(w)
+}
+upper minimize 0.5 * sumsq(X @ w - y)
+""")
+    err = prog._failure(r.reason, hypers={"lam": 1.0})
+    assert err is not None and "not strongly convex" in err.message and "at lam = 1" in err.message
+    assert "sumsq" in err.hint
