@@ -306,3 +306,24 @@ upper minimize 0.5 * sumsq(X @ w - y)
     err = prog._failure(r.reason, hypers={"lam": 1.0})
     assert err is not None and "not strongly convex" in err.message and "at lam = 1" in err.message
     assert "sumsq" in err.hint
+
+
+@pytest.mark.parametrize("opts,ok", [('eps_min="auto", delta_min=1e-9', True), ("eps_min=1e-9", True),
+                                     ('eps_min="tiny"', False), ("delta_min=0", False)])
+def test_floor_options_take_auto_or_a_positive_number(opts, ok):
+    src = f"""
+data X, y = (randn(20, 3, seed=0), randn(20, seed=1))
+hyper lam : positive = 1.0
+lower {{
+    w : real[3] = 0
+    minimize 0.5 * sumsq(X @ w - y) + 0.5 * lam * sumsq(w)
+}}
+upper minimize 0.5 * sumsq(X @ w - y)
+solve {{ outer: maid({opts}) }}
+"""
+    if ok:
+        kw = bil.compile(src).state.options["solve"]["outer"].kwargs
+        assert kw["eps_min"] in ("auto", 1e-9)
+    else:
+        with pytest.raises(bil.BilError, match="must be > 0"):
+            bil.compile(src)
