@@ -273,7 +273,7 @@ class Program:
         lower = {k: np.asarray(v) for k, v in x.items()}
         return Result(hypers=res.hypers, lower=lower, upper=upper, history=list(res.history),
                       converged=bool(res.converged), reason=str(res.reason), state=res.state,
-                      error=self._failure(str(res.reason)))
+                      error=self._failure(str(res.reason), hypers=getattr(res, "failed_at", None) or res.hypers))
 
     def result_from_state(self, state: dict, reason: str) -> "Result":
         """The :class:`Result` of a run that ended with the resumable ``state`` and stop
@@ -311,8 +311,13 @@ class Program:
         "CG hit its iteration cap": (0, 1),
     }
 
-    def _failure(self, reason: str, prefix: str = "the run stopped: "):
-        """The spec-located error for an outer loop that stopped on a failed solve, else None."""
+    def _failure(self, reason: str, prefix: str = "the run stopped: ", hypers: dict | None = None):
+        """The spec-located error for an outer loop that stopped on a failed solve, else None;
+        its message names the (user-coordinate) ``hypers`` at which the solve failed, if given."""
+        if hypers:
+            from bil.runtime.outer.floor import hypers_text
+
+            prefix = f"{prefix.rstrip(': ')} at {hypers_text(hypers)}: "
         if reason == "non-finite hypergradient":
             # the lower solve was finite (that stop has its own reason): the upper objective,
             # or its gradient, is not finite at the lower solution
@@ -321,11 +326,17 @@ class Program:
                 self.engine.low.upper_span,
                 "check the upper objective's domain (log/sqrt of non-positive values, division by 0) over the "
                 "values the lower variables and the hypers take")
+        if reason.startswith("invalid strong-convexity estimate"):
+            # MAID's certificates (‖x̃ − x*‖ ≤ ε from ‖∇ₓg‖ ≤ μ·ε) need μ > 0
+            return BilRuntimeError(
+                f"{prefix}the lower objective is not strongly convex there ({reason.split(' ', 3)[-1]}), "
+                "which MAID's accuracy certificates need", self.engine.low.lower_span,
+                "add a strongly convex term (e.g. `+ 1e-3 * sumsq(x)`), or use `outer: hoag(...)`")
         if reason not in self._FAILED_STOPS:
             return None
         lower_status, cg_status = self._FAILED_STOPS[reason]
         err = self.engine.failure(lower_status, cg_status=cg_status)
-        return BilRuntimeError(f"the run stopped: {err.message}", err.span, err.hint)
+        return BilRuntimeError(f"{prefix}{err.message}", err.span, err.hint)
 
 
 def _unknown_hypers(names, known) -> BilUsageError:

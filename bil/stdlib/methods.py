@@ -94,7 +94,7 @@ def unroll(truncate=None, steps=1000):
 @register("maid", kind="outer")
 def maid(eps0=0.1, delta0=0.1, eta=1e-4, lam=1e-8, rho=0.5, nu=0.5, nu_plus=1.25,
          rho_plus=1.25, step0=1.0, max_step=1.0, max_iter=100, max_backtracks=8,
-         budget=None, tol=1e-6, eps_min=1e-14, delta_min=1e-14, constants_every=5,
+         budget=None, tol=1e-6, eps_min="auto", delta_min="auto", constants_every=5,
          omega="secant", safety=2.0, bracket="adjoint", direction="lbfgs", memory=5, h0="auto",
          cubic=True, screen=True):
     """Adaptively inexact descent (Salehi et al. 2025): ε, δ and the step are adapted.
@@ -132,8 +132,16 @@ def maid(eps0=0.1, delta0=0.1, eta=1e-4, lam=1e-8, rho=0.5, nu=0.5, nu_plus=1.25
     `max_backtracks` (trials per round, one more per retry), `budget` (total
     lower + CG iterations, strict: every solve is capped by what is left),
     `tol` (stop when ‖z‖ + ω ≤ tol), `eps_min`,
-    `delta_min` (floors; never below one roundoff unit of ‖∇ₓg‖/μ and ‖∇ₓf‖
-    in the run's precision).  `omega`: the error estimate ω of ‖z − ∇F‖ in the
+    `delta_min`: floors of ε and δ.  "auto" (default): in float64 100
+    roundoff units times ‖x̃‖ (ε) and times ‖∇ₓf(x̃)‖ (δ), i.e. ε ≥
+    2.2e-14·‖x̃‖, in float32 one unit; refreshed with the constants as x̃
+    moves.  A number is an absolute floor.  Either is never below one
+    roundoff unit of ‖∇ₓg‖/μ (float32 also ‖H‖·‖x̃‖/μ) and of ‖∇ₓf‖.  Where the lower solver or CG
+    cannot reach an accuracy that MAID asks for after a point is certified
+    (its iteration cap at the current point or at two trials in a row, the
+    floors, or `max_backtracks`-long rounds failing 8 times in one
+    iteration), the run stops at its best certified point with the reason
+    "accuracy floor reached at ε = ..." (exit 0), not an error.  `omega`: the error estimate ω of ‖z − ∇F‖ in the
     descent test: "secant" (default) = safety·(k_ε·ε + k_δ·δ), slopes measured
     a posteriori on pairs of hypergradients at the same θ (an estimate; steps
     stay certified by the bracket); "bound" = the a-priori bound with the

@@ -133,6 +133,8 @@ def check_method(m: Method) -> None:
         _pos_int(kw["truncate"], span, "unroll(truncate=...)")
     for name in ("eps0", "delta0", "lr", "mu", "L0", "step0", "max_step", "tol", "eta", "lam", "alpha", "budget",
                  "eps_min", "delta_min", "safety"):
+        if name in ("eps_min", "delta_min") and kw.get(name) == "auto":
+            continue   # maid's floors from the precision and the problem's scale
         if kw.get(name) is not None and not _is_number(kw[name], lambda v: v > 0):
             raise BilError(f"`{m.name}({name}=...)` must be > 0, got {kw[name]!r}", span)
     for name in ("max_iter", "steps", "k", "memory", "max_backtracks", "cg_max_iter", "constants_every"):

@@ -79,6 +79,7 @@ class OuterResult:
     converged: bool    # True only for the gradient-norm test
     reason: str        # why the run stopped
     state: dict = field(repr=False, default_factory=dict)  # resumable state
+    failed_at: dict | None = None  # user-coordinate hypers where a failed solve ran, if not ``hypers``
 
 
 # ------------------------------------------------------------------ records

@@ -24,8 +24,12 @@ Follows ``docs/ALGORITHMS.md`` (section HOAG) and the public reference code:
   (The reference code pairs f_k with the *next* step's Δθ and shifted
   tolerances; here the test is applied to the step that produced f_k.)
   The first L is ‖z₀‖ times the number of scalar hypers (1 if ‖z₀‖ ≤ 1e-3).
-* A lower solve or CG that hits its cap is used anyway (the reference does the
-  same); non-finite values stop the run.
+* A lower solve or CG that hits its cap at the initial hypers stops the run
+  (a failure); one at a later step ends the run at the last point, whose
+  values were certified at the previous tolerance: the schedule asked for an
+  accuracy the solver does not deliver (the accuracy floor,
+  :mod:`bil.runtime.outer.floor`; the reference code steps on from capped solves).
+  Non-finite values stop the run.
 
 Iteration k (k = 1, 2, ...): step θ_{k−1} → θ_k with the pending z_{k−1};
 hypergradient at θ_k (tolerance index j = k); step control; record k
@@ -45,6 +49,7 @@ import jax
 import numpy as np
 
 from bil.runtime.oracles import AbstractOracles
+from bil.runtime.outer.floor import floor_reason
 from bil.runtime.outer.history import (OuterResult, Tracker, arithmetic_floor, host_copy, hypergrad_step,
                                        pack_iterates, pack_tree, start_iterates, tree_axpy, tree_norm,
                                        unpack_iterates, unpack_tree)
@@ -52,6 +57,8 @@ from bil.runtime.outer.history import (OuterResult, Tracker, arithmetic_floor, h
 __all__ = ["SCHEDULES", "schedule_eps", "step_control", "first_L", "run_hoag"]
 
 SCHEDULES = ("quadratic", "cubic", "exponential")
+#: hypergrad_step's reasons for a solve stopped by its iteration cap
+_CAPPED = ("lower solve hit its iteration cap", "CG hit its iteration cap")
 EPS_FLOOR = 1e-12
 
 
@@ -119,6 +126,7 @@ def run_hoag(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
     n_hypers = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(u0))
     reason = None
     converged = False
+    failed_at = None   # the hypers of a failed step (the run stays at the last good point)
 
     if state is None:
         u, x, q = start_iterates(oracles, u0)
@@ -168,8 +176,15 @@ def run_hoag(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         dtheta = tree_norm(jax.tree.map(lambda a, b: a - b, u_new, u))
         e = schedule_eps(schedule, eps0, k)
         hg, f, z_new, why = hypergrad_step(oracles, tr, u_new, x, q, *accuracies(e))
-        if why is not None:  # the step is not taken from a cut-short or non-finite solve
+        if why in _CAPPED and math.isfinite(f_prev):
+            # the schedule asks for more than the solver delivers: the run ends at its last
+            # point (certified at the previous tolerance), not in an error
+            what = "lower solve" if why.startswith("lower") else "CG solve"
+            why = floor_reason(eps_prev, f"the {what} did not reach the schedule's next tolerance {e:.2g} "
+                                         f"within its iteration cap")
+        if why is not None:  # the step is not taken from a cut-short, capped or non-finite solve
             reason = tr.stop = why
+            failed_at = oracles.to_user(u_new)
             rec = tr.emit(upper=f_prev, grad_norm=tree_norm(z), omega=math.nan,
                           eps=shown(eps_prev), delta=shown(eps_prev),
                           step=0.0, backtracks=0, hypers=oracles.to_user(u))
@@ -197,4 +212,4 @@ def run_hoag(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         tr.notify(rec, make_state)
 
     return OuterResult(u=u, hypers=oracles.to_user(u), x=x, q=q, upper=f_prev, history=tr.history,
-                       converged=converged, reason=reason, state=make_state())
+                       converged=converged, reason=reason, state=make_state(), failed_at=failed_at)

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from bil.runtime.oracles import AbstractOracles
+from bil.runtime.outer.floor import floor_reason, resolve_floors
 from bil.runtime.outer.history import (OuterResult, Tracker, arithmetic_floor, host_copy, is_finite_tree,
                                        pack_iterates, start_iterates, to_host, tree_axpy, tree_norm, unpack_iterates)
 
@@ -33,6 +34,14 @@ __all__ = ["RunningConstants", "merge_constants", "error_bound", "bounds_upper_l
 
 #: consecutive continuations of a capped lower/CG solve at the current point
 _MAX_CONTINUATIONS = 3
+#: the same once the run has certified a point: a cap then means the accuracy asked for is
+#: below what the solver delivers (the accuracy floor, :mod:`bil.runtime.outer.floor`)
+_MAX_FLOOR_CONTINUATIONS = 1
+#: consecutive trials of one round whose lower solves hit their cap: the round ends there
+_MAX_CAPPED_TRIALS = 2
+#: failed backtracking rounds (each followed by a tightening) in one iteration before the run
+#: stops at its accuracy floor
+_MAX_RETRIES = 8
 #: a direction counts as explored by the L-BFGS steps when its singular value in the stacked
 #: steps is at least this fraction of the largest (:func:`lbfgs_direction`)
 _EXPLORED = 0.1
@@ -507,6 +516,7 @@ class _Trial(NamedTuple):
     center: float = math.nan    # the bracket's centre: the best estimate of F there
     ok: bool = False            # certified sufficient decrease
     accuracy_bound: bool = False  # central values pass, the bracket's width fails
+    capped: bool = False        # its lower solve hit its iteration cap (at the accuracy asked for)
 
 
 def _qr_of(hg) -> float:
@@ -521,7 +531,7 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
     max_step = None if o.get("max_step") is None else float(o["max_step"])
     max_iter, max_bt = int(o["max_iter"]), int(o["max_backtracks"])
     tol = float(o["tol"])
-    eps_min, delta_min = float(o["eps_min"]), float(o["delta_min"])
+    eps_opt, delta_opt = o["eps_min"], o["delta_min"]     # numbers or "auto" (floor.resolve_floors)
     every = max(1, int(o.get("constants_every", 5) or 1))
     step0 = float(o["step0"])
     mode = str(o.get("omega", "secant"))
@@ -560,14 +570,13 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
     # no constants to estimate)
     exact = oracles.exact
     if exact:
-        eps_min0 = delta_min0 = eps_min = delta_min = 0.0
+        eps_min = delta_min = 0.0
         # the adjoint correction f − ⟨q, ∇ₓg⟩ estimates f at a minimiser; a training procedure's
         # value is f at its last step, exactly
         bracket = "value"
     else:
-        eps_min0, delta_min0 = eps_min, delta_min
-        floor_eps, floor_delta = arithmetic_floor(oracles, u0)
-        eps_min, delta_min = max(eps_min, floor_eps), max(delta_min, floor_delta)
+        x_start = oracles.init_lower(u0)
+        eps_min, delta_min = resolve_floors(eps_opt, delta_opt, x_start, arithmetic_floor(oracles, u0, x_start))
     if state is None:
         u, x, q = start_iterates(oracles, u0)
         eps, delta, step = (0.0, 0.0, math.nan) if exact else (float(o["eps0"]), float(o["delta0"]), math.nan)
@@ -605,6 +614,8 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
         unexplored_len = float(state.get("lbfgs/unexplored_len", step0))
         error_dirs = [np.array(v, np.float64) for v in np.asarray(state.get("secant/error_dirs", np.zeros((0, 0))))]
     probes = {k: (0 if state is None else int(state.get(f"probes/{k}", 0))) for k in ("eps", "delta")}
+    # (ε, δ) of the last hypergradient certified in this run (a resumed run had one)
+    last_ok = (eps, delta) if (state is not None and tr.history) else None
 
     def make_state() -> dict:
         st = tr.common_state()
@@ -698,6 +709,13 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
                 x, q = hg.x, hg.q
                 if ls == 1 or cs == 1:
                     conts += 1
+                    if last_ok is not None and conts > _MAX_FLOOR_CONTINUATIONS:
+                        # a point is certified already: the accuracy asked for is below what the
+                        # solver delivers.  The run ends at its best certified point, not in an error
+                        what = (f"the lower solve did not reach ε = {eps:.2g}" if ls == 1 else
+                                f"CG did not reach δ = {delta:.2g}")
+                        stop = floor_reason(last_ok[0], f"{what} within its iteration cap")
+                        break
                     if conts > _MAX_CONTINUATIONS:
                         stop = ("lower solve hit its iteration cap" if ls == 1 else "CG hit its iteration cap")
                         break
@@ -707,6 +725,7 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
                 if not (math.isfinite(f) and math.isfinite(gx) and is_finite_tree(z)):
                     stop = "non-finite hypergradient"
                     break
+                last_ok = (eps, delta)
                 qr_cur = _qr_of(hg) if bracket == "adjoint" else math.nan
                 f_raw = f
                 # the best estimate of F here: the adjoint-corrected value (second order in ε, δ)
@@ -714,9 +733,8 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
                 if refresh:
                     consts = merge_constants(consts, oracles.constants(u, x))
                     refresh = False
-                    # μ may have changed: so has the arithmetic's floor on ε
-                    floor_eps, floor_delta = arithmetic_floor(oracles, u, x)  # and so may ‖H‖·‖x‖
-                    eps_min, delta_min = max(eps_min0, floor_eps), max(delta_min0, floor_delta)
+                    # μ may have changed: so has the arithmetic's floor on ε (and so may ‖H‖·‖x‖, ‖x‖)
+                    eps_min, delta_min = resolve_floors(eps_opt, delta_opt, x, arithmetic_floor(oracles, u, x), gx)
                     since_iters, since_dist = 0, 0.0
                     if not (consts.mu > 0 and math.isfinite(consts.mu)):
                         stop = f"invalid strong-convexity estimate mu={consts.mu!r}"
@@ -762,7 +780,8 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
                 if certified:
                     break
                 if eps <= eps_min and delta <= delta_min:
-                    stop = "eps floor reached"
+                    stop = floor_reason(eps, "ε and δ at their floors eps_min, delta_min, and ω still too large "
+                                             "for a certified descent direction")
                     break
                 if zn > 0:
                     eps, delta = tighten_dominant(
@@ -825,7 +844,7 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
                         break
                     e_t = max(eps, e_t * _SCREEN_FACTOR)
                     xs = v.x
-                t = _Trial(u=u_try, alpha=alpha, f=vf, gx=vgx, x=v.x, q=qs)
+                t = _Trial(u=u_try, alpha=alpha, f=vf, gx=vgx, x=v.x, q=qs, capped=vls == 1)
                 if vls in (0, 1) and math.isfinite(vf):
                     tried.append((u_try, (t.x, t.q)))
                 if not (vls == 0 and math.isfinite(vf) and math.isfinite(vgx)):
@@ -875,6 +894,7 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
             # (the first trial's α, against which the accepted α measures backtracking)
             expanded_alpha0 = alpha if (quasi_newton and expanded[0]) else None
             t = None
+            caps = 0           # consecutive trials whose lower solves hit their cap
             for i in range(max_bt + 1 + retries):
                 if tr.exhausted():
                     stop = "budget exhausted"
@@ -889,13 +909,17 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
                     accepted = t
                     break
                 backtracks += 1
-                if t.accuracy_bound:
+                caps = caps + 1 if t.capped else 0
+                if t.accuracy_bound or caps >= _MAX_CAPPED_TRIALS:
                     break
                 alpha *= rho
             if stop is not None or accepted is not None:
                 break
             # ---- failed backtracking: tighten and retry from the same point
             limited = t is not None and t.accuracy_bound
+            # the round ended on trials the lower solver could not solve to ε: tightening further
+            # cannot help (a trial failing at a point is a failed trial; the run keeps its point)
+            capped = t is not None and t.capped
             if exact:
                 # exact values: no accuracy to tighten.  A failed quasi-Newton direction (its
                 # curvature pairs may be stale) is dropped for a retry along −z; a failed −z round
@@ -907,7 +931,14 @@ def run_maid(oracles: AbstractOracles, o: dict, *, callback=None, state=None) ->
                 stop = "no decrease along the search direction"
                 break
             if eps <= eps_min and (not limited or delta <= delta_min):
-                stop = "eps floor reached"
+                stop = floor_reason(eps, "ε at its floor eps_min and no certified decrease")
+                break
+            if capped:
+                stop = floor_reason(eps, "the lower solves at the trial steps hit their iteration cap")
+                break
+            if retries >= _MAX_RETRIES:
+                stop = floor_reason(eps, f"no certified decrease after {retries + 1} rounds of backtracking at "
+                                         "tightened accuracies")
                 break
             if limited:
                 # the bracket's width is driven by ε (the corrected one's δε term too, and
