@@ -159,8 +159,8 @@ class _Matcher:
         low, rest = self.split(_factors(a))
         if len(low) == 1 and low[0][1] == 1 and isinstance(low[0][0], ir.Name):
             return low[0][0].id, _product(rest, a.span)
-        raise BilError(f"`{call.func}({ir.show(a)})` is non-smooth and not separable in the lower variables, so "
-                       "it has no proximal operator", call.span, _SMOOTH_HINT)
+        raise BilError(f"`{call.func}({ir.show(a)})` is non-smooth, and its argument is not a lower variable times "
+                       "factors of hypers and data, so bil has no proximal operator for it", call.span, _SMOOTH_HINT)
 
     def term(self, t: ir.Expr, sign: int, kink: ir.Call) -> tuple[str, str, ir.Expr, Optional[ir.Expr], list]:
         """(var, kind, weight, groups, weights that must be ≥ 0) of one non-smooth term."""
@@ -171,7 +171,9 @@ class _Matcher:
         atom = low[0][0]
         outer = _product(rest, t.span)
         if sign < 0:
-            outer = _mul(ir.Num(t.span, -1), outer, t.span)
+            raise BilError(f"`{kink.func}(...)` of a lower variable is subtracted from the objective", kink.span,
+                           "a subtracted l1 or group penalty is concave: the lower problem would have no convex "
+                           "minimiser; add it with a weight >= 0")
         signed = [outer] if outer is not None else []
         if isinstance(atom, ir.Call) and not atom.kwargs and len(atom.args) == 1 and atom.func in ("l1", "abs"):
             var, inner = self.var_times(atom.args[0], atom)
