@@ -603,6 +603,12 @@ class Engine(AbstractOracles):
                                    "`+ c * sumsq(w)` term)"
                                    + (", lower the initial hypers, or use `precision: \"float64\"`" if f32 else
                                       ", or lower the initial hypers"))
+        if s == 1 and self.low.nonsmooth is not None and not f32:
+            return BilRuntimeError(f"the {what} did not reach its tolerance within max_iter={self.max_iter} "
+                                   f"iterations{norm('‖x − prox(x − ∇s)‖', grad_norm)}", span,
+                                   "raise `max_iter:` in the lower block or loosen the tolerance; proximal gradient "
+                                   "is slow when the smooth part is ill-conditioned: a ridge term "
+                                   "(`+ c * sumsq(w)`, the elastic net) or `fista(mu=...)` speeds it up")
         if s == 1:
             return BilRuntimeError(f"the {what} did not reach its tolerance within max_iter={self.max_iter} "
                                    f"iterations{norm('‖∇g‖', grad_norm)}", span,

@@ -170,7 +170,8 @@ class _Matcher:
                            "only by factors of hypers and data", kink.span, _SMOOTH_HINT)
         atom = low[0][0]
         outer = _product(rest, t.span)
-        if sign < 0:
+        # `- lam * l1(w)` parses as (-lam) * l1(w): a literal -1 factor subtracts the term too
+        if sign * (-1) ** sum(isinstance(f, ir.Num) and f.value == -1 for f, _ in rest) < 0:
             raise BilError(f"`{kink.func}(...)` of a lower variable is subtracted from the objective", kink.span,
                            "a subtracted l1 or group penalty is concave: the lower problem would have no convex "
                            "minimiser; add it with a weight >= 0")
