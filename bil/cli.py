@@ -640,6 +640,12 @@ def _structure_lines(st) -> list[str]:
         solve = st.options["solve"]["hypergradient"]
         out.append(f"the lower problem is a training procedure: {st.train_steps} steps of "
                    f"{st.train_optimizer.name}; hypergradient by {solve.show()}")
+    elif st.structure.get("nonsmooth") is not None:
+        split = st.structure["nonsmooth"]
+        how = "chosen for the non-smooth terms" if split.switched else "as given"
+        out.append(f"lower objective = smooth part + separable non-smooth terms: solved by proximal gradient "
+                   f"({st.options['lower']['solver'].name}, {how}); differentiated on their support")
+        out += [f"  non-smooth: {p}" for p in split.penalties]
     else:
         deg = st.structure.get("lower_degree")
         solver = st.options["lower"]["solver"].name

@@ -88,6 +88,10 @@ class Lowered:
     lower_span: Optional[Span] = None
     upper_span: Optional[Span] = None
     theta0: dict = field(default_factory=dict)
+    #: the smooth part s of g = s + h when the lower objective has separable non-smooth
+    #: terms h (then ``nonsmooth`` is their :class:`bil.runtime.prox.Nonsmooth`); else None
+    g_smooth: Optional[Callable] = None
+    nonsmooth: Any = None
 
     @property
     def batched(self) -> bool:
@@ -146,8 +150,30 @@ def lower(st: CompileState) -> Lowered:
             return out
 
     theta0 = {n: jnp.asarray(h.init, dtype) for n, h in st.hypers.items()}
+    g_smooth, nonsmooth = _split(st, dtype)
     return Lowered(state=st, transform=Transform(st.hypers), dtype=dtype, data=data, data_axes=axes,
                    n_samples=st.n_samples, var_shapes=shapes, bounds=bounds, g=g, f=f, x_init=x_init,
                    opt_kwargs=opt_kwargs, train_steps=st.train_steps,
                    optimizer=st.train_optimizer.name if st.is_train else None,
-                   lower_span=st.lower.span, upper_span=st.upper.span, theta0=theta0)
+                   lower_span=st.lower.span, upper_span=st.upper.span, theta0=theta0,
+                   g_smooth=g_smooth, nonsmooth=nonsmooth)
+
+
+def _split(st: CompileState, dtype):
+    """(s, Nonsmooth) for a lower objective split by the compiler's split-nonsmooth pass, else (None, None)."""
+    split = st.structure.get("nonsmooth")
+    if split is None:
+        return None, None
+    from bil.runtime.prox import Nonsmooth, VarTerm
+
+    def theta_fn(e):
+        fn = None if e is None else _expr_fn(e)
+        return None if fn is None else (lambda theta, d: fn({}, theta, d))
+
+    s_raw = _expr_fn(split.smooth)
+
+    def g_smooth(x, theta, d):
+        return jnp.asarray(s_raw(x, theta, d), dtype)
+
+    terms = {p.var: VarTerm(theta_fn(p.l1), theta_fn(p.group_weight), theta_fn(p.groups)) for p in split.penalties}
+    return g_smooth, Nonsmooth(terms, dtype)

@@ -109,6 +109,21 @@ class Engine(AbstractOracles):
         theta, d = params
         return self.low.g(x, theta, d)
 
+    def _s1(self, x, params):
+        """The smooth part of g (all of g without non-smooth terms): what the solvers differentiate."""
+        theta, d = params
+        return (self.low.g_smooth or self.low.g)(x, theta, d)
+
+    @property
+    def _prox(self):
+        """``prox(z, t, (θ, d))`` of the non-smooth terms, or None."""
+        return None if self.low.nonsmooth is None else self.low.nonsmooth.prox
+
+    @property
+    def _reduced(self) -> bool:
+        """Implicit derivatives live on an active set: bounds, or non-smooth terms pinning entries at 0."""
+        return self.low.bounds is not None or self.low.nonsmooth is not None
+
     def F(self, X, theta, d):
         """The upper objective: mean over samples of f."""
         if not self.low.batched:
@@ -147,8 +162,8 @@ class Engine(AbstractOracles):
         max_iter = self.max_iter if cap is None else jnp.minimum(per_cap, self.max_iter)
 
         def one(theta, d, x0):
-            r = solvers.solve(self.solver.name, self._g1, x0, (theta, d), per_tol, max_iter,
-                              options=self.solver.kwargs, bounds=low.bounds)
+            r = solvers.solve(self.solver.name, self._s1, x0, (theta, d), per_tol, max_iter,
+                              options=self.solver.kwargs, bounds=low.bounds, prox=self._prox)
             st = r.status if cap is None else _budget_status(r.status, r.iters, per_cap, self.max_iter)
             return r.x, r.iters, r.grad_norm, st
 
@@ -184,17 +199,23 @@ class Engine(AbstractOracles):
 
     # ------------------------------------------------------------ adjoint
     def _free_mask(self, x, theta, d):
-        """1 where a bounded lower variable is free, 0 where its bound is active."""
-        lo, hi = self.low.bounds
-        gx = jax.grad(self._g1)(x, (theta, d))
-        tiny = 1e-10
+        """1 where a lower variable is free, 0 where a bound is active or a non-smooth term
+        pins it at 0 (outside the support of an l1 or group term, :mod:`bil.runtime.prox`)."""
+        mask = jax.tree.map(jnp.ones_like, x)
+        if self.low.bounds is not None:
+            lo, hi = self.low.bounds
+            gx = jax.grad(self._g1)(x, (theta, d))
+            tiny = 1e-10
 
-        def m(xv, gv, l, h):
-            at_lo = (xv <= l + tiny) & (gv > 0)
-            at_hi = (xv >= h - tiny) & (gv < 0)
-            return jnp.where(at_lo | at_hi, 0.0, 1.0).astype(xv.dtype)
+            def m(xv, gv, l, h):
+                at_lo = (xv <= l + tiny) & (gv > 0)
+                at_hi = (xv >= h - tiny) & (gv < 0)
+                return jnp.where(at_lo | at_hi, 0.0, 1.0).astype(xv.dtype)
 
-        return jax.tree.map(m, x, gx, lo, hi)
+            mask = jax.tree.map(m, x, gx, lo, hi)
+        if self.low.nonsmooth is not None:
+            mask = jax.tree.map(jnp.multiply, mask, self.low.nonsmooth.support(x, (theta, d)))
+        return mask
 
     def _adjoint(self, theta, d, X, B, Q0, delta, method, cap=None):
         """Solve H q = b per sample (b = ∇ₓF), to ‖Hq − b‖ ≤ delta overall; CG
@@ -208,9 +229,10 @@ class Engine(AbstractOracles):
             def hv(v):
                 return linear.hvp(self._g1, x, (theta, d), v)
 
-            if low.bounds is not None:
-                # Active bounds: the adjoint lives on the free coordinates
-                # (the reduced Hessian), and is 0 on the active ones.
+            if self._reduced:
+                # Active bounds or entries held at 0 by a non-smooth term: the adjoint lives on
+                # the free coordinates (the reduced Hessian of g, whose non-smooth terms are
+                # smooth there), and is 0 on the others.
                 mask = self._free_mask(x, theta, d)
                 hv = reduced_operator(hv, mask)
                 b = jax.tree.map(jnp.multiply, mask, b)
@@ -279,8 +301,9 @@ class Engine(AbstractOracles):
         sol = self._solve(self._theta(p, coords), d, X0, tol, cap)
         cg_cap = None if cap is None else jnp.maximum(cap - sol.iters, 0)
         f, z, B, Q, (cg_it, res, cg_st), jtq, qr = self._implicit(p, coords, d, sol.x, Q0, delta, method, cg_cap)
-        # ⟨q, ∇ₓg(x̃)⟩ for MAID's adjoint-corrected value; with active bounds ∇ₓg(x*) ≠ 0: unknown
-        if self.low.bounds is not None:
+        # ⟨q, ∇ₓg(x̃)⟩ for MAID's adjoint-corrected value; with active bounds (or a non-smooth
+        # term, whose support x̃ may not share with x*) it is not a residual: unknown
+        if self._reduced:
             qr = jnp.full((), jnp.nan, self.low.dtype)
         return HyperGrad(f=f, z=z, x=sol.x, q=Q, lower_iters=sol.iters, cg_iters=cg_it, lower_status=sol.status,
                          cg_status=cg_st, gx_norm=_norm(B), q_norm=_norm(Q), jtq_norm=jtq,
@@ -326,15 +349,18 @@ class Engine(AbstractOracles):
         mu = self.mu_given
 
         def one(theta, d):
+            # with non-smooth terms: proximal steps on the smooth part (ISTA/FISTA unrolled)
+            op = solvers.prox_operator(low.bounds, self._prox, (theta, d)) or (lambda z, t: z)
             x0 = proj(low.x_init(theta, d))
-            grad = jax.grad(self._g1)
+            grad = jax.grad(self._s1)
             th = jax.lax.stop_gradient(theta)
             g0 = _norm(grad(jax.lax.stop_gradient(x0), (th, d)))
-            ref = solvers.solve(self.solver.name, self._g1, jax.lax.stop_gradient(x0), (th, d),
-                                _AGD_REF_RTOL * g0, self.max_iter, options=self.solver.kwargs, bounds=low.bounds)
+            ref = solvers.solve(self.solver.name, self._s1, jax.lax.stop_gradient(x0), (th, d),
+                                _AGD_REF_RTOL * g0, self.max_iter, options=self.solver.kwargs, bounds=low.bounds,
+                                prox=self._prox)
 
             def hess_norm(at):
-                return _power_norm(lambda v: linear.hvp(self._g1, at, (th, d), v), at, 30)
+                return _power_norm(lambda v: linear.hvp(self._s1, at, (th, d), v), at, 30)
 
             L = jax.lax.stop_gradient(1.05 * jnp.maximum(hess_norm(x0), hess_norm(ref.x)))
 
@@ -343,7 +369,7 @@ class Engine(AbstractOracles):
                 beta = ((jnp.sqrt(L) - jnp.sqrt(mu)) / (jnp.sqrt(L) + jnp.sqrt(mu))) if mu else j / (j + 3.0)
                 y = jax.tree.map(lambda a, b: a + beta * (a - b), x, x_prev)
                 gy = grad(y, (theta, d))
-                x_new = proj(jax.tree.map(lambda a, g_: a - g_ / L, y, gy))
+                x_new = op(jax.tree.map(lambda a, g_: a - g_ / L, y, gy), 1.0 / L)
                 # adaptive restart (O'Donoghue & Candès): drop the momentum when the step turns
                 # against it.  Without μ, k/(k+3) momentum is sublinear on ill-conditioned
                 # problems (ridge: 1% off after 1000 steps); restarted it converges linearly.
@@ -458,8 +484,20 @@ class Engine(AbstractOracles):
         return Constants(mu=self.mu(), L_f=L_f, J_norm=J, L_H=L_H, L_J=L_J, L_ftheta=L_ft)
 
     def lower_grad_norm(self, u, x) -> float:
-        fn = self._jit("gnorm", lambda u, X, d: _norm(jax.grad(self.G)(X, self.low.transform.to_user(u), d)))
+        fn = self._jit("gnorm", lambda u, X, d: self._stationarity(X, self.low.transform.to_user(u), d))
         return float(fn(u, x, self.low.data))
+
+    def _stationarity(self, X, theta, d):
+        """‖∇ₓG‖, or with non-smooth terms the prox-gradient residual ‖x − prox_h(x − ∇s)‖ (the
+        solvers' stopping measure, 0 exactly at the minimiser), root-sum-square over samples."""
+        if self.low.nonsmooth is None:
+            return _norm(jax.grad(self.G)(X, theta, d))
+
+        def one(x, d):
+            op = solvers.prox_operator(self.low.bounds, self._prox, (theta, d))
+            return _norm(otu.tree_sub(x, op(otu.tree_sub(x, jax.grad(self._s1)(x, (theta, d))), 1.0)))
+
+        return self._rss(self._vmap(one, (0, self.low.data_axes))(X, d))
 
     def set_strong_convexity(self, mu: float | None) -> None:
         if self.mu_given is not None:
@@ -565,6 +603,12 @@ class Engine(AbstractOracles):
                                    "`+ c * sumsq(w)` term)"
                                    + (", lower the initial hypers, or use `precision: \"float64\"`" if f32 else
                                       ", or lower the initial hypers"))
+        if s == 1 and self.low.nonsmooth is not None and not f32:
+            return BilRuntimeError(f"the {what} did not reach its tolerance within max_iter={self.max_iter} "
+                                   f"iterations{norm('‖x − prox(x − ∇s)‖', grad_norm)}", span,
+                                   "raise `max_iter:` in the lower block or loosen the tolerance; proximal gradient "
+                                   "is slow when the smooth part is ill-conditioned: a ridge term "
+                                   "(`+ c * sumsq(w)`, the elastic net) or `fista(mu=...)` speeds it up")
         if s == 1:
             return BilRuntimeError(f"the {what} did not reach its tolerance within max_iter={self.max_iter} "
                                    f"iterations{norm('‖∇g‖', grad_norm)}", span,

@@ -22,7 +22,9 @@ engine's adjoint solver.  That single rule gives every mode JAX has:
 
 With box bounds on the lower variables the active ones stay at their bound
 (ẋ = 0 there) and the system is the reduced one on the free coordinates, as
-for the adjoint.  Where the lower solve or a tangent solve fails (iteration
+for the adjoint; likewise entries that a non-smooth term (l1, group lasso)
+holds at 0 stay there, and on the rest of the support the term is smooth
+(:mod:`bil.runtime.prox`).  Where the lower solve or a tangent solve fails (iteration
 cap, non-finite values) the result is NaN, never a plausible wrong number.
 """
 
@@ -49,7 +51,7 @@ def lower_solution(eng, tol: float, method=None) -> Callable[[dict, Any], Any]:
     by ``method`` (default: the spec's hypergradient method) to a residual of
     ``tol``·max(1, ‖right-hand side‖)."""
     method = method or eng.method
-    bounded = eng.low.bounds is not None
+    reduced = eng._reduced  # active bounds, or entries a non-smooth term holds at 0
 
     def grad_x(X, theta, d):
         return jax.grad(eng.G)(X, theta, d)
@@ -72,9 +74,9 @@ def lower_solution(eng, tol: float, method=None) -> Callable[[dict, Any], Any]:
         def matvec(v):
             return jax.jvp(lambda y: grad_x(y, theta, d), (X,), (v,))[1]
 
-        if bounded:
+        if reduced:
             # the reduced system on the free coordinates, identity on the active ones
-            # (whose right-hand side is 0: they stay at their bound)
+            # (whose right-hand side is 0: they stay at their bound, or at 0)
             mask = jax.lax.stop_gradient(free_mask(X, theta, d))
             matvec = reduced_operator(matvec, mask)
             rhs = jax.tree.map(jnp.multiply, mask, rhs)

@@ -9,7 +9,9 @@ reports the iterations it took, which the runtime counts as cost.
 Stopping rule (docs/ALGORITHMS.md, "Lower solvers"): ``grad_norm <= tol``,
 checked before the first iteration so an accurate warm start costs nothing.
 With box ``bounds`` the measure is the projected-gradient norm
-``||x - P(x - grad)||``.
+``||x - P(x - grad)||``; with a non-smooth term h (``prox``, fista and gd only)
+``fun`` is the smooth part and the measure is the prox-gradient residual
+``||x - prox_h(x - grad)||`` (step 1), which is 0 exactly at a minimiser of fun + h.
 
 Status codes: 0 converged; 1 stopped without reaching ``tol`` (``max_iter``
 reached, or the line search could make no progress); 2 a non-finite value or
@@ -88,23 +90,36 @@ def projector(bounds):
     return lambda z: jax.tree.map(jnp.clip, z, lo, hi)
 
 
-def _measure(bounds, proj):
+def prox_operator(bounds, prox, params):
+    """``(z, t) -> x``: the prox of t·h (``prox(z, t, params)``, or none) followed by the
+    projection onto ``bounds``; None when there is neither (plain gradient steps).  The
+    composition is the prox of t·h + the box's indicator for a separable h (in one
+    dimension the prox of a convex function restricted to an interval is its clipped prox)."""
+    if bounds is None and prox is None:
+        return None
+    proj = projector(bounds)
+    if prox is None:
+        return lambda z, t: proj(z)
+    return lambda z, t: proj(prox(z, t, params))
+
+
+def _measure(op):
     """``(x, f, g) -> (measure, finite)``: stationarity measure and :func:`_finite`.
 
-    The measure is the gradient norm, or the projected-gradient norm
-    ``||x - P(x - g)||`` if bounded.  Unbounded, the measure *is* ``||g||``,
+    The measure is the gradient norm, or ``||x - op(x - g, 1)||`` (the projected-
+    gradient norm if bounded, the prox-gradient residual with a non-smooth term).  Unbounded, the measure *is* ``||g||``,
     so the finiteness test reads it instead of making another pass over ``g``.
     Bounded it cannot: an infinite component of ``g`` pushing against an
     active finite bound is clipped out of the projected gradient, and such a
     point must still count as non-finite.
     """
-    if bounds is None:
+    if op is None:
         def measure(x, f, g):
             gn = _norm(g)
             return gn, jnp.isfinite(f) & jnp.isfinite(gn)
     else:
         def measure(x, f, g):
-            return _norm(otu.tree_sub(x, proj(otu.tree_sub(x, g)))), _finite(f, g)
+            return _norm(otu.tree_sub(x, op(otu.tree_sub(x, g), 1.0))), _finite(f, g)
     return measure
 
 
@@ -149,11 +164,11 @@ def _accept(c, ok, x1, f1, g1, gn1, fail_flag, aux):
     )
 
 
-def _prox_backtrack(vg, proj, measure, y, fy, gy, L):
-    """Projected-gradient step from ``y`` with backtracking on ``L``.
+def _prox_backtrack(vg, op, measure, y, fy, gy, L):
+    """Proximal (or projected) gradient step from ``y`` with backtracking on ``L``.
 
-    Tries ``x = P(y - grad/L)`` and doubles ``L`` until the sufficient-decrease
-    test ``f(x) <= f(y) + <g, x-y> + L/2 ||x-y||^2`` holds.  Near convergence
+    Tries ``x = op(y - grad/L, 1/L)`` (the prox of h/L, then the projection)
+    and doubles ``L`` until the sufficient-decrease test ``f(x) <= f(y) + <g, x-y> + L/2 ||x-y||^2`` holds.  Near convergence
     that test compares numbers equal up to roundoff, so a step is also
     accepted when it holds within ``_ROUNDOFF*eps*|f|`` *and* the gradient
     (curvature) version ``<grad f(x) - g, x-y> <= L ||x-y||^2``, which is
@@ -165,7 +180,7 @@ def _prox_backtrack(vg, proj, measure, y, fy, gy, L):
     eps = _eps(fy)
 
     def trial(L):
-        x = proj(otu.tree_add_scale(y, -1.0 / L, gy))
+        x = op(otu.tree_add_scale(y, -1.0 / L, gy), 1.0 / L)
         f, g = vg(x)
         d = otu.tree_sub(x, y)
         dd = otu.tree_vdot(d, d)
@@ -185,7 +200,8 @@ def _prox_backtrack(vg, proj, measure, y, fy, gy, L):
     # off the first trial's <gy, x - y> instead of a separate pass over gy:
     # y is in the box, so each x_i - y_i is 0 or of opposite sign to gy_i,
     # every term is <= 0, and an infinite or NaN gy_i makes the sum -inf or
-    # NaN.  (A finite gy overflows the sum only at extreme scales, about
+    # NaN (a prox step moves an infinite gy_i's entry infinitely too: its term
+    # is again infinite or NaN).  (A finite gy overflows the sum only at extreme scales, about
     # ||gy||^2 / L beyond the largest float.)
     start_ok = jnp.isfinite(fy) & jnp.isfinite(gyd)
 
@@ -204,14 +220,14 @@ def _prox_backtrack(vg, proj, measure, y, fy, gy, L):
 # solvers
 
 
-def lbfgs(fun, x0, params, tol, max_iter: int, bounds=None, *, memory: int = 10):
-    """L-BFGS with optax's zoom (strong Wolfe) line search. Unbounded only."""
-    if bounds is not None:
-        raise ValueError("lbfgs does not support bounded variables; use fista or gd")
+def lbfgs(fun, x0, params, tol, max_iter: int, bounds=None, prox=None, *, memory: int = 10):
+    """L-BFGS with optax's zoom (strong Wolfe) line search. Unbounded and smooth only."""
+    if bounds is not None or prox is not None:
+        raise ValueError("lbfgs does not support bounded variables or non-smooth terms; use fista or gd")
     opt = optax.lbfgs(memory_size=int(memory))
     value_fn = lambda z: fun(z, params)  # noqa: E731
     vg = _value_and_grad(fun, params)
-    measure = _measure(None, None)
+    measure = _measure(None)
 
     def step(c):
         updates, s = opt.update(c.g, c.aux, c.x, value=c.f, grad=c.g,
@@ -233,8 +249,8 @@ def lbfgs(fun, x0, params, tol, max_iter: int, bounds=None, *, memory: int = 10)
     return _run(step, _start(vg, measure, x0, opt.init(x0)), tol, max_iter)
 
 
-def fista(fun, x0, params, tol, max_iter: int, bounds=None, *, mu=None, L0=1.0):
-    """FISTA (accelerated projected gradient) with backtracking and restart.
+def fista(fun, x0, params, tol, max_iter: int, bounds=None, prox=None, *, mu=None, L0=1.0):
+    """FISTA (accelerated proximal gradient) with backtracking and restart.
 
     optax has no FISTA (nor any proximal/projected accelerated method), hence
     this implementation.  ``L`` is shrunk by 0.9 before each sufficient-
@@ -242,17 +258,21 @@ def fista(fun, x0, params, tol, max_iter: int, bounds=None, *, mu=None, L0=1.0):
     ``(t_k - 1)/t_{k+1}``, or ``(sqrt(L)-sqrt(mu))/(sqrt(L)+sqrt(mu))`` when
     the strong-convexity modulus ``mu`` is given.  Adaptive gradient restart
     (O'Donoghue & Candès 2015) drops the momentum whenever
-    ``<y - x_{k+1}, x_{k+1} - x_k> > 0``.  Bounds act as the prox (projection).
+    ``<y - x_{k+1}, x_{k+1} - x_k> > 0``.  ``fun`` is the smooth part; the step
+    is the prox of ``prox(z, t, params)`` (a non-smooth term, optional) followed by
+    the projection onto ``bounds`` (optional).
     """
     proj = projector(bounds)
-    measure = _measure(bounds, proj)
+    op = prox_operator(bounds, prox, params)
+    measure = _measure(op)
+    op = op or (lambda z, t: z)
     vg = _value_and_grad(fun, params)
     x0 = proj(x0)
 
     def step(c):
         y, t, L, y_is_x = c.aux
         fy, gy = vg(y)
-        x1, f1, g1, gn1, L1, ok = _prox_backtrack(vg, proj, measure, y, fy, gy,
+        x1, f1, g1, gn1, L1, ok = _prox_backtrack(vg, op, measure, y, fy, gy,
                                                   _L_SHRINK * L)
         x, dx = c.x, otu.tree_sub(x1, c.x)
         if mu is None:
@@ -282,21 +302,24 @@ def fista(fun, x0, params, tol, max_iter: int, bounds=None, *, mu=None, L0=1.0):
     return _run(step, c0._replace(aux=aux0), tol, max_iter)
 
 
-def gd(fun, x0, params, tol, max_iter: int, bounds=None, *, lr=None):
-    """(Projected) gradient descent: fixed step ``lr``, or backtracking if None.
+def gd(fun, x0, params, tol, max_iter: int, bounds=None, prox=None, *, lr=None):
+    """(Projected or proximal) gradient descent: fixed step ``lr``, or backtracking if None.
 
     The backtracking test is the projected-gradient sufficient decrease (Armijo
     with constant 1/2 when unbounded) on the step 1/L, with L shrunk by 0.9
-    before each test and doubled on failure.
+    before each test and doubled on failure.  With ``prox`` (a non-smooth term)
+    ``fun`` is the smooth part and each step is a proximal step (ISTA).
     """
     proj = projector(bounds)
-    measure = _measure(bounds, proj)
+    op = prox_operator(bounds, prox, params)
+    measure = _measure(op)
+    op = op or (lambda z, t: z)
     vg = _value_and_grad(fun, params)
     x0 = proj(x0)
 
     if lr is not None:
         def step(c):
-            x1 = proj(otu.tree_add_scale(c.x, -lr, c.g))
+            x1 = op(otu.tree_add_scale(c.x, -lr, c.g), lr)
             f1, g1 = vg(x1)
             gn1, ok = measure(x1, f1, g1)
             return _accept(c, ok, x1, f1, g1, gn1, NONFINITE, c.aux)
@@ -304,7 +327,7 @@ def gd(fun, x0, params, tol, max_iter: int, bounds=None, *, lr=None):
         return _run(step, _start(vg, measure, x0, None), tol, max_iter)
 
     def step(c):
-        x1, f1, g1, gn1, L1, ok = _prox_backtrack(vg, proj, measure, c.x, c.f, c.g,
+        x1, f1, g1, gn1, L1, ok = _prox_backtrack(vg, op, measure, c.x, c.f, c.g,
                                                   _L_SHRINK * c.aux)
         return _accept(c, ok, x1, f1, g1, gn1, MAX_ITER, jnp.where(ok, L1, c.aux))
 
@@ -312,7 +335,7 @@ def gd(fun, x0, params, tol, max_iter: int, bounds=None, *, lr=None):
     return _run(step, c0._replace(aux=jnp.ones((), c0.f.dtype)), tol, max_iter)
 
 
-def newton_cg(fun, x0, params, tol, max_iter: int, bounds=None, *, cg_max_iter: int = 50):
+def newton_cg(fun, x0, params, tol, max_iter: int, bounds=None, prox=None, *, cg_max_iter: int = 50):
     """Truncated Newton: CG on Hessian-vector products + Armijo backtracking.
 
     CG solves ``H d = -g`` to the Eisenstat–Walker forcing tolerance
@@ -321,11 +344,11 @@ def newton_cg(fun, x0, params, tol, max_iter: int, bounds=None, *, cg_max_iter: 
     products are forward-over-reverse via ``jax.linearize`` of the gradient
     (linearized once per outer iteration).  Unbounded only.
     """
-    if bounds is not None:
-        raise ValueError("newton_cg does not support bounded variables; use fista or gd")
+    if bounds is not None or prox is not None:
+        raise ValueError("newton_cg does not support bounded variables or non-smooth terms; use fista or gd")
     vg = _value_and_grad(fun, params)
     grad = jax.grad(fun)
-    measure = _measure(None, None)
+    measure = _measure(None)
     c1 = 1e-4
 
     def step(c):
@@ -381,7 +404,7 @@ def _option_names(fn) -> set[str]:
 
 
 def solve(method: str, fun: Callable, x0, params, tol, max_iter: int,
-          options: dict | None = None, bounds=None) -> SolveResult:
+          options: dict | None = None, bounds=None, prox=None) -> SolveResult:
     """Minimize ``fun(x, params)`` over ``x`` starting from ``x0``.
 
     Args:
@@ -396,6 +419,8 @@ def solve(method: str, fun: Callable, x0, params, tol, max_iter: int,
         L0=1.0), gd(lr=None), newton_cg(cg_max_iter=50).
       bounds: None or a pair ``(lo, hi)`` of pytrees shaped like ``x0``
         (entries may be +-inf); supported by fista and gd.
+      prox: None, or ``prox(z, t, params)``, the proximal operator of t·h for a
+        non-smooth term h (``fun`` is then the smooth part); fista and gd only.
 
     Returns:
       :class:`SolveResult` (x, iters, grad_norm, status).
@@ -408,7 +433,9 @@ def solve(method: str, fun: Callable, x0, params, tol, max_iter: int,
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)} for solver {method!r}; "
                          f"accepted: {sorted(_option_names(fn))}")
-    return fn(fun, x0, params, tol, max_iter, bounds, **options)
+    if prox is None:
+        return fn(fun, x0, params, tol, max_iter, bounds, **options)
+    return fn(fun, x0, params, tol, max_iter, bounds, prox, **options)
 
 
 def strong_convexity_estimate(fun: Callable, x, params, iters: int = 20):

@@ -116,6 +116,22 @@ def norm(x, axis=None, keepdims=False):
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, s, 1.0)), 0.0)
 
 
+@register("group_l1")
+def group_l1(x, groups, weights=1.0):
+    """Group lasso sum_g weights_g * norm(x[groups[:, g] == 1]) for a 0/1 matrix groups [n, G] (e.g. onehot(labels, G))."""
+    if jnp.ndim(x) != 1:
+        raise _ndim_error("group_l1", "a 1-D array", x)
+    if jnp.ndim(groups) != 2 or jnp.shape(groups)[0] != jnp.shape(x)[0]:
+        raise _ndim_error("group_l1", f"a 0/1 matrix of shape ({jnp.shape(x)[0]}, G)", groups, arg=1,
+                          hint="one row per entry of x, one column per group: onehot(labels, G)")
+    if jnp.ndim(weights) > 1 or (jnp.ndim(weights) == 1 and jnp.shape(weights)[0] not in (1, jnp.shape(groups)[1])):
+        raise _ndim_error("group_l1", f"a scalar or {jnp.shape(groups)[1]} group weights", weights, arg=2)
+    s = jnp.asarray(groups, jnp.result_type(x, float)).T @ jnp.square(x)
+    # Double `where`, as in `norm`: a group at 0 has gradient 0, never 0 * inf = NaN.
+    pos = s > 0
+    return jnp.sum(weights * jnp.where(pos, jnp.sqrt(jnp.where(pos, s, 1.0)), 0.0))
+
+
 @register("max", static=("axis", "keepdims"))
 def max_(x, axis=None, keepdims=False):
     """Largest element (over `axis` if given)."""

@@ -9,6 +9,7 @@ from bil.compiler.passes.shapes import InferShapes
 from bil.compiler.passes.options import CheckOptions
 from bil.compiler.passes.levels import Levels
 from bil.compiler.passes.structure import DetectStructure
+from bil.compiler.passes.nonsmooth import SplitNonsmooth
 
 PIPELINE = (
     Collect(),
@@ -19,8 +20,9 @@ PIPELINE = (
     CheckOptions(),
     HoistConstants(),
     Levels(),
+    SplitNonsmooth(),
     DetectStructure(),
 )
 
 __all__ = ["PIPELINE", "Collect", "Resolve", "Inline", "EvaluateData", "InferShapes", "CheckOptions",
-           "HoistConstants", "Levels", "DetectStructure"]
+           "HoistConstants", "Levels", "SplitNonsmooth", "DetectStructure"]
