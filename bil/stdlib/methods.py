@@ -37,6 +37,21 @@ def newton_cg(cg_max_iter=50):
     return dict(cg_max_iter=cg_max_iter)
 
 
+@register("direct", kind="solver")
+def direct():
+    """Quadratic objectives only: factor the Hessian once (Cholesky, LU fallback) and solve,
+    refined to `tol`; the adjoint reuses the factor.  Default for quadratic, unbounded lower
+    problems with at most 2000 variables."""
+    return dict()
+
+
+@register("cg", kind="solver")
+def cg_solver():
+    """Quadratic objectives only: conjugate gradients on Hessian-vector products to `tol`,
+    warm started.  Default for quadratic, unbounded lower problems with more than 2000 variables."""
+    return dict()
+
+
 # ------------------------------------------------------ training optimizers
 @register("sgd", kind="optimizer")
 def sgd(lr, momentum=0.0, nesterov=False):

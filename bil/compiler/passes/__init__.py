@@ -9,6 +9,7 @@ from bil.compiler.passes.shapes import InferShapes
 from bil.compiler.passes.options import CheckOptions
 from bil.compiler.passes.levels import Levels
 from bil.compiler.passes.structure import DetectStructure
+from bil.compiler.passes.solver_choice import ChooseSolver
 
 PIPELINE = (
     Collect(),
@@ -20,7 +21,8 @@ PIPELINE = (
     HoistConstants(),
     Levels(),
     DetectStructure(),
+    ChooseSolver(),
 )
 
 __all__ = ["PIPELINE", "Collect", "Resolve", "Inline", "EvaluateData", "InferShapes", "CheckOptions",
-           "HoistConstants", "Levels", "DetectStructure"]
+           "HoistConstants", "Levels", "DetectStructure", "ChooseSolver"]
