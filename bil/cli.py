@@ -650,8 +650,10 @@ def _structure_lines(st) -> list[str]:
         elif deg == 0:
             out.append(f"lower objective does not depend on {xs}")
         else:
-            out.append(f"lower objective is not known to be quadratic in {xs}"
-                       + (f" (degree up to {deg})" if deg is not None else ""))
+            from bil.compiler.degree import CAP
+
+            bound = "" if deg is None else f" (degree up to {deg})" if deg < CAP else " (degree 2^20 or more)"
+            out.append(f"lower objective is not known to be quadratic in {xs}{bound}")
         out.append(solver_reason(st))
     out.append(f"upper objective is {'quadratic' if st.structure.get('upper_quadratic') else 'not quadratic'} "
                f"in {xs}")
