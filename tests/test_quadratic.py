@@ -159,3 +159,42 @@ def test_direct_adjoint_reuses_the_lower_factor(ridge):
     assert int(hg.lower_status) == 0 and int(hg.cg_status) == 0
     assert float(gn) <= 1e-10 and float(res) <= 1e-10
     assert int(hg.lower_iters) <= 2 and int(hg.cg_iters) <= 2  # one solve, at most one refinement
+
+
+# ------------------------------------------------------------------ the default choice
+CHOICE = """
+data y = randn(%d, seed=0)
+hyper lam : positive = 1.0
+lower {
+    w : %s[%d] = 1
+    minimize 0.5 * sumsq(w - y) + lam * sumsq(w[1:] - w[:-1])
+    %s
+}
+upper minimize sumsq(w)
+"""
+
+
+@pytest.mark.parametrize("n, kind, option, expected", [
+    (50, "real", "", "direct"),
+    (2001, "real", "", "cg"),           # above DIRECT_MAX_N: matrix-free
+    (50, "positive", "", "fista"),      # bounds need a projected method
+    (50, "real", "solver: lbfgs", "lbfgs"),  # an explicit choice is kept
+    (2001, "real", "solver: direct()", "direct"),
+])
+def test_default_solver_choice(n, kind, option, expected):
+    from bil.cli import _structure_lines
+
+    st = bil.compile(CHOICE % (n, kind, n, option)).state
+    assert st.options["lower"]["solver"].name == expected
+    lines = "\n".join(_structure_lines(st))
+    assert f"solved by {expected}" in lines or f"by {expected}(" in lines, lines
+
+
+def test_cg_default_solves_a_large_quadratic():
+    prog = bil.compile(CHOICE % (2001, "real", 2001, ""))
+    w = prog.solve_lower({"lam": 0.5})["w"]
+    y = np.asarray(prog.state.data["y"])
+    n = len(y)
+    # (I + 2·lam·DᵀD) w = y, D the forward difference
+    D = np.diff(np.eye(n), axis=0)
+    np.testing.assert_allclose(w, np.linalg.solve(np.eye(n) + D.T @ D, y), atol=1e-9)
