@@ -431,7 +431,13 @@ class Engine(AbstractOracles):
         return self._jit("init_user", self.X_init)(theta, self.low.data)
 
     def init_adjoint(self, x):
-        return jax.tree.map(jnp.zeros_like, x)
+        """Zeros like ``x``, made once per shape structure (arrays are immutable: sharing is safe;
+        a fresh ``zeros_like`` per call cost ~0.1 ms of dispatch per hypergradient on ridge)."""
+        key = jax.tree.structure(x), tuple((jnp.shape(a), jnp.result_type(a)) for a in jax.tree.leaves(x))
+        cache = self.__dict__.setdefault("_zeros", {})
+        if key not in cache:
+            cache[key] = jax.tree.map(jnp.zeros_like, x)
+        return cache[key]
 
     def value(self, u, x0, eps, cap=None) -> UpperValue:
         def impl(u, X0, tol, cap, d):
