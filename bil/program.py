@@ -62,11 +62,18 @@ class Program:
         """Initial hypers, name -> array, in user coordinates."""
         return {n: np.array(h.init) for n, h in self.state.hypers.items()}
 
+    @functools.cached_property
+    def _theta0(self) -> dict:
+        """The initial hypers as numpy arrays: what :meth:`_theta` passes for hypers left out, so
+        that every concrete call reaches the jitted functions with arguments of one kind (numpy
+        and jax arrays are separate entries of jit's cache)."""
+        return {k: np.asarray(v) for k, v in self.lowered.theta0.items()}
+
     def _theta(self, hypers: Mapping[str, Any] | None) -> dict:
         if hypers is not None and not isinstance(hypers, Mapping):
             raise BilUsageError(f"hypers must be a dict name -> value, got {type(hypers).__name__}", None,
                                 f"e.g. {{{', '.join(repr(k) + ': ...' for k in self.lowered.theta0)}}}")
-        theta = dict(self.lowered.theta0)
+        theta = dict(self._theta0)
         for k, v in (hypers or {}).items():
             if k not in theta:
                 raise _unknown_hypers([k], theta)

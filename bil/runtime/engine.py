@@ -582,6 +582,11 @@ class Engine(AbstractOracles):
                                    "`+ c * sumsq(w)` term)"
                                    + (", lower the initial hypers, or use `precision: \"float64\"`" if f32 else
                                       ", or lower the initial hypers"))
+        if s == 1 and self.solver is not None and self.solver.name == "direct":
+            return BilRuntimeError(f"the {what} (direct) did not reach its tolerance after "
+                                   f"{quadratic.MAX_REFINE} refinement steps{norm('‖∇g‖', grad_norm)}", span,
+                                   "the lower Hessian is singular or too ill-conditioned for this tolerance: "
+                                   "loosen `tol:`, or add a strongly convex term (`+ c * sumsq(w)`)")
         if s == 1:
             return BilRuntimeError(f"the {what} did not reach its tolerance within max_iter={self.max_iter} "
                                    f"iterations{norm('‖∇g‖', grad_norm)}", span,

@@ -15,7 +15,7 @@ from bil.stdlib.registry import register
 # ---------------------------------------------------------------- lower solvers
 @register("lbfgs", kind="solver")
 def lbfgs(memory=10):
-    """L-BFGS with a zoom line search (optax); the default lower solver."""
+    """L-BFGS with a zoom line search (optax); the default lower solver for objectives not proved quadratic."""
     return dict(memory=memory)
 
 
