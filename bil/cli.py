@@ -647,16 +647,21 @@ def _structure_lines(st) -> list[str]:
                    f"({st.options['lower']['solver'].name}, {how}); differentiated on their support")
         out += [f"  non-smooth: {p}" for p in split.penalties]
     else:
+        from bil.compiler.passes.solver_choice import solver_reason
+
         deg = st.structure.get("lower_degree")
-        solver = st.options["lower"]["solver"].name
         if deg == 2:
-            out.append(f"lower objective is quadratic in {xs}: a direct solve is exact")
+            out.append(f"lower objective is quadratic in {xs} (proved: degree ≤ 2)")
         elif deg == 1:
-            out.append(f"lower objective is linear in {xs}: it needs bounds to have a minimiser")
+            out.append(f"lower objective is at most linear in {xs}: it needs bounds to have a minimiser")
         elif deg == 0:
             out.append(f"lower objective does not depend on {xs}")
         else:
-            out.append(f"lower objective is not polynomial in {xs}: solved iteratively ({solver})")
+            from bil.compiler.degree import CAP
+
+            bound = "" if deg is None else f" (degree up to {deg})" if deg < CAP else " (degree 2^20 or more)"
+            out.append(f"lower objective is not known to be quadratic in {xs}{bound}")
+        out.append(solver_reason(st))
     out.append(f"upper objective is {'quadratic' if st.structure.get('upper_quadratic') else 'not quadratic'} "
                f"in {xs}")
     direct = st.structure.get("hypers_in_upper") or []

@@ -161,8 +161,9 @@ def test_show_ridge(capsys):
     assert "Xtr        float64[221, 10]" in out
     assert "w          real[10]" in out
     assert "samples: 1" in out
-    assert "lower objective is quadratic in w: a direct solve is exact" in out
-    assert "lower.solver" in out and "lbfgs(memory=10)  *" in out  # defaults are marked
+    assert "lower objective is quadratic in w (proved: degree ≤ 2)" in out
+    assert "solved by direct(): one factorisation of the 10×10 Hessian is exact" in out
+    assert "lower.solver" in out and "direct()  *" in out  # defaults are marked
 
 
 def test_show_per_sample(capsys):

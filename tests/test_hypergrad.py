@@ -334,10 +334,11 @@ def test_hypers_outside_their_domain_are_rejected(ridge_prog):
 
 
 def test_objective_is_nan_where_the_lower_solve_fails():
-    """With max_iter 1 the lower solve stops far from x*: the objective used to return a
-    plausible wrong value (0.301 for 0.262) and a gradient of the wrong sign."""
+    """With max_iter 1 an iterative lower solve stops far from x*: the objective used to return a
+    plausible wrong value (0.301 for 0.262) and a gradient of the wrong sign.  (lbfgs: the
+    default for ridge, direct, is exact after its one step.)"""
     bad = bil.compile(Path(__file__).resolve().parent.parent / "examples" / "ridge.bil",
-                      overrides={"lower.max_iter": 1})
+                      overrides={"lower.max_iter": 1, "lower.solver": "lbfgs"})
     assert np.isnan(float(bad.objective({"lam": 2.0})))
     assert np.isnan(float(jax.grad(bad.objective)({"lam": 2.0})["lam"]))
 
@@ -423,8 +424,9 @@ def test_objective_hessian_matches_finite_differences(spec, theta):
 
 
 def test_second_derivatives_are_nan_where_the_lower_solve_fails():
+    # lbfgs: the default for ridge, direct, is exact after its one step
     bad = bil.compile(Path(__file__).resolve().parent.parent / "examples" / "ridge.bil",
-                      overrides={"lower.max_iter": 1})
+                      overrides={"lower.max_iter": 1, "lower.solver": "lbfgs"})
     assert np.isnan(float(jax.hessian(bad.objective)({"lam": jnp.asarray(2.0)})["lam"]["lam"]))
     assert np.isnan(float(jax.jvp(bad.objective, ({"lam": 2.0},), ({"lam": 1.0},))[1]))
 

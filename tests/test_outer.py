@@ -979,6 +979,7 @@ hyper b : positive = START
 lower {
     w : real[ncols(Xtr)] = 0
     minimize 0.5 * sumsq(Xtr @ w - ytr) + 0.5 * a * sumsq(w[0:5]) + 0.5 * b * sumsq(w[5:10])
+    solver: lbfgs  # inexact solves, whose errors MAID measures (the default here, direct, is exact)
 }
 upper minimize 0.5 * mean((Xval @ w - yval)^2)
 """

@@ -114,13 +114,14 @@ def test_an_unbounded_lower_objective_is_reported_as_the_lower_solve_failing():
 @pytest.mark.parametrize("outer", ["adam(lr=0.1, steps=5)", "gd(lr=0.1, steps=5)"])
 def test_a_failed_first_solve_leaves_no_upper_value(outer):
     """With no good point the result's upper is NaN (adam wrote the capped solve's value,
-    0.2585 for the true 0.2626)."""
+    0.2585 for the true 0.2626).  (lbfgs: the default here, direct, is exact in one step.)"""
     prog = bil.compile(f"""
         data X, y = (randn(40, 5, seed=0), randn(40, seed=1))
         hyper lam : positive = 1.0
         lower {{
             w : real[5] = 0
             minimize 0.5 * sumsq(X @ w - y) + 0.5 * lam * sumsq(w)
+            solver: lbfgs
             max_iter: 2
         }}
         upper minimize 0.5 * sumsq(X @ w - y)

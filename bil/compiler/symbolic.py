@@ -1,14 +1,10 @@
-"""sympy views of the IR: structure detection and LaTeX rendering.
+"""sympy view of the IR for ``bil show --latex``: sympy Functions printed with a
+custom LaTeX printer (``sumsq(e)`` -> ``\\|e\\|_2^2``).
 
-Two translations of an expression tree:
-
-* an *algebraic surrogate*: a scalar sympy expression with the same polynomial
-  degree in each variable (``sumsq(e)`` -> ``e**2``, ``sum``/``dx`` -> linear,
-  ``A @ w`` -> ``A*w``).  Sums, products and matrix products are multilinear,
-  so the degree of the surrogate is the degree of the real expression; that is
-  what lets sympy decide "quadratic in the lower variables" exactly.
-* a *display* form for ``bil show --latex``: sympy Functions printed with a
-  custom LaTeX printer (``sumsq(e)`` -> ``\\|e\\|_2^2``).
+(Structure detection, "is the lower objective quadratic", is not done here but
+by the sound degree bound of :mod:`bil.compiler.degree`: a scalar sympy
+surrogate mapped every entry ``x[i]`` of an array to one symbol, so
+``x[1:] - x[:-1]`` cancelled to 0 and smoothed TV passed for quadratic.)
 """
 
 from __future__ import annotations
@@ -19,54 +15,9 @@ from sympy.printing.latex import LatexPrinter, translate
 
 from bil.compiler import ir
 
-#: calls that are linear in their first argument
-LINEAR = {"sum", "mean", "dx", "dy", "transpose", "reshape", "diag", "trace", "zeros", "ones"}
-#: calls that are products of their array arguments (multilinear)
-PRODUCTS = {"conv2d", "dot"}
-SQUARES = {"sumsq", "square", "mse"}
-
 
 def _sym(name: str) -> sp.Symbol:
     return sp.Symbol(name)
-
-
-def surrogate(e: ir.Expr) -> sp.Expr:
-    """The algebraic surrogate of ``e`` (see module docstring)."""
-    if isinstance(e, ir.Num):
-        return sp.nsimplify(e.value) if isinstance(e.value, int) else sp.Float(e.value)
-    if isinstance(e, ir.Name):
-        return _sym(e.id)
-    if isinstance(e, ir.Const):
-        return _sym(e.key)
-    if isinstance(e, ir.Unary):
-        return -surrogate(e.operand)
-    if isinstance(e, ir.Binary):
-        a, b = surrogate(e.left), surrogate(e.right)
-        return {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b, "@": lambda: a * b,
-                "/": lambda: a / b, "^": lambda: a ** b}[e.op]()
-    if isinstance(e, ir.Index):
-        return surrogate(e.base)
-    if isinstance(e, ir.Call):
-        args = [surrogate(a) for a in e.args if not isinstance(a, (ir.Str, ir.ListExpr))]
-        if e.func in LINEAR and args:
-            return args[0]
-        if e.func in SQUARES and args:
-            return (args[0] - (args[1] if len(args) > 1 else 0)) ** 2
-        if e.func in PRODUCTS and args:
-            return sp.Mul(*args)
-        return sp.Function(e.func)(*args) if args else _sym(e.func)
-    if isinstance(e, (ir.TupleExpr, ir.ListExpr)):
-        return sp.Add(*[surrogate(i) for i in e.items if not isinstance(i, ir.Str)])
-    return sp.Symbol("_")
-
-
-def degree_in(e: ir.Expr, variables: list[str]) -> int | None:
-    """Total polynomial degree of ``e`` in ``variables``; ``None`` if not polynomial."""
-    s = surrogate(e)
-    xs = [_sym(v) for v in variables]
-    if not s.is_polynomial(*xs):
-        return None
-    return int(sp.Poly(sp.expand(s), *xs).total_degree()) if s.free_symbols & set(xs) else 0
 
 
 # ----------------------------------------------------------------- display

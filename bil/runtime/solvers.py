@@ -29,6 +29,7 @@ import optax
 import optax.tree_utils as otu
 from jax.flatten_util import ravel_pytree
 
+from . import quadratic
 from .linear import cg
 
 __all__ = ["SolveResult", "SOLVERS", "solve", "projector", "strong_convexity_estimate"]
@@ -48,12 +49,14 @@ class SolveResult(NamedTuple):
     grad_norm: ``||grad fun(x)||`` at ``x`` (projected-gradient norm if bounded).
     status: int32, 0 converged, 1 stopped short of ``tol`` (max_iter or
         stalled line search), 2 non-finite value/gradient encountered.
+    factor: the Hessian's factorisation (``direct`` only; the adjoint reuses it), else None.
     """
 
     x: Any
     iters: jax.Array
     grad_norm: jax.Array
     status: jax.Array
+    factor: Any = None
 
 
 class _Carry(NamedTuple):
@@ -395,6 +398,9 @@ SOLVERS: dict[str, Callable[..., SolveResult]] = {
     "fista": fista,
     "gd": gd,
     "newton_cg": newton_cg,
+    # quadratic objectives only (the compiler checks): bil/runtime/quadratic.py
+    "direct": quadratic.direct,
+    "cg": quadratic.cg,
 }
 
 
@@ -408,7 +414,8 @@ def solve(method: str, fun: Callable, x0, params, tol, max_iter: int,
     """Minimize ``fun(x, params)`` over ``x`` starting from ``x0``.
 
     Args:
-      method: one of ``SOLVERS`` ("lbfgs", "fista", "gd", "newton_cg").
+      method: one of ``SOLVERS`` ("lbfgs", "fista", "gd", "newton_cg"; "direct", "cg"
+        for quadratic objectives).
       fun: scalar objective ``fun(x, params)``.
       x0: initial pytree (warm start); projected onto ``bounds`` if given.
       params: pytree of (possibly traced) parameters passed to ``fun``.

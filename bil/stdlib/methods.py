@@ -15,7 +15,7 @@ from bil.stdlib.registry import register
 # ---------------------------------------------------------------- lower solvers
 @register("lbfgs", kind="solver")
 def lbfgs(memory=10):
-    """L-BFGS with a zoom line search (optax); the default lower solver."""
+    """L-BFGS with a zoom line search (optax); the default lower solver for objectives not proved quadratic."""
     return dict(memory=memory)
 
 
@@ -35,6 +35,21 @@ def gd_solver(lr=None):
 def newton_cg(cg_max_iter=50):
     """Truncated Newton with CG on Hessian-vector products and a line search."""
     return dict(cg_max_iter=cg_max_iter)
+
+
+@register("direct", kind="solver")
+def direct():
+    """Quadratic objectives only: factor the Hessian once (Cholesky, LU fallback) and solve,
+    refined to `tol`; the adjoint reuses the factor.  Default for quadratic, unbounded lower
+    problems with at most 2000 variables."""
+    return dict()
+
+
+@register("cg", kind="solver")
+def cg_solver():
+    """Quadratic objectives only: conjugate gradients on Hessian-vector products to `tol`,
+    warm started.  Default for quadratic, unbounded lower problems with more than 2000 variables."""
+    return dict()
 
 
 # ------------------------------------------------------ training optimizers

@@ -10,6 +10,7 @@ from bil.compiler.passes.options import CheckOptions
 from bil.compiler.passes.levels import Levels
 from bil.compiler.passes.structure import DetectStructure
 from bil.compiler.passes.nonsmooth import SplitNonsmooth
+from bil.compiler.passes.solver_choice import ChooseSolver
 
 PIPELINE = (
     Collect(),
@@ -22,7 +23,8 @@ PIPELINE = (
     Levels(),
     SplitNonsmooth(),
     DetectStructure(),
+    ChooseSolver(),
 )
 
 __all__ = ["PIPELINE", "Collect", "Resolve", "Inline", "EvaluateData", "InferShapes", "CheckOptions",
-           "HoistConstants", "Levels", "SplitNonsmooth", "DetectStructure"]
+           "HoistConstants", "Levels", "SplitNonsmooth", "DetectStructure", "ChooseSolver"]

@@ -44,7 +44,8 @@ def _choice(*choices):
 
 
 LOWER_OPTIONS: dict[str, tuple[str, Callable | str]] = {
-    "solver": ("lower solver: " + " | ".join(["lbfgs(...)", "fista(mu=..)", "gd(...)", "newton_cg(...)"]), "solver"),
+    "solver": ("lower solver: " + " | ".join(["lbfgs(...)", "fista(mu=..)", "gd(...)", "newton_cg(...)", "direct()",
+                                              "cg()"]), "solver"),
     "tol": ("accuracy of a standalone lower solve (gradient norm), default 1e-8", _pos_number),
     "max_iter": ("iteration cap of one lower solve, default 10000", _pos_int),
 }
@@ -217,7 +218,7 @@ class CheckOptions:
             lower["solver"] = Method("fista" if bounded else "lbfgs", dict(lookup(
                 "fista" if bounded else "lbfgs", "solver").signature.bind().arguments), None)
             _fill(lower["solver"])
-        elif bounded and lower["solver"].name in ("lbfgs", "newton_cg"):
+        elif bounded and lower["solver"].name in ("lbfgs", "newton_cg", "direct", "cg"):
             raise BilError(f"`{lower['solver'].name}` cannot handle bounded lower variables", lower["solver"].span,
                            "use `solver: fista(...)` or `solver: gd(...)` (projected methods)")
         if "hypergradient" not in solve:
