@@ -30,6 +30,7 @@ import numpy as np
 from bil.compiler import ir
 from bil.compiler.errors import BilError
 from bil.compiler.evaluate import Evaluator
+from bil.compiler.passes.separable import WeightPusher
 from bil.compiler.source import Span
 from bil.compiler.state import CompileState, Method
 from bil.stdlib import lookup
@@ -124,10 +125,6 @@ def _mul(a: Optional[ir.Expr], b: Optional[ir.Expr], span) -> Optional[ir.Expr]:
     return ir.Binary(span, "*", a, b)
 
 
-def _abs(e: Optional[ir.Expr]) -> Optional[ir.Expr]:
-    return None if e is None else ir.Call(e.span, "abs", (e,), ())
-
-
 def _kinks(e: ir.Expr, lower: set[str]):
     """Calls in KINKED whose arguments involve a lower variable, outside powers (``l1(w)^2`` is smooth)."""
     stack = [e]
@@ -146,6 +143,8 @@ class _Matcher:
     def __init__(self, st: CompileState):
         self.st = st
         self.lower = set(st.lower_vars)
+        self.pusher = WeightPusher(st, lambda e: self.split(_factors(e)), lambda e, call: self.not_a_variable(call),
+                                   self.unsupported)
 
     def is_lower(self, e) -> bool:
         return bool(ir.free_names(e) & self.lower)
@@ -154,13 +153,17 @@ class _Matcher:
         """(factors involving lower variables, the others)."""
         return ([fp for fp in factors if self.is_lower(fp[0])], [fp for fp in factors if not self.is_lower(fp[0])])
 
-    def var_times(self, a: ir.Expr, call: ir.Call) -> tuple[str, Optional[ir.Expr]]:
-        """``a`` = a lower variable times non-lower factors: (variable, product of the factors)."""
-        low, rest = self.split(_factors(a))
-        if len(low) == 1 and low[0][1] == 1 and isinstance(low[0][0], ir.Name):
-            return low[0][0].id, _product(rest, a.span)
-        raise BilError(f"`{call.func}({ir.show(a)})` is non-smooth, and its argument is not a lower variable times "
-                       "factors of hypers and data, so bil has no proximal operator for it", call.span, _SMOOTH_HINT)
+    @staticmethod
+    def not_a_variable(call: ir.Call) -> BilError:
+        """The error for ``abs``/``l1`` of something that is not a lower variable times factors."""
+        return BilError(f"`{call.func}({ir.show(call.args[0])})` is non-smooth, and its argument is not a lower "
+                        "variable times factors of hypers and data (possibly reshaped or transposed), so bil has "
+                        "no proximal operator for it", call.span, _SMOOTH_HINT)
+
+    @staticmethod
+    def unsupported(kink: ir.Call) -> BilError:
+        return BilError(f"`{kink.func}(...)` of a lower variable appears in a form bil cannot split off as a "
+                        "separable non-smooth term", kink.span, _SMOOTH_HINT)
 
     def term(self, t: ir.Expr, sign: int, kink: ir.Call) -> tuple[str, str, ir.Expr, Optional[ir.Expr], list]:
         """(var, kind, weight, groups, weights that must be ≥ 0) of one non-smooth term."""
@@ -176,20 +179,13 @@ class _Matcher:
                            "a subtracted l1 or group penalty is concave: the lower problem would have no convex "
                            "minimiser; add it with a weight >= 0")
         signed = [outer] if outer is not None else []
-        if isinstance(atom, ir.Call) and not atom.kwargs and len(atom.args) == 1 and atom.func in ("l1", "abs"):
-            var, inner = self.var_times(atom.args[0], atom)
-            if atom.func == "abs" and self.st.lower_vars[var].shape != ():
-                raise BilError("`abs(...)` of a vector lower variable is not a scalar term", atom.span,
-                               "sum it: `sum(c * abs(w))`, or write `l1(w)`")
-            return var, "l1", _mul(outer, _abs(inner), t.span), None, signed
-        if isinstance(atom, ir.Call) and atom.func == "sum" and not atom.kwargs and len(atom.args) == 1:
-            plow, prest = self.split(_factors(atom.args[0]))
-            if len(plow) == 1 and plow[0][1] == 1 and isinstance(plow[0][0], ir.Call) \
-                    and plow[0][0].func == "abs" and len(plow[0][0].args) == 1 and not plow[0][0].kwargs:
-                inside = _product(prest, atom.span)
-                var, inner = self.var_times(plow[0][0].args[0], plow[0][0])
-                weight = _mul(_mul(outer, inside, t.span), _abs(inner), t.span)
-                return var, "l1", weight, None, signed + ([inside] if inside is not None else [])
+        if isinstance(atom, ir.Call) and atom.func == "abs" and self.st.lower_vars.get(
+                getattr(atom.args[0], "id", None)) is not None and self.st.lower_vars[atom.args[0].id].shape != ():
+            raise BilError("`abs(...)` of a vector lower variable is not a scalar term", atom.span,
+                           "sum it: `sum(c * abs(w))`, or write `l1(w)`")
+        if isinstance(atom, ir.Call) and atom.func in ("l1", "abs", "sum") or _is_dot(atom):
+            var, weight = self.pusher.outside(atom, outer, signed, kink)
+            return var, "l1", weight if weight is not None else ir.Num(t.span, 1.0), None, signed
         if isinstance(atom, ir.Call) and atom.func == "group_l1":
             args = {**dict(zip(("x", "groups", "weights"), atom.args)), **{k.name: k.value for k in atom.kwargs}}
             if isinstance(args.get("x"), ir.Name) and args["x"].id in self.lower and not any(
@@ -200,8 +196,11 @@ class _Matcher:
         if isinstance(atom, ir.Call) and atom.func == "norm" and not atom.kwargs and len(atom.args) == 1 \
                 and isinstance(atom.args[0], ir.Name) and atom.args[0].id in self.lower:
             return atom.args[0].id, "group", outer or ir.Num(t.span, 1.0), None, signed
-        raise BilError(f"`{kink.func}(...)` of a lower variable appears in a form bil cannot split off as a "
-                       "separable non-smooth term", kink.span, _SMOOTH_HINT)
+        raise self.unsupported(kink)
+
+
+def _is_dot(e: ir.Expr) -> bool:
+    return (isinstance(e, ir.Binary) and e.op == "@") or (isinstance(e, ir.Call) and e.func == "dot")
 
 
 def _value_at_start(st: CompileState, e: ir.Expr) -> np.ndarray:
