@@ -125,6 +125,18 @@ def _mul(a: Optional[ir.Expr], b: Optional[ir.Expr], span) -> Optional[ir.Expr]:
     return ir.Binary(span, "*", a, b)
 
 
+def _axis_norms(e: ir.Expr, lower: set[str]):
+    """``norm(..., axis=k)`` calls of a lower variable outside powers: norms of groups of it (non-smooth)."""
+    stack = [e]
+    while stack:
+        t = stack.pop()
+        if isinstance(t, ir.Binary) and t.op == "^":
+            continue
+        if isinstance(t, ir.Call) and t.func == "norm" and t.kwargs and ir.free_names(t) & lower:
+            yield t
+        stack.extend(ir.children(t))
+
+
 def _kinks(e: ir.Expr, lower: set[str]):
     """Calls in KINKED whose arguments involve a lower variable, outside powers (``l1(w)^2`` is smooth)."""
     stack = [e]
@@ -183,6 +195,9 @@ class _Matcher:
                 getattr(atom.args[0], "id", None)) is not None and self.st.lower_vars[atom.args[0].id].shape != ():
             raise BilError("`abs(...)` of a vector lower variable is not a scalar term", atom.span,
                            "sum it: `sum(c * abs(w))`, or write `l1(w)`")
+        if isinstance(kink, ir.Call) and kink.func == "norm":
+            var, weight, groups = self.pusher.group_rows(atom, outer, signed, kink)
+            return var, "group", weight, groups, signed
         if isinstance(atom, ir.Call) and atom.func in ("l1", "abs", "sum") or _is_dot(atom):
             var, weight = self.pusher.outside(atom, outer, signed, kink)
             return var, "l1", weight if weight is not None else ir.Num(t.span, 1.0), None, signed
@@ -259,7 +274,7 @@ class SplitNonsmooth:
         m = _Matcher(st)
         smooth, found = [], {}
         for t, sign in _terms(st.goal):
-            kinks = list(_kinks(t, m.lower))
+            kinks = list(_kinks(t, m.lower)) + list(_axis_norms(t, m.lower))
             atom_norm = any(isinstance(f, ir.Call) and f.func == "norm" and not f.kwargs and len(f.args) == 1
                             and isinstance(f.args[0], ir.Name) and f.args[0].id in m.lower
                             for f, _ in _factors(t))

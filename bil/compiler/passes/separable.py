@@ -153,6 +153,51 @@ class WeightPusher:
             return self.inside(inner, c, call)
         raise self.error(e, call)
 
+    # ------------------------------------------------------------ row groups
+    def group_rows(self, e: ir.Expr, c: Optional[ir.Expr], signed: list, kink: ir.Call):
+        """(variable, group weights [G], groups [n, G]) of Σ c ⊙ norm(reshape(w, r, m), axis=k): the groups
+        are the rows (k = 1) or the columns (k = 0) of the reshaped 1-D variable w."""
+        low, rest = self.split(e)
+        if len(low) != 1 or low[0][1] != 1:
+            raise self.unsupported(kink)
+        atom = low[0][0]
+        if rest:
+            if self.shape(atom) != self.shape(e):
+                raise self._enlarged(rest, atom, kink)
+            signed.extend(f if p > 0 else ir.Binary(f.span, "/", ir.Num(f.span, 1), f) for f, p in rest)
+            c = _times(c, _product(rest, e.span), e.span)
+        if isinstance(atom, ir.Call) and atom.func == "sum" and len(atom.args) == 1 and not atom.kwargs:
+            return self.group_rows(atom.args[0], c, signed, kink)
+        pair = self._dot_operands(atom)
+        if pair is not None and len(self.shape(pair[0])) == 1 and self.shape(pair[0]) == self.shape(pair[1]):
+            signed.append(pair[0])
+            return self.group_rows(pair[1], _times(c, pair[0], atom.span), signed, kink)
+        kw = {k.name: k.value for k in atom.kwargs} if isinstance(atom, ir.Call) else {}
+        if not (isinstance(atom, ir.Call) and atom.func == "norm" and len(atom.args) == 1 and set(kw) == {"axis"}):
+            raise self.unsupported(kink)
+        r = atom.args[0]
+        if not (isinstance(r, ir.Call) and r.func == "reshape" and isinstance(r.args[0], ir.Name)
+                and r.args[0].id in self.lower and len(self.shape(r.args[0])) == 1 and len(self.shape(r)) == 2):
+            raise BilError("`norm(..., axis=k)` of a lower variable is a group penalty only as the norms of the rows "
+                           "or columns of `reshape(w, r, m)` of a 1-D lower variable w", atom.span,
+                           "write `sum(c * norm(reshape(w, r, m), axis=1))`, or `group_l1(w, M, weights)` with a "
+                           "0/1 group matrix M such as `onehot([0, 0, 1, 1], 2)`")
+        k = int(_static(kw["axis"], atom))
+        if k not in (-2, -1, 0, 1):
+            raise BilError(f"axis {k} is out of range for a 2-D array", kw["axis"].span)
+        rows, cols = self.shape(r)
+        n_groups, sp = (cols, atom.span) if k % 2 == 0 else (rows, atom.span)
+        # M[i, g] = 1 when entry i of w lies in row (axis=1) / column (axis=0) g of reshape(w, rows, cols)
+        eye = _call(sp, "reshape", _call(sp, "eye", ir.Num(sp, n_groups)),
+                    *_nums(sp, (1, cols, cols) if k % 2 == 0 else (rows, 1, rows)))
+        spread = _call(sp, "ones", *_nums(sp, (rows, 1, 1) if k % 2 == 0 else (1, cols, 1)))
+        groups = _call(sp, "reshape", ir.Binary(sp, "*", eye, spread), *_nums(sp, (rows * cols, n_groups)))
+        if c is not None and np.broadcast_shapes(self.shape(c), (n_groups,)) != (n_groups,):
+            raise BilError(f"the weight `{ir.show(c)}` of shape {self.shape(c)} does not match the {n_groups} groups "
+                           f"of `{ir.show(atom)}`", atom.span, "give one weight per group, or a scalar")
+        weight = full(c, (n_groups,), sp) if c is not None else full(ir.Num(sp, 1.0), (n_groups,), sp)
+        return r.args[0].id, weight, groups
+
     def _enlarged(self, rest, atom, call) -> BilError:
         return BilError(f"the factor `{ir.show(_product(rest, call.span))}` enlarges `{ir.show(atom)}` (shape "
                         f"{self.shape(atom)}) by broadcasting, so the term is not one weight per entry", call.span,
