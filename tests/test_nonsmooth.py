@@ -324,7 +324,7 @@ def test_row_group_lasso_matches_group_l1():
     ("", "hyper l1w : real[5] = 0.01", "sum(l1w * l1(reshape(w, 5, 2), axis=1))", "may become negative"),
     ("", AXES["hypers"], "sum(l1w * l1(reshape(Xtr[1:11, :] @ w, 5, 2), axis=1))",
      "its argument is not a lower variable"),
-    ("", AXES["hypers"], "sum(l1w * l1(reshape(w, 5, 2), axis=0))", "does not match the shape (2,)"),
+    ("", AXES["hypers"], "sum(reshape(l1w, 5, 1) * l1(reshape(w, 5, 2), axis=0))", "enlarges"),
     ("", AXES["hypers"], "sum(l1w * norm(transpose(reshape(w, 5, 2)), axis=0))", "is a group penalty only"),
 ])
 def test_unsupported_or_negative_axis_forms_are_located_errors(extra, hypers, objective, message):
