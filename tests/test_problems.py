@@ -118,6 +118,9 @@ def test_cli_run_from_another_folder(tmp_path):
 
 @pytest.mark.slow
 def test_cli_run_group_elastic_net(tmp_path):
-    """`bil run` of the per-group elastic net written with `l1(reshape(w, 5, 2), axis=1)`: exit 0."""
+    """`bil run` of the per-group elastic net written with `l1(reshape(w, 5, 2), axis=1)`: exit 0,
+    result.json at or below sklearn's ElasticNet grid."""
     proc = _cli("run", spec("group_elastic_net"), "--out", tmp_path / "out", "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["upper"] <= B.grid_enet()[0]
