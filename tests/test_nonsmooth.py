@@ -333,3 +333,8 @@ def test_unsupported_or_negative_axis_forms_are_located_errors(extra, hypers, ob
         bil.compile(src)
     assert message in err.value.message and err.value.hint
     assert err.value.line == 1 + src.splitlines().index(next(ln for ln in src.splitlines() if "minimize" in ln))
+
+
+def test_norms_over_an_axis_of_other_expressions_stay_smooth():
+    prog = bil.compile(_spec("hyper lam : positive = 1.0", "lam * sum(norm(reshape(Xtr @ w - ytr, 13, 17), axis=1))"))
+    assert "nonsmooth" not in prog.state.structure

@@ -3,10 +3,12 @@
 g(x, θ) = s(x, θ) + Σ h_v(x_v, θ), each h_v a penalty on one lower variable whose
 proximal operator is known (bil/runtime/prox.py):
 
-* weighted l1:  ``c * l1(w)``, ``l1(c * w)``, ``sum(c * abs(w))``, ``abs(w)`` for a scalar w
-  → Σᵢ aᵢ|wᵢ| (soft-thresholding);
-* group lasso:  ``c * group_l1(w, M, weights)``, ``c * norm(w)`` → Σ_g b_g‖w_g‖
-  (block soft-thresholding),
+* weighted l1:  ``c * l1(w)``, ``l1(c * w)``, ``sum(c * abs(w))``, ``abs(w)`` for a scalar w,
+  and the same through axes, reshapes and transposes (``sum(c * l1(reshape(d * w, 5, 2), axis=1))``,
+  ``c @ sum(abs(transpose(R)), axis=0)``; the per-entry weights a are computed by
+  :mod:`bil.compiler.passes.separable`) → Σᵢ aᵢ|wᵢ| (soft-thresholding);
+* group lasso:  ``c * group_l1(w, M, weights)``, ``c * norm(w)``, ``sum(c * norm(reshape(w, r, m),
+  axis=k))`` (the rows or columns as groups) → Σ_g b_g‖w_g‖ (block soft-thresholding),
 
 where the factors c, a, b depend only on hypers and data and are ≥ 0, and the term
 is *added* to the objective.  Several l1 terms on one variable add up; an l1 and a
@@ -41,7 +43,8 @@ KINKED = ("abs", "l1", "group_l1")
 PROX_SOLVERS = ("fista", "gd")
 
 _SMOOTH_HINT = ("exact l1 needs a lower variable times factors of hypers and data (`lam * l1(w)`, `l1(c * w)`, "
-                "`sum(c * abs(w))`, `group_l1(w, M, weights)`), added to the objective; otherwise use a smooth "
+                "`sum(c * abs(w))`, `sum(c * l1(reshape(w, 5, 2), axis=1))`, `group_l1(w, M, weights)`), added "
+                "to the objective; otherwise use a smooth "
                 "approximation: `smooth_abs(A @ w, 1e-3)` or `huber(A @ w, 1e-3)`")
 
 
@@ -132,9 +135,21 @@ def _axis_norms(e: ir.Expr, lower: set[str]):
         t = stack.pop()
         if isinstance(t, ir.Binary) and t.op == "^":
             continue
-        if isinstance(t, ir.Call) and t.func == "norm" and t.kwargs and ir.free_names(t) & lower:
+        if isinstance(t, ir.Call) and t.func == "norm" and t.kwargs and t.args and _of_variable(t.args[0], lower):
             yield t
         stack.extend(ir.children(t))
+
+
+def _of_variable(e: ir.Expr, lower: set[str]) -> bool:
+    """``e`` is a lower variable, reshaped, transposed or times hypers and data (``norm(A @ w)`` is not)."""
+    if isinstance(e, ir.Name):
+        return e.id in lower
+    if isinstance(e, ir.Call) and e.func in ("reshape", "transpose") and e.args:
+        return _of_variable(e.args[0], lower)
+    if isinstance(e, ir.Binary) and e.op in "*/":
+        sides = [x for x in (e.left, e.right) if ir.free_names(x) & lower]
+        return len(sides) == 1 and (sides[0] is e.left or e.op == "*") and _of_variable(sides[0], lower)
+    return False
 
 
 def _kinks(e: ir.Expr, lower: set[str]):
