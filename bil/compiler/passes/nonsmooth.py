@@ -32,7 +32,7 @@ import numpy as np
 from bil.compiler import ir
 from bil.compiler.errors import BilError
 from bil.compiler.evaluate import Evaluator
-from bil.compiler.passes.separable import WeightPusher
+from bil.compiler.passes.separable import WeightPusher, product, times
 from bil.compiler.source import Span
 from bil.compiler.state import CompileState, Method
 from bil.stdlib import lookup
@@ -111,23 +111,6 @@ def _factors(e: ir.Expr) -> list[tuple[ir.Expr, int]]:
     return [(e, 1)]
 
 
-def _product(factors: list[tuple[ir.Expr, int]], span) -> Optional[ir.Expr]:
-    """The product of ``factors`` (None when there are none)."""
-    acc = None
-    for f, p in factors:
-        if acc is None:
-            acc = f if p > 0 else ir.Binary(f.span, "/", ir.Num(f.span, 1), f)
-        else:
-            acc = ir.Binary(span, "*" if p > 0 else "/", acc, f)
-    return acc
-
-
-def _mul(a: Optional[ir.Expr], b: Optional[ir.Expr], span) -> Optional[ir.Expr]:
-    if a is None or b is None:
-        return b if a is None else a
-    return ir.Binary(span, "*", a, b)
-
-
 def _axis_norms(e: ir.Expr, lower: set[str]):
     """``norm(..., axis=k)`` calls of a lower variable outside powers: norms of groups of it (non-smooth)."""
     stack = [e]
@@ -199,7 +182,7 @@ class _Matcher:
             raise BilError(f"`{kink.func}(...)` of a lower variable must be added to the objective, multiplied "
                            "only by factors of hypers and data", kink.span, _SMOOTH_HINT)
         atom = low[0][0]
-        outer = _product(rest, t.span)
+        outer = product(rest, t.span)
         # `- lam * l1(w)` parses as (-lam) * l1(w): a literal -1 factor subtracts the term too
         if sign * (-1) ** sum(isinstance(f, ir.Num) and f.value == -1 for f, _ in rest) < 0:
             raise BilError(f"`{kink.func}(...)` of a lower variable is subtracted from the objective", kink.span,
@@ -220,7 +203,7 @@ class _Matcher:
             args = {**dict(zip(("x", "groups", "weights"), atom.args)), **{k.name: k.value for k in atom.kwargs}}
             if isinstance(args.get("x"), ir.Name) and args["x"].id in self.lower and not any(
                     self.is_lower(args[k]) for k in ("groups", "weights") if k in args):
-                weight = _mul(outer, args.get("weights"), t.span) or ir.Num(t.span, 1.0)
+                weight = times(outer, args.get("weights"), t.span) or ir.Num(t.span, 1.0)
                 return args["x"].id, "group", weight, args["groups"], signed + (
                     [args["weights"]] if "weights" in args else [])
         if isinstance(atom, ir.Call) and atom.func == "norm" and not atom.kwargs and len(atom.args) == 1 \

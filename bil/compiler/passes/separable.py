@@ -76,7 +76,7 @@ class WeightPusher:
             if self.shape(atom) != self.shape(e):
                 raise self._enlarged(rest, atom, kink)
             signed.extend(f if p > 0 else ir.Binary(f.span, "/", ir.Num(f.span, 1), f) for f, p in rest)
-            c = _times(c, _product(rest, e.span), e.span)
+            c = times(c, product(rest, e.span), e.span)
         if isinstance(atom, ir.Call) and atom.func == "abs" and len(atom.args) == 1 and not atom.kwargs:
             return self.inside(atom.args[0], c, atom)
         if isinstance(atom, ir.Call) and atom.func in ("l1", "sum") and len(atom.args) == 1 \
@@ -91,7 +91,7 @@ class WeightPusher:
             vec, inner = pair
             if len(self.shape(vec)) == 1 and self.shape(vec) == self.shape(inner):
                 signed.append(vec)
-                return self.outside(inner, _times(c, vec, atom.span), signed, kink)
+                return self.outside(inner, times(c, vec, atom.span), signed, kink)
         raise self.unsupported(kink)
 
     def _dot_operands(self, e: ir.Expr):
@@ -137,7 +137,7 @@ class WeightPusher:
         if rest:
             if not isinstance(atom, ir.Name) and self.shape(atom) != self.shape(e):
                 raise self._enlarged(rest, atom, call)
-            c = _times(c, _call(e.span, "abs", _product(rest, e.span)), e.span)
+            c = times(c, _call(e.span, "abs", product(rest, e.span)), e.span)
         if isinstance(atom, ir.Name):
             return atom.id, c
         if isinstance(atom, ir.Call) and atom.func in ("reshape", "transpose") and atom.args and not atom.kwargs \
@@ -165,13 +165,13 @@ class WeightPusher:
             if self.shape(atom) != self.shape(e):
                 raise self._enlarged(rest, atom, kink)
             signed.extend(f if p > 0 else ir.Binary(f.span, "/", ir.Num(f.span, 1), f) for f, p in rest)
-            c = _times(c, _product(rest, e.span), e.span)
+            c = times(c, product(rest, e.span), e.span)
         if isinstance(atom, ir.Call) and atom.func == "sum" and len(atom.args) == 1 and not atom.kwargs:
             return self.group_rows(atom.args[0], c, signed, kink)
         pair = self._dot_operands(atom)
         if pair is not None and len(self.shape(pair[0])) == 1 and self.shape(pair[0]) == self.shape(pair[1]):
             signed.append(pair[0])
-            return self.group_rows(pair[1], _times(c, pair[0], atom.span), signed, kink)
+            return self.group_rows(pair[1], times(c, pair[0], atom.span), signed, kink)
         kw = {k.name: k.value for k in atom.kwargs} if isinstance(atom, ir.Call) else {}
         if not (isinstance(atom, ir.Call) and atom.func == "norm" and len(atom.args) == 1 and set(kw) == {"axis"}):
             raise self.unsupported(kink)
@@ -199,7 +199,7 @@ class WeightPusher:
         return r.args[0].id, weight, groups
 
     def _enlarged(self, rest, atom, call) -> BilError:
-        return BilError(f"the factor `{ir.show(_product(rest, call.span))}` enlarges `{ir.show(atom)}` (shape "
+        return BilError(f"the factor `{ir.show(product(rest, call.span))}` enlarges `{ir.show(atom)}` (shape "
                         f"{self.shape(atom)}) by broadcasting, so the term is not one weight per entry", call.span,
                         "give the weights the shape of what they multiply, or a scalar")
 
@@ -211,7 +211,8 @@ def _static(e: ir.Expr, call: ir.Call):
         raise BilError(f"`{call.func}`'s axis and keepdims must be constants here", e.span) from None
 
 
-def _product(factors, span) -> Optional[ir.Expr]:
+def product(factors, span) -> Optional[ir.Expr]:
+    """The product of (factor, ±1) pairs (None when there are none)."""
     acc = None
     for f, p in factors:
         f = f if p > 0 else ir.Binary(f.span, "/", ir.Num(f.span, 1), f)
@@ -219,7 +220,8 @@ def _product(factors, span) -> Optional[ir.Expr]:
     return acc
 
 
-def _times(a: Optional[ir.Expr], b: Optional[ir.Expr], span) -> Optional[ir.Expr]:
+def times(a: Optional[ir.Expr], b: Optional[ir.Expr], span) -> Optional[ir.Expr]:
+    """a * b, where None stands for 1."""
     if a is None or b is None:
         return b if a is None else a
     return ir.Binary(span, "*", a, b)
