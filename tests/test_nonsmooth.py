@@ -16,6 +16,7 @@ import pytest
 import bil
 from bil.cli import main
 from bil.compiler.errors import BilError
+from bil.compiler.passes.nonsmooth import _value_at_start
 
 DATA = 'data Xtr, ytr, Xval, yval = dataset("diabetes", split=0.5, seed=0, standardize=true)\n'
 UPPER = "upper minimize 0.5 * mean((Xval @ w - yval)^2)\n"
@@ -107,6 +108,11 @@ def test_lasso_switches_to_fista_and_show_says_so(lasso, capsys, tmp_path):
     # weighted l1 with data weights and a hyper: l1(c * w) = Σ |cᵢ| |wᵢ|
     ("hyper lam : positive = 2.0", "l1((lam * c) * w)", lambda th, c: (th["lam"] * np.abs(c), 0.0)),
     ("hyper lam : positive = 2.0", "lam * sum(c * abs(w))", lambda th, c: (th["lam"] * c, 0.0)),
+    # weighted l1 through axes: row i of reshape(c * w, 2, 5) weighted by lam[i], column j of it by lam[j]
+    ("hyper lam : positive[2] = [2.0, 1.5]", "sum(lam * l1(reshape(c * w, 2, 5), axis=1))",
+     lambda th, c: (jnp.repeat(th["lam"], 5) * jnp.abs(c), 0.0)),
+    ("hyper lam : positive[2] = [2.0, 1.5]", "lam @ sum(abs(transpose(reshape(c * w, 5, 2))), axis=1)",
+     lambda th, c: (jnp.tile(th["lam"], 5) * jnp.abs(c), 0.0)),
     # elastic net
     ("hyper a : positive = 4.0\nhyper b : positive = 30.0", "a * l1(w) + 0.5 * b * sumsq(w)",
      lambda th, c: (th["a"], th["b"])),
@@ -114,7 +120,7 @@ def test_lasso_switches_to_fista_and_show_says_so(lasso, capsys, tmp_path):
 def test_weighted_and_elastic_net_match_closed_form(hypers, objective, a_b):
     extra = "data c = [0.5, 1.0, 2.0, 1.0, 0.2, 1.5, 1.0, 0.7, 1.0, 3.0]\n"
     prog = bil.compile(_spec(hypers, objective, extra))
-    theta = {k: float(v) for k, v in prog.hypers.items()}
+    theta = {k: np.asarray(v, float) for k, v in prog.hypers.items()}
     c = np.asarray(prog.state.data["c"])
     w, _, grads = _solve(prog, theta)
     assert 0 < np.count_nonzero(w) < w.size
@@ -122,7 +128,7 @@ def test_weighted_and_elastic_net_match_closed_form(hypers, objective, a_b):
     np.testing.assert_allclose(sol(*a_b(theta, c)), w, rtol=1e-9, atol=1e-12)
     closed = jax.grad(lambda th: _upper(prog, sol(*a_b(th, jnp.asarray(c)))))(theta)
     for k in theta:
-        assert abs(float(grads[k]) - float(closed[k])) <= 1e-8 * abs(float(closed[k]))
+        np.testing.assert_allclose(grads[k], closed[k], rtol=1e-8)
 
 
 def test_nonnegative_lasso_matches_closed_form():
@@ -258,3 +264,77 @@ def test_per_group_elastic_net_learns_its_penalties_with_bil_run(tmp_path):
             grid.append(0.5 * np.mean((Xv @ coef - yv) ** 2))
     assert result["upper"] < start
     assert result["upper"] <= min(grid)
+
+
+# ------------------------------------------------------- l1 and group norms written through axes
+AXES = dict(extra="data c = [0.5, 1.0, 2.0, 1.0, 0.2, 1.5, 1.0, 0.7, 1.0, 3.0]\n"
+                  "data G = onehot([0, 0, 1, 1, 2, 2, 3, 3, 4, 4], 5)\n",
+            hypers="hyper l1w : positive[5] = [1.0, 2.0, 3.0, 4.0, 5.0]")
+ROWS = np.repeat(np.arange(1.0, 6.0), 2)                # l1w[i] on the entries of row i of reshape(w, 5, 2)
+C = np.array([0.5, 1.0, 2.0, 1.0, 0.2, 1.5, 1.0, 0.7, 1.0, 3.0])
+
+
+@pytest.mark.parametrize("objective, weights", [
+    ("sum(l1w * l1(reshape(w, 5, 2), axis=1))", ROWS),
+    ("l1w @ l1(reshape(w, 5, 2), axis=1)", ROWS),
+    ("sum(l1w * sum(abs(reshape(w, 5, 2)), axis=1))", ROWS),
+    ("sum(l1(reshape(w, 5, 2), axis=-1, keepdims=true) * reshape(l1w, 5, 1))", ROWS),
+    ("sum(l1w * l1(transpose(reshape(w, 5, 2)), axis=0))", ROWS),
+    ("sum(l1w * l1(reshape(w, 2, 5), axis=0))", np.tile(np.arange(1.0, 6.0), 2)),
+    ("sum(l1w * l1(reshape(c * w, 5, 2), axis=1))", ROWS * C),
+    ("2 * sum(reshape(G @ l1w, 5, 2) * abs(reshape(-c * w, 5, 2)))", 2 * ROWS * C),
+])
+def test_l1_through_axes_and_reshapes_gets_its_per_entry_weights(objective, weights):
+    prog = bil.compile(_spec(AXES["hypers"], objective, AXES["extra"]))
+    (pen,) = prog.state.structure["nonsmooth"].penalties
+    assert pen.var == "w" and pen.group_weight is None
+    a = np.broadcast_to(_value_at_start(prog.state, pen.l1), (10,))
+    np.testing.assert_allclose(a, weights, rtol=1e-15)
+
+
+def _same_solution_and_hypergradient(spec_a, spec_b, theta):
+    (wa, _, ga), (wb, _, gb) = (_solve(bil.compile(s), theta) for s in (spec_a, spec_b))
+    assert 0 < np.count_nonzero(wa) < wa.size
+    np.testing.assert_array_equal(wa == 0, wb == 0)
+    np.testing.assert_allclose(wa, wb, rtol=1e-8)
+    for k in theta:
+        np.testing.assert_allclose(ga[k], gb[k], rtol=1e-8)
+
+
+def test_per_group_elastic_net_written_with_axes_matches_the_onehot_form():
+    """The spec of tests/problems/group_elastic_net.bil against `l1((G @ l1w) * w)` on diabetes."""
+    hypers = "hyper l1w : positive[5] = 1.0\nhyper l2w : positive[5] = 1.0"
+    natural = _spec(hypers, "sum(l1w * l1(reshape(w, 5, 2), axis=1))\n"
+                    "             + 0.5 * sum(l2w * sumsq(reshape(w, 5, 2), axis=1))", AXES["extra"])
+    onehot = _spec(hypers, "l1((G @ l1w) * w) + 0.5 * sum((G @ l2w) * w^2)", AXES["extra"])
+    theta = {"l1w": np.array([30.0, 2.0, 60.0, 5.0, 10.0]), "l2w": np.array([1.0, 5.0, 2.0, 1.0, 3.0])}
+    _same_solution_and_hypergradient(natural, onehot, theta)
+
+
+def test_row_group_lasso_matches_group_l1():
+    """`sum(gw * norm(reshape(w, 5, 2), axis=1))` is group_l1 with the rows of the reshape as groups."""
+    hypers = "hyper gw : positive[5] = 1.0"
+    rows = _spec(hypers, "sum(gw * norm(reshape(w, 5, 2), axis=1)) + 0.5 * sumsq(w)", AXES["extra"])
+    onehot = _spec(hypers, "group_l1(w, G, gw) + 0.5 * sumsq(w)", AXES["extra"])
+    _same_solution_and_hypergradient(rows, onehot, {"gw": np.array([250.0, 2.0, 40.0, 2.0, 300.0])})
+
+
+@pytest.mark.parametrize("extra, hypers, objective, message", [
+    ("data s = [1, -1, 1, 1, 1]\n", AXES["hypers"], "sum(s * l1w * l1(reshape(w, 5, 2), axis=1))", "is negative"),
+    ("", "hyper l1w : real[5] = 0.01", "sum(l1w * l1(reshape(w, 5, 2), axis=1))", "may become negative"),
+    ("", AXES["hypers"], "sum(l1w * l1(reshape(Xtr[1:11, :] @ w, 5, 2), axis=1))",
+     "its argument is not a lower variable"),
+    ("", AXES["hypers"], "sum(reshape(l1w, 5, 1) * l1(reshape(w, 5, 2), axis=0))", "enlarges"),
+    ("", AXES["hypers"], "sum(l1w * norm(transpose(reshape(w, 5, 2)), axis=0))", "is a group penalty only"),
+])
+def test_unsupported_or_negative_axis_forms_are_located_errors(extra, hypers, objective, message):
+    src = _spec(hypers, objective, extra)
+    with pytest.raises(BilError) as err:
+        bil.compile(src)
+    assert message in err.value.message and err.value.hint
+    assert err.value.line == 1 + src.splitlines().index(next(ln for ln in src.splitlines() if "minimize" in ln))
+
+
+def test_norms_over_an_axis_of_other_expressions_stay_smooth():
+    prog = bil.compile(_spec("hyper lam : positive = 1.0", "lam * sum(norm(reshape(Xtr @ w - ytr, 13, 17), axis=1))"))
+    assert "nonsmooth" not in prog.state.structure

@@ -26,10 +26,6 @@ from problem_baselines import PROBLEMS
 
 REPO = PROBLEMS.parents[1]
 
-L1_XFAIL = pytest.mark.xfail(reason="needs exact L1 (`l1w * l1(...)`, issue 13 item 7; branch nonsmooth)",
-                             strict=False)
-
-
 def spec(name):
     return PROBLEMS / f"{name}.bil"
 
@@ -63,9 +59,9 @@ GRID = {
 NONCONVEX = {"foe_denoise"}
 
 
-def _params(names, xfail_enet=L1_XFAIL, slow=False):
+def _params(names, slow=False):
     marks = [pytest.mark.slow] if slow else []
-    return [pytest.param(n, marks=marks + ([xfail_enet] if n == "group_elastic_net" else []), id=n) for n in names]
+    return [pytest.param(n, marks=marks, id=n) for n in names]
 
 
 @pytest.mark.parametrize("name", _params(sorted(TRUE_UPPER)))
@@ -121,8 +117,10 @@ def test_cli_run_from_another_folder(tmp_path):
 
 
 @pytest.mark.slow
-@L1_XFAIL
 def test_cli_run_group_elastic_net(tmp_path):
-    """What a user sees for exact L1 today: exit 1 and a located diagnostic (xfail until item 7)."""
+    """`bil run` of the per-group elastic net written with `l1(reshape(w, 5, 2), axis=1)`: exit 0,
+    result.json at or below sklearn's ElasticNet grid."""
     proc = _cli("run", spec("group_elastic_net"), "--out", tmp_path / "out", "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["upper"] <= B.grid_enet()[0]

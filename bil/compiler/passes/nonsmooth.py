@@ -3,10 +3,12 @@
 g(x, θ) = s(x, θ) + Σ h_v(x_v, θ), each h_v a penalty on one lower variable whose
 proximal operator is known (bil/runtime/prox.py):
 
-* weighted l1:  ``c * l1(w)``, ``l1(c * w)``, ``sum(c * abs(w))``, ``abs(w)`` for a scalar w
-  → Σᵢ aᵢ|wᵢ| (soft-thresholding);
-* group lasso:  ``c * group_l1(w, M, weights)``, ``c * norm(w)`` → Σ_g b_g‖w_g‖
-  (block soft-thresholding),
+* weighted l1:  ``c * l1(w)``, ``l1(c * w)``, ``sum(c * abs(w))``, ``abs(w)`` for a scalar w,
+  and the same through axes, reshapes and transposes (``sum(c * l1(reshape(d * w, 5, 2), axis=1))``,
+  ``c @ sum(abs(transpose(R)), axis=0)``; the per-entry weights a are computed by
+  :mod:`bil.compiler.passes.separable`) → Σᵢ aᵢ|wᵢ| (soft-thresholding);
+* group lasso:  ``c * group_l1(w, M, weights)``, ``c * norm(w)``, ``sum(c * norm(reshape(w, r, m),
+  axis=k))`` (the rows or columns as groups) → Σ_g b_g‖w_g‖ (block soft-thresholding),
 
 where the factors c, a, b depend only on hypers and data and are ≥ 0, and the term
 is *added* to the objective.  Several l1 terms on one variable add up; an l1 and a
@@ -30,6 +32,7 @@ import numpy as np
 from bil.compiler import ir
 from bil.compiler.errors import BilError
 from bil.compiler.evaluate import Evaluator
+from bil.compiler.passes.separable import WeightPusher, product, times
 from bil.compiler.source import Span
 from bil.compiler.state import CompileState, Method
 from bil.stdlib import lookup
@@ -40,7 +43,8 @@ KINKED = ("abs", "l1", "group_l1")
 PROX_SOLVERS = ("fista", "gd")
 
 _SMOOTH_HINT = ("exact l1 needs a lower variable times factors of hypers and data (`lam * l1(w)`, `l1(c * w)`, "
-                "`sum(c * abs(w))`, `group_l1(w, M, weights)`), added to the objective; otherwise use a smooth "
+                "`sum(c * abs(w))`, `sum(c * l1(reshape(w, 5, 2), axis=1))`, `group_l1(w, M, weights)`), added "
+                "to the objective; otherwise use a smooth "
                 "approximation: `smooth_abs(A @ w, 1e-3)` or `huber(A @ w, 1e-3)`")
 
 
@@ -107,25 +111,28 @@ def _factors(e: ir.Expr) -> list[tuple[ir.Expr, int]]:
     return [(e, 1)]
 
 
-def _product(factors: list[tuple[ir.Expr, int]], span) -> Optional[ir.Expr]:
-    """The product of ``factors`` (None when there are none)."""
-    acc = None
-    for f, p in factors:
-        if acc is None:
-            acc = f if p > 0 else ir.Binary(f.span, "/", ir.Num(f.span, 1), f)
-        else:
-            acc = ir.Binary(span, "*" if p > 0 else "/", acc, f)
-    return acc
+def _axis_norms(e: ir.Expr, lower: set[str]):
+    """``norm(..., axis=k)`` calls of a lower variable outside powers: norms of groups of it (non-smooth)."""
+    stack = [e]
+    while stack:
+        t = stack.pop()
+        if isinstance(t, ir.Binary) and t.op == "^":
+            continue
+        if isinstance(t, ir.Call) and t.func == "norm" and t.kwargs and t.args and _of_variable(t.args[0], lower):
+            yield t
+        stack.extend(ir.children(t))
 
 
-def _mul(a: Optional[ir.Expr], b: Optional[ir.Expr], span) -> Optional[ir.Expr]:
-    if a is None or b is None:
-        return b if a is None else a
-    return ir.Binary(span, "*", a, b)
-
-
-def _abs(e: Optional[ir.Expr]) -> Optional[ir.Expr]:
-    return None if e is None else ir.Call(e.span, "abs", (e,), ())
+def _of_variable(e: ir.Expr, lower: set[str]) -> bool:
+    """``e`` is a lower variable, reshaped, transposed or times hypers and data (``norm(A @ w)`` is not)."""
+    if isinstance(e, ir.Name):
+        return e.id in lower
+    if isinstance(e, ir.Call) and e.func in ("reshape", "transpose") and e.args:
+        return _of_variable(e.args[0], lower)
+    if isinstance(e, ir.Binary) and e.op in "*/":
+        sides = [x for x in (e.left, e.right) if ir.free_names(x) & lower]
+        return len(sides) == 1 and (sides[0] is e.left or e.op == "*") and _of_variable(sides[0], lower)
+    return False
 
 
 def _kinks(e: ir.Expr, lower: set[str]):
@@ -146,6 +153,8 @@ class _Matcher:
     def __init__(self, st: CompileState):
         self.st = st
         self.lower = set(st.lower_vars)
+        self.pusher = WeightPusher(st, lambda e: self.split(_factors(e)), lambda e, call: self.not_a_variable(call),
+                                   self.unsupported)
 
     def is_lower(self, e) -> bool:
         return bool(ir.free_names(e) & self.lower)
@@ -154,13 +163,17 @@ class _Matcher:
         """(factors involving lower variables, the others)."""
         return ([fp for fp in factors if self.is_lower(fp[0])], [fp for fp in factors if not self.is_lower(fp[0])])
 
-    def var_times(self, a: ir.Expr, call: ir.Call) -> tuple[str, Optional[ir.Expr]]:
-        """``a`` = a lower variable times non-lower factors: (variable, product of the factors)."""
-        low, rest = self.split(_factors(a))
-        if len(low) == 1 and low[0][1] == 1 and isinstance(low[0][0], ir.Name):
-            return low[0][0].id, _product(rest, a.span)
-        raise BilError(f"`{call.func}({ir.show(a)})` is non-smooth, and its argument is not a lower variable times "
-                       "factors of hypers and data, so bil has no proximal operator for it", call.span, _SMOOTH_HINT)
+    @staticmethod
+    def not_a_variable(call: ir.Call) -> BilError:
+        """The error for ``abs``/``l1`` of something that is not a lower variable times factors."""
+        return BilError(f"`{call.func}({ir.show(call.args[0])})` is non-smooth, and its argument is not a lower "
+                        "variable times factors of hypers and data (possibly reshaped or transposed), so bil has "
+                        "no proximal operator for it", call.span, _SMOOTH_HINT)
+
+    @staticmethod
+    def unsupported(kink: ir.Call) -> BilError:
+        return BilError(f"`{kink.func}(...)` of a lower variable appears in a form bil cannot split off as a "
+                        "separable non-smooth term", kink.span, _SMOOTH_HINT)
 
     def term(self, t: ir.Expr, sign: int, kink: ir.Call) -> tuple[str, str, ir.Expr, Optional[ir.Expr], list]:
         """(var, kind, weight, groups, weights that must be ≥ 0) of one non-smooth term."""
@@ -169,39 +182,38 @@ class _Matcher:
             raise BilError(f"`{kink.func}(...)` of a lower variable must be added to the objective, multiplied "
                            "only by factors of hypers and data", kink.span, _SMOOTH_HINT)
         atom = low[0][0]
-        outer = _product(rest, t.span)
+        outer = product(rest, t.span)
         # `- lam * l1(w)` parses as (-lam) * l1(w): a literal -1 factor subtracts the term too
         if sign * (-1) ** sum(isinstance(f, ir.Num) and f.value == -1 for f, _ in rest) < 0:
             raise BilError(f"`{kink.func}(...)` of a lower variable is subtracted from the objective", kink.span,
                            "a subtracted l1 or group penalty is concave: the lower problem would have no convex "
                            "minimiser; add it with a weight >= 0")
         signed = [outer] if outer is not None else []
-        if isinstance(atom, ir.Call) and not atom.kwargs and len(atom.args) == 1 and atom.func in ("l1", "abs"):
-            var, inner = self.var_times(atom.args[0], atom)
-            if atom.func == "abs" and self.st.lower_vars[var].shape != ():
-                raise BilError("`abs(...)` of a vector lower variable is not a scalar term", atom.span,
-                               "sum it: `sum(c * abs(w))`, or write `l1(w)`")
-            return var, "l1", _mul(outer, _abs(inner), t.span), None, signed
-        if isinstance(atom, ir.Call) and atom.func == "sum" and not atom.kwargs and len(atom.args) == 1:
-            plow, prest = self.split(_factors(atom.args[0]))
-            if len(plow) == 1 and plow[0][1] == 1 and isinstance(plow[0][0], ir.Call) \
-                    and plow[0][0].func == "abs" and len(plow[0][0].args) == 1 and not plow[0][0].kwargs:
-                inside = _product(prest, atom.span)
-                var, inner = self.var_times(plow[0][0].args[0], plow[0][0])
-                weight = _mul(_mul(outer, inside, t.span), _abs(inner), t.span)
-                return var, "l1", weight, None, signed + ([inside] if inside is not None else [])
+        if isinstance(atom, ir.Call) and atom.func == "abs" and self.st.lower_vars.get(
+                getattr(atom.args[0], "id", None)) is not None and self.st.lower_vars[atom.args[0].id].shape != ():
+            raise BilError("`abs(...)` of a vector lower variable is not a scalar term", atom.span,
+                           "sum it: `sum(c * abs(w))`, or write `l1(w)`")
+        if isinstance(kink, ir.Call) and kink.func == "norm":
+            var, weight, groups = self.pusher.group_rows(atom, outer, signed, kink)
+            return var, "group", weight, groups, signed
+        if isinstance(atom, ir.Call) and atom.func in ("l1", "abs", "sum") or _is_dot(atom):
+            var, weight = self.pusher.outside(atom, outer, signed, kink)
+            return var, "l1", weight if weight is not None else ir.Num(t.span, 1.0), None, signed
         if isinstance(atom, ir.Call) and atom.func == "group_l1":
             args = {**dict(zip(("x", "groups", "weights"), atom.args)), **{k.name: k.value for k in atom.kwargs}}
             if isinstance(args.get("x"), ir.Name) and args["x"].id in self.lower and not any(
                     self.is_lower(args[k]) for k in ("groups", "weights") if k in args):
-                weight = _mul(outer, args.get("weights"), t.span) or ir.Num(t.span, 1.0)
+                weight = times(outer, args.get("weights"), t.span) or ir.Num(t.span, 1.0)
                 return args["x"].id, "group", weight, args["groups"], signed + (
                     [args["weights"]] if "weights" in args else [])
         if isinstance(atom, ir.Call) and atom.func == "norm" and not atom.kwargs and len(atom.args) == 1 \
                 and isinstance(atom.args[0], ir.Name) and atom.args[0].id in self.lower:
             return atom.args[0].id, "group", outer or ir.Num(t.span, 1.0), None, signed
-        raise BilError(f"`{kink.func}(...)` of a lower variable appears in a form bil cannot split off as a "
-                       "separable non-smooth term", kink.span, _SMOOTH_HINT)
+        raise self.unsupported(kink)
+
+
+def _is_dot(e: ir.Expr) -> bool:
+    return (isinstance(e, ir.Binary) and e.op == "@") or (isinstance(e, ir.Call) and e.func == "dot")
 
 
 def _value_at_start(st: CompileState, e: ir.Expr) -> np.ndarray:
@@ -260,7 +272,7 @@ class SplitNonsmooth:
         m = _Matcher(st)
         smooth, found = [], {}
         for t, sign in _terms(st.goal):
-            kinks = list(_kinks(t, m.lower))
+            kinks = list(_kinks(t, m.lower)) + list(_axis_norms(t, m.lower))
             atom_norm = any(isinstance(f, ir.Call) and f.func == "norm" and not f.kwargs and len(f.args) == 1
                             and isinstance(f.args[0], ir.Name) and f.args[0].id in m.lower
                             for f, _ in _factors(t))
