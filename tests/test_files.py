@@ -52,7 +52,7 @@ lower {
 }
 upper minimize 0.5 * mean((X @ w - y)^2) + 0.01 * sumsq(w)
 solve {
-    outer: maid(max_iter=6)
+    outer: maid(max_iter=6, tol=1e-30)   # all 6 iterations (no convergence stop)
     checkpoint_every: 1
 }
 """
@@ -250,21 +250,6 @@ def test_a_held_lock_refuses_a_second_run(run_spec, tmp_path, capsys, no_run):
     assert code == 2 and f"another `bil run` (pid {os.getpid()}) is writing to" in err and not no_run
 
 
-def test_resume_writes_plots_a_kill_after_result_json_left_missing(run_spec, tmp_path, capsys):
-    out = tmp_path / "o"
-    code, err = _main(capsys, "run", run_spec, "--out", out, "-q", "--set", "solve.outer.max_iter=2")
-    assert code == 0, err
-    pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
-    assert pngs and json.loads((out / outdir.MARKER).read_text())["outputs_iteration"] == 2
-    # as left by a kill after result.json, before the plots (and before the marker said "all written")
-    for p in (out / "plots").glob("*.png"):
-        p.unlink()
-    outdir.write_marker(out)
-    code, err = _main(capsys, "run", run_spec, "--out", out, "--resume", "--set", "solve.outer.max_iter=2")
-    assert code == 0 and "written now" in err, err
-    assert sorted(p.name for p in (out / "plots").glob("*.png")) == pngs
-
-
 # ------------------------------------------------------------------ processes: lock, kill -9, resume
 def _env(**extra):
     env = dict(os.environ)
@@ -292,7 +277,7 @@ def _listing(out: Path) -> set[str]:
     return {str(p.relative_to(out)) for p in out.rglob("*")}
 
 
-def test_a_second_run_is_refused_while_the_first_runs_and_a_kill_is_resumed(run_spec, tmp_path, capsys):
+def test_a_second_run_is_refused_while_the_first_runs_and_a_kill_is_resumed_with_all_outputs(run_spec, tmp_path, capsys):
     out = tmp_path / "o"
     proc = _start(run_spec, out, sleep=2.0, cache=tmp_path / "cache")
     try:
@@ -312,6 +297,18 @@ def test_a_second_run_is_refused_while_the_first_runs_and_a_kill_is_resumed(run_
     assert {"result.json", "history.csv", "hypers.npz", "lower.npz", "checkpoint.npz", outdir.MARKER,
             "plots/hypers.png"} <= names
     assert not [n for n in names if n.endswith((".tmp", ".tmp.png")) or n == outdir.LOCK_NAME], names
+    done = json.loads((out / "result.json").read_text())["iterations"]
+    assert json.loads((out / outdir.MARKER).read_text())["outputs_iteration"] == done >= 1
+
+    # a kill after result.json but before the plots (and before the marker said "all written"):
+    # --resume wrote nothing, as result.json and history.csv were current
+    pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
+    for p in (out / "plots").glob("*.png"):
+        p.unlink()
+    outdir.write_marker(out)
+    code, err = _main(capsys, "run", run_spec, "--out", out, "--resume")
+    assert code == 0 and "written now" in err, err
+    assert sorted(p.name for p in (out / "plots").glob("*.png")) == pngs
 
 
 def _outputs(out: Path) -> dict:
