@@ -322,26 +322,35 @@ def _outputs(out: Path) -> dict:
     return {"result": {k: v for k, v in res.items() if k != "wall_s"}, "history": rows, "arrays": arrays}
 
 
+def _bil(*args, cache: Path, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bil", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, env=_env(JAX_COMPILATION_CACHE_DIR=str(cache),
+                                                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **env))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run (slowed down as the killed ones are) and how long it took."""
+    root = tmp_path_factory.mktemp("kill")
+    (root / "tiny.bil").write_text(RUN_SPEC)
+    t0 = time.monotonic()
+    r = _bil("run", root / "tiny.bil", "--out", root / "ref", "-q", cache=root / "cache",
+             BIL_TEST_SLEEP_PER_ITER="0.3")
+    assert r.returncode == 0, r.stderr
+    return root, time.monotonic() - t0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_kill_9_at_a_random_moment_then_resume_equals_an_uninterrupted_run(run_spec, tmp_path, seed):
+def test_kill_9_at_a_random_moment_then_resume_equals_an_uninterrupted_run(reference, seed):
     """SIGKILL after a seeded random delay (startup, mid-iteration, mid-checkpoint, mid-outputs)."""
-    cache = tmp_path / "cache"
-    ref = tmp_path / "ref"
-    t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "bil", "run", str(run_spec), "--out", str(ref), "-q"],
-                       env=_env(BIL_TEST_SLEEP_PER_ITER="0.3", JAX_COMPILATION_CACHE_DIR=str(cache),
-                                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0"),
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-    span = time.monotonic() - t0
-    out = tmp_path / "killed"
-    proc = _start(run_spec, out, sleep=0.3, cache=cache)
-    time.sleep(random.Random(seed).uniform(0.3, 1.0) * span)
+    root, span = reference
+    spec, ref, cache, out = root / "tiny.bil", root / "ref", root / "cache", root / f"killed{seed}"
+    proc = _start(spec, out, sleep=0.3, cache=cache)
+    time.sleep(random.Random(seed).uniform(0.2, 1.0) * span)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    r = subprocess.run([sys.executable, "-m", "bil", "run", str(run_spec), "--out", str(out), "-q", "--resume"],
-                       env=_env(JAX_COMPILATION_CACHE_DIR=str(cache)), capture_output=True, text=True, timeout=600)
+    r = _bil("run", spec, "--out", out, "-q", "--resume", cache=cache)
     assert r.returncode == 0, r.stderr
     assert _outputs(out) == _outputs(ref)                                  # bit for bit (but wall time)
     assert _listing(out) == _listing(ref)                                  # complete, nothing stray
