@@ -356,7 +356,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         out.mkdir(parents=True, exist_ok=True)
         # before the run, not after it: a folder it cannot write would lose the whole run
-        probe = out / ".bil-write-test"
+        probe = out / outdir.PROBE_NAME
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:

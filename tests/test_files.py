@@ -234,12 +234,15 @@ def test_a_stale_lock_and_stale_temporary_files_are_taken_over(run_spec, tmp_pat
     (out / "plots").mkdir(parents=True)
     outdir.write_marker(out)
     (out / outdir.LOCK_NAME).write_text("999999999\n")              # a dead run's lock
-    stale = [out / ".checkpoint.npz.k3j2.tmp", out / ".result.json.x1.tmp", out / "plots" / ".hypers.png.tmp.png"]
+    stale = [out / ".checkpoint.npz.k3j2.tmp", out / ".result.json.x1.tmp", out / "plots" / ".hypers.png.tmp.png",
+             out / "plots" / ".upper_vs_cost.png.a8f.tmp", out / outdir.PROBE_NAME]
     for p in stale:
         p.write_bytes(b"partial")
+    (out / ".notes.tmp").write_text("a user's file")                  # not a name bil writes: kept
     code, err = _main(capsys, "run", run_spec, "--out", out)
     assert code == 130 and no_run, err
     assert not any(p.exists() for p in stale) and not (out / outdir.LOCK_NAME).exists()
+    assert (out / ".notes.tmp").exists()
 
 
 def test_a_held_lock_refuses_a_second_run(run_spec, tmp_path, capsys, no_run):

@@ -24,8 +24,10 @@ from pathlib import Path
 
 MARKER = ".bil-run"
 LOCK_NAME = ".bil-lock"
-#: temporary files of atomic writes: ``.NAME.RANDOM.tmp`` (and ``.NAME.RANDOM.tmp.png`` for plots)
-_TEMP_PATTERNS = (".*.tmp", ".*.tmp.png")
+#: the CLI's check that a folder is writable (written and removed before the run)
+PROBE_NAME = ".bil-write-test"
+#: files bil writes in an output folder (temporaries of atomic writes: ``.NAME.RANDOM.tmp``)
+_OWN_NAMES = ("result.json", "history.csv", "hypers.npz", "lower.npz", "images.npz", "checkpoint.npz", MARKER)
 
 
 class OutDirError(Exception):
@@ -47,7 +49,7 @@ def _os_error(out: Path, e: OSError) -> OutDirError:
 def check_place(out: Path, spec_folder: Path | None) -> None:
     """Refuse ``/``, the home folder, the spec's folder and names the file system cannot hold."""
     try:
-        real = out.expanduser().resolve()
+        real = out.resolve()
         exists = out.exists()
     except OSError as e:
         raise _os_error(out, e) from None
@@ -81,7 +83,7 @@ def is_ours(out: Path, resuming: bool) -> bool:
         return True
     if _read_marker(out) is not None:
         return True
-    names = {p.name for p in out.iterdir()} - {LOCK_NAME}
+    names = {p.name for p in out.iterdir()} - {LOCK_NAME, PROBE_NAME}   # (a killed run's)
     if not names:
         return True
     from bil.runtime.checkpoint import CHECKPOINT_NAME
@@ -120,15 +122,18 @@ def outputs_iteration(out: Path) -> int | None:
 def clean_stale_temps(out: Path) -> list[Path]:
     """Remove temporary files of atomic writes a killed run left in ``out`` and ``out/plots``
     (call with the lock held: no other writer is running)."""
+    stale = [out / PROBE_NAME]
+    for name in _OWN_NAMES:
+        stale += out.glob(f".{name}.*.tmp")
+    # plots: ``.NAME.png.RANDOM.tmp``, and ``.NAME.png.tmp.png`` as bil 0.x named them
+    stale += [*(out / "plots").glob(".*.png.*.tmp"), *(out / "plots").glob(".*.png.tmp.png")]
     removed = []
-    for folder in (out, out / "plots"):
-        for pattern in _TEMP_PATTERNS:
-            for p in folder.glob(pattern):
-                try:
-                    p.unlink()
-                    removed.append(p)
-                except OSError:
-                    pass
+    for p in stale:
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
     return removed
 
 

@@ -203,9 +203,14 @@ def load_text(real: Path, key, delimiter) -> np.ndarray:
                           arg="path", hint="is it a numeric table? store large data as .npy/.npz")
     fields = _split(first, delimiter)
     header = None if all(_is_number(t) for t in fields if t) else fields
-    rows = _count_lines(real) - (1 if header else 0)
     limit = current_max_elements()
-    if rows * max(len(fields), 1) > limit or real.stat().st_size > _TEXT_BYTES_PER_ELEMENT * limit:
+    size = real.stat().st_size
+    if size > _TEXT_BYTES_PER_ELEMENT * limit:
+        raise StdlibError(f"load: {real.name} is {size:,} bytes, more than a table of {limit:,} elements takes",
+                          arg="path", hint="use a smaller file (or .npy/.npz), or raise the limit with "
+                                           "--max-elements N (bil.compile(max_elements=N))")
+    rows = _count_lines(real) - (1 if header else 0)
+    if rows * max(len(fields), 1) > limit:
         raise _too_big(f"{real.name} ({rows:,} rows of {len(fields)} columns)", rows * max(len(fields), 1))
     try:
         data = np.loadtxt(real, delimiter=delimiter, skiprows=1 if header else 0, dtype=np.float64, ndmin=2,
