@@ -331,29 +331,36 @@ def _bil(*args, cache: Path, **env) -> subprocess.CompletedProcess:
                                                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **env))
 
 
+def _run_until_locked(spec: Path, out: Path, cache: Path) -> tuple[subprocess.Popen, float]:
+    """A slowed-down run, started; returns once it holds its folder's lock (the run proper begins)."""
+    proc = _start(spec, out, sleep=0.3, cache=cache)
+    _wait_for(out / outdir.LOCK_NAME, proc)
+    return proc, time.monotonic()
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """An uninterrupted run (slowed down as the killed ones are) and how long it took."""
+    """An uninterrupted run (slowed down as the killed ones are), and how long it held its lock."""
     root = tmp_path_factory.mktemp("kill")
     (root / "tiny.bil").write_text(RUN_SPEC)
-    t0 = time.monotonic()
-    r = _bil("run", root / "tiny.bil", "--out", root / "ref", "-q", cache=root / "cache",
-             BIL_TEST_SLEEP_PER_ITER="0.3")
-    assert r.returncode == 0, r.stderr
+    proc, t0 = _run_until_locked(root / "tiny.bil", root / "ref", root / "cache")
+    assert proc.wait(timeout=600) == 0, proc.communicate()
     return root, time.monotonic() - t0
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_kill_9_at_a_random_moment_then_resume_equals_an_uninterrupted_run(reference, seed):
-    """SIGKILL after a seeded random delay (startup, mid-iteration, mid-checkpoint, mid-outputs)."""
+    """SIGKILL after a seeded random delay into the run (compiling, mid-iteration, mid-checkpoint,
+    mid-outputs), then `--resume`: the uninterrupted run's outputs, bit for bit, and nothing else."""
     root, span = reference
     spec, ref, cache, out = root / "tiny.bil", root / "ref", root / "cache", root / f"killed{seed}"
-    proc = _start(spec, out, sleep=0.3, cache=cache)
-    time.sleep(random.Random(seed).uniform(0.2, 1.0) * span)
+    proc, _ = _run_until_locked(spec, out, cache)
+    time.sleep(random.Random(seed).uniform(0.0, 1.0) * span)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+    at_kill = sorted(_listing(out))                                        # (shown if it fails)
     r = _bil("run", spec, "--out", out, "-q", "--resume", cache=cache)
-    assert r.returncode == 0, r.stderr
-    assert _outputs(out) == _outputs(ref)                                  # bit for bit (but wall time)
-    assert _listing(out) == _listing(ref)                                  # complete, nothing stray
+    assert r.returncode == 0, (r.stderr, at_kill)
+    assert _outputs(out) == _outputs(ref), at_kill                         # bit for bit (but wall time)
+    assert _listing(out) == _listing(ref), at_kill                         # complete, nothing stray
