@@ -280,7 +280,45 @@ def _listing(out: Path) -> set[str]:
     return {str(p.relative_to(out)) for p in out.rglob("*")}
 
 
-def test_a_second_run_is_refused_while_the_first_runs_and_a_kill_is_resumed_with_all_outputs(run_spec, tmp_path, capsys):
+def test_a_second_run_is_refused_while_the_first_holds_the_lock(run_spec, tmp_path, capsys, no_run):
+    """Two `bil run` on one folder: the second is refused (exit 2, naming the first's PID); once the
+    first is killed (-9), its lock is taken over (the stubbed run starts: exit 130)."""
+    out = tmp_path / "o"
+    proc = _start(run_spec, out, sleep=2.0, cache=tmp_path / "cache")
+    try:
+        _wait_for(out / outdir.LOCK_NAME, proc)
+        code, err = _main(capsys, "run", run_spec, "--out", out)
+        assert code == 2 and f"another `bil run` (pid {proc.pid}) is writing to" in err, err
+        assert "Traceback" not in err and not no_run
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (out / outdir.LOCK_NAME).exists()                          # the dead run's
+    code, err = _main(capsys, "run", run_spec, "--out", out, "--resume")
+    assert code == 130 and no_run, err
+    assert not (out / outdir.LOCK_NAME).exists()
+
+
+def test_outputs_are_current_only_once_the_marker_says_so(tmp_path):
+    """A kill after result.json but before the plots: --resume saw result.json and history.csv
+    of the final iteration and never wrote the plots."""
+    from bil.cli import _outputs_current
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "result.json").write_text(json.dumps({"iterations": 6}))
+    (out / "history.csv").write_text("iter\n")
+    outdir.write_marker(out)
+    assert not _outputs_current(out, 6)
+    outdir.mark_outputs(out, 6)
+    assert _outputs_current(out, 6) and not _outputs_current(out, 7)
+
+
+@pytest.mark.slow
+def test_kill_9_after_a_checkpoint_then_resume_writes_every_output_and_missing_plots(run_spec, tmp_path, capsys):
     out = tmp_path / "o"
     proc = _start(run_spec, out, sleep=2.0, cache=tmp_path / "cache")
     try:
