@@ -398,6 +398,7 @@ def test_kill_9_at_a_random_moment_then_resume_equals_an_uninterrupted_run(refer
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     at_kill = sorted(_listing(out))                                        # (shown if it fails)
+    print(f"seed {seed}: killed with {at_kill}")                          # where it landed (pytest -s)
     r = _bil("run", spec, "--out", out, "-q", "--resume", cache=cache)
     assert r.returncode == 0, (r.stderr, at_kill)
     assert _outputs(out) == _outputs(ref), at_kill                         # bit for bit (but wall time)
