@@ -35,7 +35,8 @@ def read_spec(path_or_source: str | os.PathLike) -> tuple[str, str]:
 
 def compile(path_or_source: str | os.PathLike, data: Mapping[str, Any] | None = None,  # noqa: A001
             overrides: Mapping[str, Any] | None = None,
-            base_dir: str | os.PathLike | None = None) -> "Program":
+            base_dir: str | os.PathLike | None = None,
+            allow_paths: "list[str | os.PathLike] | None" = None) -> "Program":
     """Parse, check and analyse a spec; return a :class:`Program`.
 
     ``data`` binds names to arrays supplied from Python, overriding the spec's
@@ -49,7 +50,9 @@ def compile(path_or_source: str | os.PathLike, data: Mapping[str, Any] | None = 
 
     Relative paths (``load("train.npz")``, in any statement or override) are taken
     from ``base_dir`` if given, else from the spec file's folder, else (a spec
-    given as text) from the current folder.
+    given as text) from the current folder.  ``load`` reads only files inside that
+    folder or inside one of ``allow_paths`` (folders; relative ones from the current
+    folder), after following symlinks.
 
     A spec with errors raises one :class:`BilError` whose ``errors`` lists every
     independent error found (at most 20); ``str(err)`` shows them all.
@@ -57,4 +60,13 @@ def compile(path_or_source: str | os.PathLike, data: Mapping[str, Any] | None = 
     text, file = read_spec(path_or_source)
     from bil.program import Program
 
-    return Program(check(text, file, data, overrides=overrides, base_dir=base_dir))
+    from bil.stdlib import files
+
+    if isinstance(allow_paths, (str, os.PathLike)):
+        allow_paths = [allow_paths]
+    allowed = tuple(Path(d).expanduser().resolve() for d in (allow_paths or ()))
+    token = files.allowed_dirs.set(allowed)
+    try:
+        return Program(check(text, file, data, overrides=overrides, base_dir=base_dir))
+    finally:
+        files.allowed_dirs.reset(token)

@@ -14,6 +14,7 @@ bil: one line asking to report it; ``BIL_TRACEBACK=1`` shows the traceback).
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import os
 import signal
@@ -56,13 +57,15 @@ class CliError(Exception):
 
 
 # ------------------------------------------------------------------ helpers
-def load(path: str, stderr: TextIO | None = None, overrides=()) -> "bil.Program":
+def load(path: str, stderr: TextIO | None = None, overrides=(), allow_paths=()) -> "bil.Program":
     """Compile the spec at ``path``; print its warnings to stderr."""
-    return compile_file(path, overrides, stderr)[0]
+    return compile_file(path, overrides, stderr, allow_paths)[0]
 
 
-def compile_file(path: str, overrides=(), stderr: TextIO | None = None) -> tuple["bil.Program", bytes]:
-    """Compile ``path`` with ``--set`` overrides; ``(program, spec bytes)``; warnings to stderr."""
+def compile_file(path: str, overrides=(), stderr: TextIO | None = None,
+                 allow_paths=()) -> tuple["bil.Program", bytes]:
+    """Compile ``path`` with ``--set`` overrides; ``(program, spec bytes)``; warnings to stderr.
+    ``load`` may read files in the spec's folder and in ``allow_paths`` (``--allow-path``)."""
     p = Path(path)
     try:
         spec = p.read_bytes()
@@ -75,7 +78,7 @@ def compile_file(path: str, overrides=(), stderr: TextIO | None = None) -> tuple
         raise CliError(f"cannot read `{path}`: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
         raise CliError(f"`{path}` is not UTF-8 text (byte {e.start}); is it a .bil file?") from None
-    program = bil.compile(p, overrides=list(overrides) or None)
+    program = bil.compile(p, overrides=list(overrides) or None, allow_paths=list(allow_paths or ()))
     for w in program.warnings:
         print(w, file=stderr or sys.stderr)
     return program, spec
@@ -94,6 +97,13 @@ def write_output(text: str, output: str | None) -> None:
 
 def _add_file(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", metavar="FILE", help="a .bil spec")
+    _add_allow_path(p)
+
+
+def _add_allow_path(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-path", dest="allow_paths", metavar="DIR", action="append", default=[],
+                   help="let load(...) read files in DIR too (repeatable); by default only files inside the "
+                        "spec's folder are read (after following symlinks)")
 
 
 def _add_output(p: argparse.ArgumentParser) -> None:
@@ -103,13 +113,14 @@ def _add_output(p: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------ bil check
 def _check_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", metavar="FILE", nargs="+", help="one or more .bil specs")
+    _add_allow_path(p)
 
 
 def _check(args: argparse.Namespace) -> int:
     status = EXIT_OK
     for f in args.files:
         try:
-            program = load(f)
+            program = load(f, allow_paths=args.allow_paths)
         except (BilError, CliError) as e:
             _report(e)
             status = EXIT_ERROR
@@ -129,7 +140,7 @@ def _graph_args(p: argparse.ArgumentParser) -> None:
 
 
 def _graph(args: argparse.Namespace) -> int:
-    write_output(load(args.file).graph_text(args.format), args.output)
+    write_output(load(args.file, allow_paths=args.allow_paths).graph_text(args.format), args.output)
     return EXIT_OK
 
 
@@ -141,7 +152,7 @@ def _show_args(p: argparse.ArgumentParser) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
-    program = load(args.file)
+    program = load(args.file, allow_paths=args.allow_paths)
     text = standard_form_latex(program) if args.latex else standard_form(program)
     write_output(text, args.output)
     return EXIT_OK
@@ -170,7 +181,7 @@ def _emit_args(p: argparse.ArgumentParser) -> None:
 
 
 def _emit(args: argparse.Namespace) -> int:
-    write_output(STAGES[args.stage].render(load(args.file)), args.output)
+    write_output(STAGES[args.stage].render(load(args.file, allow_paths=args.allow_paths)), args.output)
     return EXIT_OK
 
 
@@ -197,12 +208,13 @@ def _gradcheck(args: argparse.Namespace) -> int:
     if not args.tol > 0:
         raise CliError(f"--tol must be a positive relative tolerance, got {args.tol:g}")
     overrides = [parse_assignment(s) for s in args.overrides]
-    program, _ = compile_file(args.file, overrides)
+    program, _ = compile_file(args.file, overrides, allow_paths=args.allow_paths)
     if program.state.options["solve"]["precision"] != "float64":
         # Finite differences and a 1e-11 lower solve need float64; the check is
         # about the derivatives, not about the precision a run uses.
         print("bil: gradcheck computes in float64 (the spec asks for float32)", file=sys.stderr)
-        program, _ = compile_file(args.file, overrides + [("solve.precision", '"float64"')], stderr=io.StringIO())
+        program, _ = compile_file(args.file, overrides + [("solve.precision", '"float64"')], stderr=io.StringIO(),
+                                  allow_paths=args.allow_paths)
     try:
         report = gradcheck(program, tol=args.tol, max_entries=args.entries)
     except BilRuntimeError as e:
@@ -227,7 +239,10 @@ _SLEEP_ENV = "BIL_TEST_SLEEP_PER_ITER"
 
 def _run_args(p: argparse.ArgumentParser) -> None:
     _add_file(p)
-    p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<problem>/)")
+    p.add_argument("--out", metavar="DIR",
+                   help="output folder (default: runs/<problem>/); bil marks it as its own (a .bil-run file), "
+                        "locks it while it runs, and refuses /, the home folder, the spec's folder and a non-empty "
+                        "folder it did not write")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
                    help="override an option or a hyper's initial value (repeatable): hyper.NAME (user "
                         "coordinates), lower.solver|tol|max_iter, lower.solver.KW, solve.OPTION, "
@@ -235,6 +250,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint in the output folder (same spec; the --set values it "
                         "was written with are reused; only solve.outer.max_iter/steps/budget may be given anew)")
+    p.add_argument("--force", action="store_true",
+                   help="use an --out folder that is not empty and was not written by `bil run` (only bil's own "
+                        "output names there are replaced)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display and no summary table")
 
 
@@ -277,9 +295,14 @@ def _terminate(signum, frame) -> None:
 
 
 def _outputs_current(out: Path, iteration: int) -> bool:
-    """Do ``out``'s result.json and history.csv hold the run up to ``iteration``?"""
+    """Are all of ``out``'s outputs (result.json, history.csv, the arrays, the plots) those of the
+    run up to ``iteration``?  The marker records it once the last of them is written."""
     import json
 
+    from bil.runtime import outdir
+
+    if outdir.outputs_iteration(out) != iteration:
+        return False
     try:
         res = json.loads((out / "result.json").read_text())
     except (OSError, ValueError):
@@ -290,9 +313,12 @@ def _outputs_current(out: Path, iteration: int) -> bool:
 def _write_missing_outputs(program, out: Path, state: dict, reason: str, spec: bytes) -> bool:
     """Write the outputs of a finished (or limit-reached) checkpointed run if they are not on disk
     (a kill between the checkpoint and the outputs); True when it wrote them."""
+    from bil.runtime import outdir
+
     if _outputs_current(out, int(state.get("iteration", 0))):
         return False
     _write_outputs(out, program, program.result_from_state(state, reason), spec)
+    outdir.mark_outputs(out, int(state.get("iteration", 0)))
     return True
 
 
@@ -311,18 +337,45 @@ def _write_outputs(out: Path, program, result, spec: bytes) -> dict:
 
 def _run(args: argparse.Namespace) -> int:
     from bil.compiler.overrides import parse_assignment
-    from bil.runtime import checkpoint, plots, results
+    from bil.runtime import outdir
 
     overrides = [parse_assignment(s) for s in args.overrides]
     # a resumed run's limits apply to the outer method its checkpoint was written with, which an
     # earlier `--set solve.outer=adam(...)` may have chosen: checked after merging, below
     first = [kv for kv in overrides if kv[0] not in _RESUME_FREE_KEYS] if args.resume else overrides
-    program, spec = compile_file(args.file, first)
+    program, spec = compile_file(args.file, first, allow_paths=args.allow_paths)
     if args.out is not None and not str(args.out).strip():
         raise CliError("--out needs a folder name (got an empty one)")
     out = Path(args.out) if args.out else Path("runs") / program.name
-    if out.exists() and not out.is_dir():
-        raise CliError(f"`{out}` exists and is not a folder; pass --out DIR")
+    try:
+        # not /, the home folder or the spec's folder; only a folder bil wrote (or --force)
+        outdir.check_place(out, program.state.base_dir)
+        if not args.force and not outdir.is_ours(out, args.resume):
+            raise outdir.refuse_foreign(out)
+    except outdir.OutDirError as e:
+        raise CliError(str(e)) from None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # before the run, not after it: a folder it cannot write would lose the whole run
+        probe = out / outdir.PROBE_NAME
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise CliError(str(outdir.OutDirError.too_long(out))) from None
+        raise CliError(f"cannot write to `{out}`: {e.strerror or e}; pass another --out DIR") from None
+    try:
+        with outdir.RunLock(out):   # one run per folder; released (and removed) when this one ends
+            outdir.clean_stale_temps(out)   # left by a killed run: nobody else writes here now
+            return _run_locked(args, program, spec, out, overrides, first)
+    except outdir.OutDirError as e:
+        raise CliError(str(e)) from None
+
+
+def _run_locked(args, program, spec: bytes, out: Path, overrides, first) -> int:
+    """`bil run` with the output folder locked: resume checks, clearing a fresh run's folder, the run."""
+    from bil.runtime import checkpoint, outdir, plots, results
+
     ckpt = checkpoint.checkpoint_path(out)
     sha = results.spec_sha256(spec)
     data_sha = results.data_sha256(program.state.data)
@@ -342,7 +395,9 @@ def _run(args: argparse.Namespace) -> int:
                                f"changed since `{ckpt}` was written; run without --resume to start over")
             overrides = _resume_overrides(overrides, meta, ckpt)
             if overrides != first:
-                program, spec = compile_file(args.file, overrides)
+                program, spec = compile_file(args.file, overrides, allow_paths=args.allow_paths)
+            if outdir.outputs_iteration(out) is None:
+                outdir.write_marker(out)   # a folder an older bil wrote: ours from now on
             finished = meta.get("finished")
             if finished is not None and finished not in _RESUMABLE_STOPS:
                 # nothing left to do (re-running would add an iteration); its outputs are on disk,
@@ -366,16 +421,9 @@ def _run(args: argparse.Namespace) -> int:
             print(f"bil: no checkpoint in `{out}`; starting from the beginning with this command's --set values",
                   file=sys.stderr)
             if first != overrides:
-                program, spec = compile_file(args.file, overrides)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        # before the run, not after it: a folder it cannot write would lose the whole run
-        probe = out / ".bil-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise CliError(f"cannot write to `{out}`: {e.strerror or e}; pass another --out DIR") from None
+                program, spec = compile_file(args.file, overrides, allow_paths=args.allow_paths)
     if state is None:  # a fresh run: nothing stale may survive from an earlier one
+        outdir.write_marker(out)   # (no outputs written yet) before anything is removed
         checkpoint.remove(ckpt)
         # (a kill before this run writes its own would leave the earlier run's beside its checkpoint)
         for name in (*results.OUTPUT_NAMES, plots.IMAGES_NAME, plots.START_NAME):
@@ -404,7 +452,7 @@ def _run_loop(args, program, spec, out, ckpt, state, overrides, sha, data_sha, s
     """`bil run` from the progress display on (the run, the final checkpoint and the outputs)."""
     import time
 
-    from bil.runtime import checkpoint
+    from bil.runtime import checkpoint, outdir
     from bil.runtime.progress import RunProgress, print_summary
 
     outer = program.state.options["solve"]["outer"]
@@ -443,6 +491,7 @@ def _run_loop(args, program, spec, out, ckpt, state, overrides, sha, data_sha, s
     checkpoint.save(ckpt, result.state, {**meta, "iteration": int(result.state.get("iteration", 0)),
                                          "finished": result.reason})
     res = _write_outputs(out, program, result, spec)
+    outdir.mark_outputs(out, int(result.state.get("iteration", 0)))   # all outputs are on disk
     if not args.quiet:
         print_summary(res, str(out))
     if result.error is not None:

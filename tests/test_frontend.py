@@ -291,7 +291,7 @@ def test_per_sample_labels_and_steps_are_one_samples(tmp_path):
             minimize cross_entropy(X @ W, Y[:, 0]) + lam * sumsq(W)
         }
         upper minimize cross_entropy(X @ W, Y[:, 0])
-    """.replace('"d.npz"', f'"{tmp_path / "d.npz"}"'))
+    """, base_dir=tmp_path)
     assert prog.state.lower_vars["W"].shape == (4, 3)
     train = bil.compile("""
         data X = randn(3, 20, 4, seed=0) per sample

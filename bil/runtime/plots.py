@@ -43,10 +43,12 @@ START_NAME = "start.npz"
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    from bil.runtime.results import atomic_open
+
+    # a unique temporary name beside it, renamed into place: a concurrent `bil plot` or a kill
+    # never leaves a torn or missing plot
+    with atomic_open(path, binary=True) as f:
+        fig.savefig(f, format="png")
     return path
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bil.stdlib import files
 from bil.stdlib.errors import StdlibError
 from bil.stdlib.registry import closest, register
 
@@ -282,9 +283,9 @@ def denoising_pairs(names, size=None, sigma=0.1, seed=0):
 
 
 # --------------------------------------------------------------------------
-# files
+# files (where a file may be, its size limits and what errors show: bil.stdlib.files)
 
-_FORMATS = (".npz", ".npy", ".csv", ".tsv", ".txt")
+_FORMATS = files.FORMATS
 
 
 def _as_numeric(a, where):
@@ -298,78 +299,47 @@ def _as_numeric(a, where):
     raise StdlibError(f"load: {where} holds non-numeric data (dtype {a.dtype})", hint="store numeric arrays")
 
 
-def _is_number(field):
-    try:
-        float(field)
-    except ValueError:
-        return False
-    return True
-
-
-def _load_text(path, key, delimiter):
-    with open(path, encoding="utf-8") as f:
-        first = f.readline()
-    fields = [t.strip() for t in (first.split(delimiter) if delimiter else first.split())]
-    header = None if all(_is_number(t) for t in fields if t) else fields
-    try:
-        data = np.loadtxt(path, delimiter=delimiter, skiprows=1 if header else 0, dtype=np.float64, ndmin=2)
-    except ValueError as e:
-        raise StdlibError(f"load: could not read {path} as numbers: {e}", hint="only numeric tables are supported") from None
-    if key is None:
-        # One column reads as a vector [N], several as a table [N, C].
-        return data[:, 0] if data.shape[1] == 1 else data
-    # A column selected by its header name.
-    if header is None:
-        raise StdlibError(f"load: {path.name} has no header line to look up {key!r} in", arg="key")
-    if key not in header:
-        raise _unknown("column", key, header, arg="key")
-    return data[:, header.index(key)]
-
-
 @register("load", kind="source", static=("path", "key"))
 def load(path, key=None):
-    """An array from a .npz (key selects the array), .npy or .csv/.tsv/.txt file, relative to the spec's folder."""
-    base = Path(base_dir.get())
-    p = Path(path).expanduser()
-    p = p if p.is_absolute() else base / p
-    if p.is_dir():
-        raise StdlibError(f"load: {str(p.resolve())!r} is a folder, not a file", arg="path",
-                          hint="name a .npz, .npy, .csv, .tsv or .txt file inside it")
-    if not p.is_file():
-        raise StdlibError(
-            f"load: no such file {str(p.resolve())!r}",
-            hint=f"relative paths are resolved against {base_origin.get().format(base.resolve())}",
-            arg="path",
-        )
+    """An array from a .npz (key selects the array), .npy or .csv/.tsv/.txt file, relative to the spec's folder.
+
+    Only files inside the spec's folder (or an allowed folder) are read, sizes are checked
+    from headers first, and errors never quote the file's contents (:mod:`bil.stdlib.files`)."""
+    p = files.resolve(path, Path(base_dir.get()), base_origin.get())
     suffix = p.suffix.lower()
-    if suffix not in _FORMATS:
-        raise StdlibError(f"load: unsupported file type {suffix or p.name!r}", hint=f"supported: {', '.join(_FORMATS)}", arg="path")
     if suffix == ".npz" and not zipfile.is_zipfile(p):
         raise StdlibError(f"load: {p.name} is not a valid .npz file (not a zip archive)", arg="path",
                           hint="write it with numpy.savez(...) or numpy.savez_compressed(...)")
     if suffix == ".npz":
-        with np.load(p, allow_pickle=False) as z:
-            keys = list(z.files)
-            if key is None:
-                if len(keys) != 1:
-                    raise StdlibError(
-                        f"load: {p.name} holds {len(keys)} arrays; say which one",
-                        hint=f'pass a key, e.g. load("{path}", "{keys[0] if keys else "x"}"); keys: {", ".join(keys)}',
-                        arg="key",
-                    )
-                key = keys[0]
-            if key not in keys:
-                raise _unknown("key", key, keys, arg="key")
-            try:
+        try:
+            with zipfile.ZipFile(p) as z:
+                keys = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+        except (zipfile.BadZipFile, OSError) as e:
+            raise StdlibError(f"load: {p.name} is not a readable .npz file ({type(e).__name__})",
+                              arg="path") from None
+        if key is None:
+            if len(keys) != 1:
+                raise StdlibError(
+                    f"load: {p.name} holds {len(keys)} arrays; say which one",
+                    hint=f'pass a key, e.g. load("{path}", "{keys[0] if keys else "x"}"); keys: {", ".join(keys)}',
+                    arg="key",
+                )
+            key = keys[0]
+        if key not in keys:
+            raise _unknown("key", key, keys, arg="key")
+        files.check_npz(p, key)
+        try:
+            with np.load(p, allow_pickle=False) as z:
                 return _as_numeric(z[key], f"{p.name}[{key!r}]")
-            except ValueError as e:  # object arrays need pickle, which we never allow
-                raise StdlibError(f"load: cannot read {p.name}[{key!r}]: {e}", arg="key") from None
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # e.g. truncated; never unpickled
+            raise StdlibError(f"load: cannot read {p.name}[{key!r}] ({type(e).__name__})", arg="key") from None
     if key is not None and suffix == ".npy":
         raise StdlibError("load: key= applies to .npz files (and to columns of text files with a header)", arg="key")
     if suffix == ".npy":
+        files.check_npy(p)
         try:
             return _as_numeric(np.load(p, allow_pickle=False), p.name)
-        except ValueError as e:
-            raise StdlibError(f"load: cannot read {p.name}: {e}", arg="path") from None
+        except (ValueError, OSError, EOFError) as e:
+            raise StdlibError(f"load: cannot read {p.name} ({type(e).__name__})", arg="path") from None
     delimiter = {".csv": ",", ".tsv": "\t", ".txt": None}[suffix]
-    return _load_text(p, key, delimiter)
+    return files.load_text(p, key, delimiter)
