@@ -5,6 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+def split_lines(text: str) -> tuple[str, ...]:
+    """The lines of ``text`` as the parser counts them: only ``\\n`` ends a line (a ``\\r``
+    before it is dropped, so ``\\r\\n`` files read alike); ``\\f``, a lone ``\\r``, U+2028 and the
+    other characters :meth:`str.splitlines` breaks at stay inside their line."""
+    return tuple(ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n"))
+
+
 @dataclass(frozen=True)
 class Source:
     """A spec's text and the name it is reported under (a path or ``<string>``)."""
@@ -14,7 +21,7 @@ class Source:
     lines: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "lines", tuple(self.text.splitlines()) or ("",))
+        object.__setattr__(self, "lines", split_lines(self.text))
 
     def line(self, n: int) -> str:
         """The 1-based line ``n`` (empty past the end)."""

@@ -8,7 +8,6 @@ inside Transformer callbacks in ``VisitError``.
 
 from __future__ import annotations
 
-import ast
 import difflib
 import functools
 import math
@@ -39,6 +38,8 @@ def _lark() -> lark.Lark:
 
 def parse(text: str, file: str = "<string>") -> ir.Module:
     """Parse ``text``; raise :class:`BilError` on a syntax error."""
+    if text.startswith("\ufeff"):  # a UTF-8 byte-order mark, as some editors write
+        text = text[1:]
     source = Source(text, file)
     try:
         tree = _lark().parse(text)
@@ -46,6 +47,8 @@ def parse(text: str, file: str = "<string>") -> ir.Module:
         raise _syntax_error(e, source) from None
     except RecursionError:
         raise _too_deep(source) from None
+    _balance_sums(tree)
+    _check_depth(tree, source)
     try:
         return _ToIR(source).transform(tree)
     except RecursionError:
@@ -55,7 +58,77 @@ def parse(text: str, file: str = "<string>") -> ir.Module:
             raise _too_deep(source) from None
         if isinstance(e.orig_exc, BilError):  # a located error from a callback (e.g. a huge literal)
             raise e.orig_exc from None
-        raise
+        raise e.orig_exc from None
+
+
+#: the deepest nesting of expressions accepted (calls in calls, `- - x`, lists in lists, sums of
+#: more terms than this): the passes walk expressions recursively
+MAX_DEPTH = 200
+
+
+def _check_depth(tree: lark.Tree, source: Source) -> None:
+    """A located error at the first expression nested deeper than :data:`MAX_DEPTH` (found
+    without recursion, so that the check itself cannot run out of stack)."""
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise BilError(f"expressions nested more than {MAX_DEPTH} levels deep (here)", _meta_span(source, node.meta),
+                           "split the expression with intermediate `def`s or `data` names")
+        for child in node.children:
+            if isinstance(child, lark.Tree):
+                stack.append((child, depth + (child.data not in _STATEMENT_RULES)))
+
+
+#: a sum of more terms than this is regrouped into a balanced tree (see :func:`_balance_sums`)
+_LONG_SUM = 32
+
+
+def _balance_sums(tree: lark.Tree) -> None:
+    """Regroup every long flat sum ``a + b - c + ...`` (which parses as a chain nested as deep as
+    it has terms) into a balanced tree of ``+`` over the terms, ``-`` terms negated, so that a
+    sum of thousands of terms nests only ``log2`` deep.  In place, without recursion."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        terms = _sum_terms(node) if node.data in ("add", "sub") else None
+        if terms is not None and len(terms) > _LONG_SUM:
+            balanced = _balanced(terms)
+            node.data, node.children, node._meta = balanced.data, balanced.children, balanced.meta
+            stack.extend(t for t in terms)
+            continue
+        stack.extend(c for c in node.children if isinstance(c, lark.Tree))
+
+
+def _sum_terms(node: lark.Tree) -> list[lark.Tree]:
+    """The terms of the flat sum rooted at ``node`` (left spine), ``-`` terms wrapped in ``neg``."""
+    terms = []
+    while isinstance(node, lark.Tree) and node.data in ("add", "sub"):
+        left, right = node.children
+        terms.append(right if node.data == "add" else lark.Tree("neg", [right], right.meta))
+        node = left
+    terms.append(node)
+    return terms[::-1]
+
+
+def _balanced(terms: list[lark.Tree]) -> lark.Tree:
+    if len(terms) == 1:
+        return terms[0]
+    mid = len(terms) // 2
+    left, right = _balanced(terms[:mid]), _balanced(terms[mid:])
+    meta = lark.tree.Meta()
+    meta.empty = False
+    for attr in ("line", "column", "start_pos"):
+        setattr(meta, attr, getattr(left.meta, attr))
+    for attr in ("end_line", "end_column", "end_pos"):
+        setattr(meta, attr, getattr(right.meta, attr))
+    return lark.Tree("add", [left, right], meta)
+
+
+_STATEMENT_RULES = {"start", "problem_stmt", "data_stmt", "hyper_stmt", "def_stmt", "lower_stmt", "upper_simple",
+                    "upper_block", "solve_stmt", "option", "name_list", "per_sample", "params", "domain_opt",
+                    "domain", "shape", "bounds", "lower_name", "lower_var", "minimize", "train", "arguments",
+                    "subscripts", "kwarg", "kwname"}
 
 
 def _too_deep(source: Source) -> BilError:
@@ -128,7 +201,7 @@ def _syntax_error(e: lark.exceptions.UnexpectedInput, source: Source) -> BilErro
     if isinstance(e, lark.exceptions.UnexpectedEOF) or (
         isinstance(e, lark.exceptions.UnexpectedToken) and e.token.type == "$END"
     ):
-        last = len(source.lines)
+        last = len(source.lines) - (1 if len(source.lines) > 1 and not source.lines[-1] else 0)
         end_col = len(source.line(last)) + 1
         span = source.span(last, max(end_col - 1, 1), last, end_col)
         _, stack = _scan(source.text, len(source.text))
@@ -193,6 +266,45 @@ _BAD_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d*)?[eE](?![\w+-])")
 
 
 # ------------------------------------------------------------- tree -> IR
+_ESCAPES = {"\\": "\\", '"': '"', "n": "\n", "t": "\t", "r": "\r"}
+
+
+def _unescape(literal: str, span: Span) -> str:
+    """The value of a string literal: ``\\\\``, ``\\"``, ``\\n``, ``\\t``, ``\\r``, ``\\xHH``,
+    ``\\uHHHH``; any other escape, or a NUL character, is a located error."""
+    body, out, i = literal[1:-1], [], 0
+    while i < len(body):
+        ch = body[i]
+        if ch == "\0":
+            raise BilError("a string contains a NUL character", span, "remove it (strings name files and datasets)")
+        if ch != "\\":
+            out.append(ch)
+            i += 1
+            continue
+        nxt = body[i + 1]
+        width = {"x": 2, "u": 4}.get(nxt)
+        if width is not None:
+            digits = body[i + 2 : i + 2 + width]
+            if len(digits) < width or not all(d in "0123456789abcdefABCDEF" for d in digits):
+                raise BilError(f"bad escape `\\{nxt}{digits}` in a string: `\\{nxt}` takes {width} hex digits",
+                               span, f"e.g. `\\{nxt}{'0' * (width - 2)}41` for `A`; write `\\\\` for a backslash")
+            code = int(digits, 16)
+            if code == 0 or 0xD800 <= code <= 0xDFFF:
+                raise BilError(f"bad escape `\\{nxt}{digits}` in a string: "
+                               + ("a NUL character" if code == 0 else "half of a surrogate pair"), span,
+                               "write the character itself (the file is UTF-8)")
+            out.append(chr(code))
+            i += 2 + width
+        elif nxt in _ESCAPES:
+            out.append(_ESCAPES[nxt])
+            i += 2
+        else:
+            raise BilError(f"unknown escape `\\{_printable(nxt)}` in a string", span,
+                           "known escapes: \\\\ \\\" \\n \\t \\r \\xHH \\uHHHH; write `\\\\` for a backslash "
+                           "(or use `/` in paths)")
+    return "".join(out)
+
+
 def _meta_span(source: Source, meta) -> Span:
     if getattr(meta, "empty", True):
         return source.span(1, 1)
@@ -373,17 +485,23 @@ class _ToIR(Transformer):
     def number(self, meta, c):
         text = str(c[0])
         t = text.replace("_", "")
-        value = int(t, 0) if t[:2].lower() in ("0x", "0o", "0b") else int(t) if t.isdigit() else float(t)
+        shown = text if len(text) <= 24 else f"{text[:10]}...{text[-6:]} ({len(text)} characters)"
+        is_int = t[:2].lower() in ("0x", "0o", "0b") or t.isdigit()
+        if is_int and len(t.lstrip("0")) > 25:  # more digits than any int64 (before converting: slow)
+            raise BilError(f"integer literal {shown} is too large (more than 2^63 - 1)", self._sp(meta),
+                           "write it as a float (e.g. `1e30`), or use a smaller count")
+        value = int(t, 0) if is_int else float(t)
         if isinstance(value, int) and value > _MAX_INT:
-            raise BilError(f"integer literal {text} is too large (more than 2^63 - 1)", self._sp(meta),
+            raise BilError(f"integer literal {shown} is too large (more than 2^63 - 1)", self._sp(meta),
                            f"write it as a float, e.g. `{float(value):.3g}`, or use a smaller count")
         if isinstance(value, float) and math.isinf(value):
-            raise BilError(f"number {text} overflows a float64", self._sp(meta), "use a smaller number")
+            raise BilError(f"number {shown} overflows a float64 (largest about 1.8e308)", self._sp(meta),
+                           "use a smaller number")
         return ir.Num(self._sp(meta), value)
 
     @v_args(meta=True)
     def string(self, meta, c):
-        return ir.Str(self._sp(meta), ast.literal_eval(str(c[0])))
+        return ir.Str(self._sp(meta), _unescape(str(c[0]), self._sp(meta)))
 
     @v_args(meta=True)
     def true(self, meta, c):
