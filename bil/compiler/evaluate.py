@@ -376,7 +376,7 @@ def check_finite(out, inputs, e: ir.Expr, what: str) -> None:
                 and not np.all(np.isfinite(v)):
             return  # already non-finite: reported where it came from
     arr = np.asarray(bad[0])
-    what_bad = "NaN" if np.any(np.isnan(arr)) else "Inf"
+    what_bad = "NaN" if np.any(np.isnan(arr)) else "-Inf" if np.any(arr == -np.inf) else "Inf"
     div0 = isinstance(e, ir.Binary) and e.op == "/" and np.any(np.asarray(inputs[1]) == 0)
     msg = f"division by zero in {what}" if div0 else f"{what} gives {what_bad} on these constants"
     raise BilError(msg + f" ({int(np.sum(~np.isfinite(arr)))} of {arr.size} entries)", e.span,

@@ -23,6 +23,12 @@ class Source:
     def __post_init__(self) -> None:
         object.__setattr__(self, "lines", split_lines(self.text))
 
+    @property
+    def last_line(self) -> int:
+        """The number of the last line (a final newline ends it; it does not start another)."""
+        n = len(self.lines)
+        return n - 1 if n > 1 and not self.lines[-1] else n
+
     def line(self, n: int) -> str:
         """The 1-based line ``n`` (empty past the end)."""
         return self.lines[n - 1] if 1 <= n <= len(self.lines) else ""

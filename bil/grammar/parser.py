@@ -201,7 +201,7 @@ def _syntax_error(e: lark.exceptions.UnexpectedInput, source: Source) -> BilErro
     if isinstance(e, lark.exceptions.UnexpectedEOF) or (
         isinstance(e, lark.exceptions.UnexpectedToken) and e.token.type == "$END"
     ):
-        last = len(source.lines) - (1 if len(source.lines) > 1 and not source.lines[-1] else 0)
+        last = source.last_line
         end_col = len(source.line(last)) + 1
         span = source.span(last, max(end_col - 1, 1), last, end_col)
         _, stack = _scan(source.text, len(source.text))
