@@ -114,7 +114,7 @@ def _check(args: argparse.Namespace) -> int:
             program = load(f)
         except (BilError, CliError) as e:
             _report(e)
-            status = EXIT_ERROR
+            status = max(status, EXIT_INTERNAL if isinstance(e, BilInternalError) else EXIT_ERROR)
             continue
         n = len(program.warnings)
         print(f"{f}: ok" + (f" ({n} warning{'s' if n != 1 else ''})" if n else ""))
