@@ -62,7 +62,8 @@ class Span:
 
         Lines longer than ``width`` are cut to a window around the span.
         """
-        src = self.source.line(self.line)
+        # control characters (a lone `\r`, `\f`, NUL) would move the terminal's cursor: one `?` each
+        src = "".join(ch if ch.isprintable() or ch == "\t" else "?" for ch in self.source.line(self.line))
         end = self.end_column if self.end_line == self.line else len(src) + 1
         start = self.column - 1
         carets = max(1, min(end - self.column, width))
