@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from bil.compiler.errors import BilError, BilInternalError, BilUsageError
-from bil.compiler.evaluate import limited
+from bil.compiler.limits import limited
 from bil.compiler.pipeline import check
 
 

@@ -27,7 +27,7 @@ from typing import Callable, TextIO
 import bil
 from bil.compiler import ir
 from bil.compiler.errors import BilError, BilInternalError, BilRuntimeError
-from bil.compiler.evaluate import limited
+from bil.compiler.limits import limited
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERNAL = 0, 2, 3
 #: `bil run` stopped on a failed solve (results up to the last good point are written)

@@ -19,7 +19,8 @@ import numpy as np
 
 from bil.compiler import ir
 from bil.compiler.errors import BilError, BilUsageError
-from bil.compiler.evaluate import Evaluator, element_limits
+from bil.compiler.evaluate import Evaluator
+from bil.compiler.limits import element_limits
 from bil.compiler.state import CompileState
 from bil.stdlib import sources
 
