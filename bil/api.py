@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from bil.compiler.errors import BilError
+from bil.compiler.errors import BilError, BilInternalError, BilUsageError
+from bil.compiler.limits import limited
 from bil.compiler.pipeline import check
 
 
@@ -21,7 +22,7 @@ def read_spec(path_or_source: str | os.PathLike) -> tuple[str, str]:
     ):
         p = Path(path_or_source)
         try:
-            return p.read_text(), str(p)
+            return p.read_text(encoding="utf-8"), str(p)
         except OSError as e:
             raise BilError(f"cannot read spec `{p}`: {e.strerror or e}", None,
                            "check the path; relative paths are taken from the current directory") from None
@@ -29,14 +30,16 @@ def read_spec(path_or_source: str | os.PathLike) -> tuple[str, str]:
             raise BilError(f"spec `{p}` is not UTF-8 text (byte {e.start})", None,
                            "is it a .bil file?") from None
     if not isinstance(path_or_source, str):
-        raise TypeError(f"compile() takes a path or source text, not {type(path_or_source).__name__}")
+        raise BilUsageError(f"compile() takes a path or source text, not {type(path_or_source).__name__}", None,
+                            "give a `pathlib.Path`, a string ending in `.bil`, or the spec's text")
     return path_or_source, "<string>"
 
 
 def compile(path_or_source: str | os.PathLike, data: Mapping[str, Any] | None = None,  # noqa: A001
             overrides: Mapping[str, Any] | None = None,
             base_dir: str | os.PathLike | None = None,
-            allow_paths: "list[str | os.PathLike] | None" = None) -> "Program":
+            allow_paths: "list[str | os.PathLike] | None" = None, max_elements: int | None = None,
+            max_spec_elements: int | None = None) -> "Program":
     """Parse, check and analyse a spec; return a :class:`Program`.
 
     ``data`` binds names to arrays supplied from Python, overriding the spec's
@@ -54,10 +57,17 @@ def compile(path_or_source: str | os.PathLike, data: Mapping[str, Any] | None = 
     folder or inside one of ``allow_paths`` (folders; relative ones from the current
     folder), after following symlinks.
 
+    ``max_elements`` (default 10^8) caps the elements of any one array made at compile
+    time, ``max_spec_elements`` (default 2·10^9) those of all the spec's data together;
+    sizes are inferred before anything is allocated.
+
     A spec with errors raises one :class:`BilError` whose ``errors`` lists every
-    independent error found (at most 20); ``str(err)`` shows them all.
+    independent error found (at most 20); ``str(err)`` shows them all.  Nothing else
+    escapes: an unexpected exception (a bug in bil) becomes a :class:`BilInternalError`.
     """
     text, file = read_spec(path_or_source)
+    data = _check_data_arg(data)
+    limits = _check_limit(max_elements, "max_elements"), _check_limit(max_spec_elements, "max_spec_elements")
     from bil.program import Program
 
     from bil.stdlib import files
@@ -67,6 +77,38 @@ def compile(path_or_source: str | os.PathLike, data: Mapping[str, Any] | None = 
     allowed = tuple(Path(d).expanduser().resolve() for d in (allow_paths or ()))
     token = files.allowed_dirs.set(allowed)
     try:
-        return Program(check(text, file, data, overrides=overrides, base_dir=base_dir))
+        with limited(*limits):
+            return Program(check(text, file, data, overrides=overrides, base_dir=base_dir))
+    except BilError:
+        raise
+    except RecursionError:
+        raise BilError("the spec nests too deeply to compile", None,
+                       "split deep expressions with `def`s or intermediate `data` names") from None
+    except Exception as e:  # noqa: BLE001 - the one place that turns a bug into a report
+        raise BilInternalError.of(e, file) from e
     finally:
         files.allowed_dirs.reset(token)
+
+
+def _check_data_arg(data) -> Mapping[str, Any] | None:
+    """``data=`` is a mapping from names to arrays: anything else is a usage error."""
+    if data is None:
+        return None
+    if not isinstance(data, Mapping):
+        raise BilUsageError(f"`data=` must map names to arrays, not a {type(data).__name__}", None,
+                            "e.g. `bil.compile(spec, data={\"X\": X, \"y\": y})`")
+    bad = [k for k in data if not isinstance(k, str) or not k.isidentifier()]
+    if bad:
+        raise BilUsageError(f"`data=` keys must be names, got {bad[0]!r}", None,
+                            "the keys are the names the spec uses, e.g. `{\"X\": X}`")
+    return data
+
+
+def _check_limit(value, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 1 or \
+            (isinstance(value, float) and not value.is_integer()):
+        raise BilUsageError(f"`{name}=` must be a positive whole number, got {value!r}", None,
+                            f"e.g. `{name}=10**9`")
+    return int(value)

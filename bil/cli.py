@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import errno
 import io
+import math
 import os
 import signal
 import sys
@@ -26,7 +27,8 @@ from typing import Callable, TextIO
 
 import bil
 from bil.compiler import ir
-from bil.compiler.errors import BilError, BilRuntimeError
+from bil.compiler.errors import BilError, BilInternalError, BilRuntimeError
+from bil.compiler.limits import limited
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERNAL = 0, 2, 3
 #: `bil run` stopped on a failed solve (results up to the last good point are written)
@@ -123,7 +125,7 @@ def _check(args: argparse.Namespace) -> int:
             program = load(f, allow_paths=args.allow_paths)
         except (BilError, CliError) as e:
             _report(e)
-            status = EXIT_ERROR
+            status = max(status, EXIT_INTERNAL if isinstance(e, BilInternalError) else EXIT_ERROR)
             continue
         n = len(program.warnings)
         print(f"{f}: ok" + (f" ({n} warning{'s' if n != 1 else ''})" if n else ""))
@@ -596,8 +598,21 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter,
                            epilog=("examples:\n" + cmd.examples) if cmd.examples else None)
         cmd.add_arguments(p)
+        if name != "plot":
+            p.add_argument("--max-elements", type=_max_elements, metavar="N", default=None,
+                           help="the most elements one array made at compile time may have (default 10^8)")
         p.set_defaults(handler=cmd.handler)
     return parser
+
+
+def _max_elements(text: str) -> int:
+    try:
+        n = float(text)
+    except ValueError:
+        n = math.nan
+    if not (n >= 1 and n.is_integer()):
+        raise argparse.ArgumentTypeError(f"must be a positive whole number (e.g. 1e9), got {text!r}")
+    return int(n)
 
 
 def _report(e: BaseException) -> None:
@@ -618,7 +633,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
     try:
-        return args.handler(args)
+        with limited(getattr(args, "max_elements", None)):
+            return args.handler(args)
+    except BilInternalError as e:  # a bug met while compiling: named spec, bug report, exit 3
+        if os.environ.get("BIL_TRACEBACK") and e.__cause__ is not None:
+            traceback.print_exception(e.__cause__)
+        _report(e)
+        return EXIT_INTERNAL
     except (BilError, CliError) as e:
         _report(e)
         return EXIT_ERROR

@@ -107,14 +107,9 @@ class Program:
             return self.engine.method
         if isinstance(method, Method):
             return method
-        from bil.compiler.passes.options import check_method, method_value
-        from bil.grammar import parse
+        from bil.compiler.overrides import method_from_text
 
-        text = 'implicit(linear="direct")' if method == "direct" else str(method)
-        solve = parse(f"solve {{ hypergradient: {text} }}", "<method>").statements[0]
-        m = method_value(solve.options[0].value, "hypergradient", "hypergradient")
-        check_method(m)
-        return m
+        return method_from_text('implicit(linear="direct")' if method == "direct" else method)
 
     def _api_tol(self, tol: float | None) -> float:
         """The API's default accuracy: 1e-10 in float64; in float32, which cannot resolve

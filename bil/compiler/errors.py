@@ -131,6 +131,20 @@ class BilUsageError(BilError, ValueError):
     a :class:`BilError` with a hint, and a ``ValueError`` for code that catches those."""
 
 
+class BilInternalError(BilError):
+    """A bug in bil met while compiling a spec (an exception no check anticipated): reported
+    as an error that names the spec and asks for a bug report; the CLI exits 3."""
+
+    @classmethod
+    def of(cls, exc: BaseException, file: str | None) -> "BilInternalError":
+        first = (str(exc).splitlines() or [""])[0][:300]
+        err = cls(f"internal error while compiling {file or 'the spec'}: {type(exc).__name__}: {first}", None,
+                  "this is a bug in bil, not in the spec: please report it with the spec "
+                  "(set BIL_TRACEBACK=1 to see the traceback)")
+        err.__cause__ = exc
+        return err
+
+
 @dataclass(frozen=True)
 class Warning_:
     """A compile-time warning (same format as errors, severity ``warning``)."""

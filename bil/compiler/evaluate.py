@@ -20,6 +20,9 @@ import numpy as np
 
 from bil.compiler import ir
 from bil.compiler.errors import BilError
+from bil.compiler.limits import (  # noqa: F401 - re-exported for the passes
+    MAX_ELEMENTS, MAX_LITERAL_NDIM, _has_arrays, _size_dims, check_finite, check_inferred, check_size,
+    element_limits, limited)
 from bil.stdlib import lookup
 from bil.stdlib.errors import StdlibError
 
@@ -57,35 +60,6 @@ def _check_int_range(e, a, b) -> None:
     if np.any((approx >= _INT_LIMIT) | (approx < -_INT_LIMIT)):
         raise BilError(f"integer overflow in `{e.op}`: the result does not fit in 64 bits", e.span,
                        "write a float for a number this large (`1e19`, `2.0^64`)")
-
-
-#: the most elements a compile-time size (``zeros(...)``, ``real[...]``,
-#: ``image(size=...)``) may ask for: a typo such as ``zeros(1e9, 1e9)`` must be
-#: a diagnostic, not an allocation that kills the process.
-MAX_ELEMENTS = 2**27
-
-
-def check_size(dims, span, what: str) -> None:
-    """Raise a :class:`BilError` when ``dims`` multiply to more than :data:`MAX_ELEMENTS`."""
-    total = 1
-    for d in dims:
-        total *= max(int(d), 0)
-    if total > MAX_ELEMENTS:
-        raise BilError(f"{what} asks for {total:,} elements, more than the {MAX_ELEMENTS:,} allowed", span,
-                       "check the sizes; arrays this large cannot be handled at compile time")
-
-
-def _size_dims(pname: str, value) -> list[int]:
-    """The dimensions a static size argument asks for (``size``/``n``: a square)."""
-    flat = []
-    for v in value if isinstance(value, (tuple, list)) else (value,):
-        if isinstance(v, (tuple, list)):
-            flat.extend(v)
-        else:
-            flat.append(v)
-    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in flat):
-        return []
-    return flat if pname == "shape" else flat * 2
 
 
 def is_concrete(v: Any) -> bool:
@@ -153,6 +127,9 @@ class Evaluator:
         items = [self(x) for x in e.items]
         if not items or any(isinstance(x, str) for x in items):
             return items  # a list of names, e.g. denoising_pairs(["camera", "moon"])
+        if any(np.ndim(x) >= MAX_LITERAL_NDIM for x in items if not isinstance(x, (str, list, tuple))):
+            raise BilError(f"an array literal nested more than {MAX_LITERAL_NDIM} levels deep", e.span,
+                           "arrays have at most 32 dimensions; check the brackets")
         with _at(e):
             if all(isinstance(x, (int, float)) for x in items):
                 return np.asarray(items)  # a constant array literal stays concrete
@@ -182,14 +159,17 @@ class Evaluator:
         with _at(e, op=e.op):
             if e.op in _INT_CHECKED and _concrete_ints(a, b):
                 _check_int_range(e, a, b)
-            if e.op == "^":
-                return _power(a, b)
-            if e.op == "@":
-                if np.ndim(a) == 0 or np.ndim(b) == 0:
-                    raise BilError("`@` needs arrays of at least one dimension on both sides", e.span,
-                                   "use `*` to multiply by a scalar")
-                return jnp.matmul(a, b)
-            return _BINOPS[e.op](a, b)
+            if e.op == "@" and (np.ndim(a) == 0 or np.ndim(b) == 0):
+                raise BilError("`@` needs arrays of at least one dimension on both sides", e.span,
+                               "use `*` to multiply by a scalar")
+            op = _power if e.op == "^" else _BINOPS[e.op]
+            if not (is_concrete(a) and is_concrete(b)):
+                return op(a, b)
+            check_inferred(op, (a, b), {}, e.span, f"`{e.op}`")
+            with np.errstate(all="ignore"):
+                out = op(a, b)
+            check_finite(out, (a, b), e, f"`{e.op}`")
+            return out
 
     def _Index(self, e: ir.Index):
         raw = self(e.base)
@@ -264,10 +244,17 @@ class Evaluator:
                                    f"write a number or an expression of data here; signature: {fn.describe()}")
                 if fn.kind != "meta":
                     bound.arguments[pname] = to_static(val)
-                if pname in ("shape", "n", "size") and fn.kind != "meta":
+                if pname in ("shape", "n", "size") and fn.kind != "meta" and not _has_arrays(bound):
                     check_size(_size_dims(pname, bound.arguments[pname]), _arg_span(e, fn, pname), f"`{e.func}`")
+        concrete = fn.kind == "array" and is_concrete([*bound.args, *bound.kwargs.values()])
         with _at(e, call=fn):
-            return fn.impl(*bound.args, **bound.kwargs)
+            if not concrete:
+                return fn.impl(*bound.args, **bound.kwargs)
+            check_inferred(fn.impl, bound.args, bound.kwargs, e.span, f"`{e.func}`")
+            with np.errstate(all="ignore"):
+                out = fn.impl(*bound.args, **bound.kwargs)
+        check_finite(out, [*bound.args, *bound.kwargs.values()], e, f"`{e.func}`")
+        return out
 
 
 def _array_or_scalar(v: Any, e: ir.Expr):

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from bil.compiler import ir
-from bil.compiler.errors import BilError
+from bil.compiler.errors import BilError, BilUsageError
 from bil.compiler.source import Source, Span
 
 __all__ = ["parse_assignment", "apply_overrides", "valid_keys", "value_source"]
@@ -58,13 +58,16 @@ def value_source(value: Any) -> str:
         return value
     if isinstance(value, (bool, np.bool_)):
         return "true" if value else "false"
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        raise BilUsageError(f"an override value must be finite, got {value!r}", None,
+                            "give a finite number (a hyper's initial value lies inside its domain, e.g. 0.1)")
     if isinstance(value, (int, float, np.integer, np.floating)):
         return repr(float(value)) if isinstance(value, (float, np.floating)) else str(int(value))
     if isinstance(value, np.ndarray):
         value = value.tolist()
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(value_source(v) for v in value) + "]"
-    raise BilError(f"cannot use {type(value).__name__} {value!r} as an override value", None,
+    raise BilUsageError(f"cannot use {type(value).__name__} {value!r:.60} as an override value", None,
                    "give a number, a list of numbers, a string, or `.bil` source text such as \"fista(mu=1)\"")
 
 
@@ -87,15 +90,36 @@ def _remap(obj, source: Source, shift: int):
     return obj
 
 
-def _parse_value(key: str, value: str) -> tuple[ir.Expr, Span]:
-    """Parse ``value`` as an expression; spans point into ``--set KEY=VALUE``."""
+def method_from_text(text: str, namespace: str = "hypergradient"):
+    """A method given to the Python API as text (``"unroll(steps=3000)"``): exactly one
+    expression, checked like the spec's option; anything else (``"implicit() } solve { ..."``)
+    is a :class:`BilUsageError`, never silently cut short."""
+    from bil.compiler.errors import BilUsageError
+    from bil.compiler.passes.options import check_method, method_value
+
+    try:
+        if not isinstance(text, str):
+            raise BilError(f"a method is given as text, not {type(text).__name__}", None,
+                           'e.g. "unroll(steps=3000)" or "direct"')
+        expr, _ = _parse_value("method", text, "<method>")
+        m = method_value(expr, namespace, namespace)
+        check_method(m)
+        return m
+    except BilUsageError:
+        raise
+    except BilError as e:
+        raise BilUsageError(e.message, e.span, e.hint) from None
+
+
+def _parse_value(key: str, value: str, file: str = "--set") -> tuple[ir.Expr, Span]:
+    """Parse ``value`` as one expression; spans point into ``--set KEY=VALUE``."""
     from bil.grammar import parse
 
-    value = " ".join(value.splitlines())
-    display = Source(f"{key}={value}", "--set")
+    value = " ".join(value.split("\n"))
+    display = Source(f"{key}={value}", file)
     shift = (len(key) + 2) - (len(_PREFIX) + 1)
     try:
-        module = parse(f"{_PREFIX}{value}\n}}", "--set")
+        module = parse(f"{_PREFIX}{value}\n}}", file)
     except BilError as e:
         where = _remap(e.span, display, shift) if e.span is not None else None
         raise BilError(f"cannot read `{value}` as a .bil expression", where,
@@ -104,7 +128,8 @@ def _parse_value(key: str, value: str) -> tuple[ir.Expr, Span]:
     stmts = module.statements
     if len(stmts) != 1 or not isinstance(stmts[0], ir.Solve) or len(stmts[0].options) != 1:
         raise BilError(f"`{value}` is not a single expression", Span(display, 1, len(key) + 2, 1,
-                                                                        len(display.text) + 1))
+                                                                        len(display.text) + 1),
+                       "give one expression, e.g. `fista(mu=1)`: braces and further options are not allowed")
     expr = _remap(stmts[0].options[0].value, display, shift)
     return expr, Span(display, 1, 1, 1, len(display.text) + 1)
 

@@ -5,6 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+def split_lines(text: str) -> tuple[str, ...]:
+    """The lines of ``text`` as the parser counts them: only ``\\n`` ends a line (a ``\\r``
+    before it is dropped, so ``\\r\\n`` files read alike); ``\\f``, a lone ``\\r``, U+2028 and the
+    other characters :meth:`str.splitlines` breaks at stay inside their line."""
+    return tuple(ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n"))
+
+
 @dataclass(frozen=True)
 class Source:
     """A spec's text and the name it is reported under (a path or ``<string>``)."""
@@ -14,7 +21,13 @@ class Source:
     lines: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "lines", tuple(self.text.splitlines()) or ("",))
+        object.__setattr__(self, "lines", split_lines(self.text))
+
+    @property
+    def last_line(self) -> int:
+        """The number of the last line (a final newline ends it; it does not start another)."""
+        n = len(self.lines)
+        return n - 1 if n > 1 and not self.lines[-1] else n
 
     def line(self, n: int) -> str:
         """The 1-based line ``n`` (empty past the end)."""
@@ -49,7 +62,8 @@ class Span:
 
         Lines longer than ``width`` are cut to a window around the span.
         """
-        src = self.source.line(self.line)
+        # control characters (a lone `\r`, `\f`, NUL) would move the terminal's cursor: one `?` each
+        src = "".join(ch if ch.isprintable() or ch == "\t" else "?" for ch in self.source.line(self.line))
         end = self.end_column if self.end_line == self.line else len(src) + 1
         start = self.column - 1
         carets = max(1, min(end - self.column, width))

@@ -8,7 +8,6 @@ inside Transformer callbacks in ``VisitError``.
 
 from __future__ import annotations
 
-import ast
 import difflib
 import functools
 import math
@@ -20,6 +19,7 @@ from lark import Token, Transformer, v_args
 
 from bil.compiler import ir
 from bil.compiler.errors import BilError
+from bil.grammar.guards import _meta_span, _printable, balance_sums, check_depth, unescape
 
 #: the largest integer literal (int64, as JAX and NumPy hold it)
 _MAX_INT = 2**63 - 1
@@ -39,6 +39,8 @@ def _lark() -> lark.Lark:
 
 def parse(text: str, file: str = "<string>") -> ir.Module:
     """Parse ``text``; raise :class:`BilError` on a syntax error."""
+    if text.startswith("\ufeff"):  # a UTF-8 byte-order mark, as some editors write
+        text = text[1:]
     source = Source(text, file)
     try:
         tree = _lark().parse(text)
@@ -46,6 +48,8 @@ def parse(text: str, file: str = "<string>") -> ir.Module:
         raise _syntax_error(e, source) from None
     except RecursionError:
         raise _too_deep(source) from None
+    balance_sums(tree)
+    check_depth(tree, source)
     try:
         return _ToIR(source).transform(tree)
     except RecursionError:
@@ -55,7 +59,7 @@ def parse(text: str, file: str = "<string>") -> ir.Module:
             raise _too_deep(source) from None
         if isinstance(e.orig_exc, BilError):  # a located error from a callback (e.g. a huge literal)
             raise e.orig_exc from None
-        raise
+        raise e.orig_exc from None
 
 
 def _too_deep(source: Source) -> BilError:
@@ -109,10 +113,6 @@ def _unclosed(stack: list[Token]) -> str:
     return f"the `{tok}` opened at line {tok.line}, column {tok.column} is never closed"
 
 
-def _printable(ch: str) -> str:
-    return ch if ch.isprintable() and not ch.isspace() else repr(ch)[1:-1] if ch != " " else "space"
-
-
 def _syntax_error(e: lark.exceptions.UnexpectedInput, source: Source) -> BilError:
     line, col = max(getattr(e, "line", 1) or 1, 1), max(getattr(e, "column", 1) or 1, 1)
     if isinstance(e, lark.exceptions.UnexpectedCharacters):
@@ -128,7 +128,7 @@ def _syntax_error(e: lark.exceptions.UnexpectedInput, source: Source) -> BilErro
     if isinstance(e, lark.exceptions.UnexpectedEOF) or (
         isinstance(e, lark.exceptions.UnexpectedToken) and e.token.type == "$END"
     ):
-        last = len(source.lines)
+        last = source.last_line
         end_col = len(source.line(last)) + 1
         span = source.span(last, max(end_col - 1, 1), last, end_col)
         _, stack = _scan(source.text, len(source.text))
@@ -193,12 +193,6 @@ _BAD_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d*)?[eE](?![\w+-])")
 
 
 # ------------------------------------------------------------- tree -> IR
-def _meta_span(source: Source, meta) -> Span:
-    if getattr(meta, "empty", True):
-        return source.span(1, 1)
-    return Span(source, meta.line, meta.column, meta.end_line, meta.end_column)
-
-
 def _tok_span(source: Source, tok: Token) -> Span:
     return Span(source, tok.line, tok.column, tok.end_line, tok.end_column)
 
@@ -373,17 +367,23 @@ class _ToIR(Transformer):
     def number(self, meta, c):
         text = str(c[0])
         t = text.replace("_", "")
-        value = int(t, 0) if t[:2].lower() in ("0x", "0o", "0b") else int(t) if t.isdigit() else float(t)
+        shown = text if len(text) <= 24 else f"{text[:10]}...{text[-6:]} ({len(text)} characters)"
+        is_int = t[:2].lower() in ("0x", "0o", "0b") or t.isdigit()
+        if is_int and len(t.lstrip("0")) > 25:  # more digits than any int64 (before converting: slow)
+            raise BilError(f"integer literal {shown} is too large (more than 2^63 - 1)", self._sp(meta),
+                           "write it as a float (e.g. `1e30`), or use a smaller count")
+        value = int(t, 0) if is_int else float(t)
         if isinstance(value, int) and value > _MAX_INT:
-            raise BilError(f"integer literal {text} is too large (more than 2^63 - 1)", self._sp(meta),
+            raise BilError(f"integer literal {shown} is too large (more than 2^63 - 1)", self._sp(meta),
                            f"write it as a float, e.g. `{float(value):.3g}`, or use a smaller count")
         if isinstance(value, float) and math.isinf(value):
-            raise BilError(f"number {text} overflows a float64", self._sp(meta), "use a smaller number")
+            raise BilError(f"number {shown} overflows a float64 (largest about 1.8e308)", self._sp(meta),
+                           "use a smaller number")
         return ir.Num(self._sp(meta), value)
 
     @v_args(meta=True)
     def string(self, meta, c):
-        return ir.Str(self._sp(meta), ast.literal_eval(str(c[0])))
+        return ir.Str(self._sp(meta), unescape(str(c[0]), self._sp(meta)))
 
     @v_args(meta=True)
     def true(self, meta, c):

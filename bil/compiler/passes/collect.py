@@ -31,7 +31,7 @@ class Collect:
                 raise BilError(f"`{n}` given in `data=` is not a data name of the spec (it is a "
                                f"{type(st.symbols[n]).__name__.lower()})", _span_of(st.symbols[n]),
                                "pass arrays only for data names, or for names the spec does not define")
-        end = st.source.span(len(st.source.lines), 1)
+        end = st.source.span(st.source.last_line, 1)
         if st.lower is None:
             raise BilError("the spec has no `lower` block", end,
                            "add `lower { x = 0  minimize ... }` stating the lower-level problem")

@@ -20,6 +20,7 @@ import numpy as np
 from bil.compiler import ir
 from bil.compiler.errors import BilError, BilUsageError
 from bil.compiler.evaluate import Evaluator
+from bil.compiler.limits import element_limits
 from bil.compiler.state import CompileState
 from bil.stdlib import sources
 
@@ -60,8 +61,15 @@ class EvaluateData:
     def apply(self, st: CompileState) -> None:
         token = sources.base_dir.set(st.base_dir or Path("."))   # the pipeline sets it too
         try:
+            total, limit = 0, element_limits()[1]
             for d in _in_dependency_order(st.data_stmts, set(st.data_override)):
                 self._one(st, d)
+                total += sum(st.data[n].size for n in d.names if n in st.data)
+                if total > limit:
+                    raise BilError(f"the data of this spec reaches {total:,} elements here, more than the "
+                                   f"{limit:,} allowed in all", d.span,
+                                   "use smaller data, or raise the limit with `bil.compile(..., "
+                                   "max_spec_elements=N)`")
         finally:
             sources.base_dir.reset(token)
         declared = {n for d in st.data_stmts for n in d.names}

@@ -28,9 +28,17 @@ def _pos_number(v, span, key):
     return float(v)
 
 
+#: the most iterations, steps or terms any count may ask for: loops count in int32
+MAX_COUNT = 10**9
+
+
 def _pos_int(v, span, key):
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise BilError(f"`{key}` must be a positive integer, got {v!r}", span)
+    if v > MAX_COUNT:
+        raise BilError(f"`{key}` is {v:,}, more than the {MAX_COUNT:,} iterations a loop can count", span,
+                       "iteration counts are capped at 10^9 (loops count in int32); use a tolerance to stop "
+                       "earlier, or a smaller count")
     return int(v)
 
 

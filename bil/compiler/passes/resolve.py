@@ -84,13 +84,14 @@ class Resolve:
         order = list(st.defs)
         defs_graph = nx.DiGraph()
         defs_graph.add_nodes_from(order)
-        defs_graph.add_edges_from((u, v) for u in order for v in order if g.has_edge(u, v))
+        defs_graph.add_edges_from((u, v) for u in order for v in g.successors(u) if v in st.defs)
         try:
             cycle = [u for u, _ in nx.find_cycle(defs_graph)]
         except nx.NetworkXNoCycle:
             cycle = None
         if cycle:
-            k = min(range(len(cycle)), key=lambda i: order.index(cycle[i]))  # start at the first-defined def
+            rank = {d: i for i, d in enumerate(order)}
+            k = min(range(len(cycle)), key=lambda i: rank[cycle[i]])  # start at the first-defined def
             cycle = cycle[k:] + cycle[:k]
             first = cycle[0]
             path = " -> ".join(cycle + [first])

@@ -272,6 +272,11 @@ class InferShapes:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise BilError(f"the number of steps must be a positive integer, got {steps!r}", goal.steps.span,
                            "e.g. `for 100 steps`")
+        from bil.compiler.passes.options import MAX_COUNT
+
+        if steps > MAX_COUNT:
+            raise BilError(f"{steps:,} steps are more than the {MAX_COUNT:,} a loop can count", goal.steps.span,
+                           "step counts are capped at 10^9 (loops count in int32); e.g. `for 1000 steps`")
         defaults = {k: p.default for k, p in fn.signature.parameters.items() if p.default is not p.empty}
         st.train_optimizer = _method(opt.func, {**defaults}, opt.span)
         st.train_args = args
