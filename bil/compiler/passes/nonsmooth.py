@@ -111,16 +111,22 @@ def _factors(e: ir.Expr) -> list[tuple[ir.Expr, int]]:
     return [(e, 1)]
 
 
-def _axis_norms(e: ir.Expr, lower: set[str]):
-    """``norm(..., axis=k)`` calls of a lower variable outside powers: norms of groups of it (non-smooth)."""
+def _calls_outside_powers(e: ir.Expr, keep):
+    """The calls ``t`` in ``e`` with ``keep(t)``, outside powers (``l1(w)^2`` is smooth)."""
     stack = [e]
     while stack:
         t = stack.pop()
         if isinstance(t, ir.Binary) and t.op == "^":
             continue
-        if isinstance(t, ir.Call) and t.func == "norm" and t.kwargs and t.args and _of_variable(t.args[0], lower):
+        if isinstance(t, ir.Call) and keep(t):
             yield t
         stack.extend(ir.children(t))
+
+
+def _axis_norms(e: ir.Expr, lower: set[str]):
+    """``norm(..., axis=k)`` calls of a lower variable outside powers: norms of groups of it (non-smooth)."""
+    return _calls_outside_powers(
+        e, lambda t: t.func == "norm" and bool(t.kwargs) and bool(t.args) and _of_variable(t.args[0], lower))
 
 
 def _of_variable(e: ir.Expr, lower: set[str]) -> bool:
@@ -137,14 +143,7 @@ def _of_variable(e: ir.Expr, lower: set[str]) -> bool:
 
 def _kinks(e: ir.Expr, lower: set[str]):
     """Calls in KINKED whose arguments involve a lower variable, outside powers (``l1(w)^2`` is smooth)."""
-    stack = [e]
-    while stack:
-        t = stack.pop()
-        if isinstance(t, ir.Binary) and t.op == "^":
-            continue
-        if isinstance(t, ir.Call) and t.func in KINKED and ir.free_names(t) & lower:
-            yield t
-        stack.extend(ir.children(t))
+    return _calls_outside_powers(e, lambda t: t.func in KINKED and bool(ir.free_names(t) & lower))
 
 
 class _Matcher:

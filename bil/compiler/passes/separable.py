@@ -65,9 +65,9 @@ class WeightPusher:
     def is_lower(self, e: ir.Expr) -> bool:
         return bool(ir.free_names(e) & self.lower)
 
-    # ------------------------------------------------------------ outside abs
-    def outside(self, e: ir.Expr, c: Optional[ir.Expr], signed: list, kink: ir.Call) -> tuple[str, Optional[ir.Expr]]:
-        """(variable, weight) of Σ c ⊙ e, where e holds the kink; factors outside abs go to ``signed``."""
+    def _peel(self, e: ir.Expr, c: Optional[ir.Expr], signed: list, kink: ir.Call):
+        """(the one factor of ``e`` holding a lower variable, ``c`` times the other factors); the
+        other factors go to ``signed`` (they must stay >= 0)."""
         low, rest = self.split(e)
         if len(low) != 1 or low[0][1] != 1:
             raise self.unsupported(kink)
@@ -77,6 +77,12 @@ class WeightPusher:
                 raise self._enlarged(rest, atom, kink)
             signed.extend(f if p > 0 else ir.Binary(f.span, "/", ir.Num(f.span, 1), f) for f, p in rest)
             c = times(c, product(rest, e.span), e.span)
+        return atom, c
+
+    # ------------------------------------------------------------ outside abs
+    def outside(self, e: ir.Expr, c: Optional[ir.Expr], signed: list, kink: ir.Call) -> tuple[str, Optional[ir.Expr]]:
+        """(variable, weight) of Σ c ⊙ e, where e holds the kink; factors outside abs go to ``signed``."""
+        atom, c = self._peel(e, c, signed, kink)
         if isinstance(atom, ir.Call) and atom.func == "abs" and len(atom.args) == 1 and not atom.kwargs:
             return self.inside(atom.args[0], c, atom)
         if isinstance(atom, ir.Call) and atom.func in ("l1", "sum") and len(atom.args) == 1 \
@@ -157,15 +163,7 @@ class WeightPusher:
     def group_rows(self, e: ir.Expr, c: Optional[ir.Expr], signed: list, kink: ir.Call):
         """(variable, group weights [G], groups [n, G]) of Σ c ⊙ norm(reshape(w, r, m), axis=k): the groups
         are the rows (k = 1) or the columns (k = 0) of the reshaped 1-D variable w."""
-        low, rest = self.split(e)
-        if len(low) != 1 or low[0][1] != 1:
-            raise self.unsupported(kink)
-        atom = low[0][0]
-        if rest:
-            if self.shape(atom) != self.shape(e):
-                raise self._enlarged(rest, atom, kink)
-            signed.extend(f if p > 0 else ir.Binary(f.span, "/", ir.Num(f.span, 1), f) for f, p in rest)
-            c = times(c, product(rest, e.span), e.span)
+        atom, c = self._peel(e, c, signed, kink)
         if isinstance(atom, ir.Call) and atom.func == "sum" and len(atom.args) == 1 and not atom.kwargs:
             return self.group_rows(atom.args[0], c, signed, kink)
         pair = self._dot_operands(atom)
