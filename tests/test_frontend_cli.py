@@ -96,7 +96,7 @@ def test_check_directory_and_binary_file(capsys, tmp_path):
 
 
 def test_internal_error_is_one_line_and_exit_3(capsys, monkeypatch):
-    def boom(path, stderr=None):
+    def boom(path, stderr=None, **kwargs):
         raise KeyError("oops")
 
     monkeypatch.setattr(bil.cli, "load", boom)

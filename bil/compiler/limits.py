@@ -44,11 +44,12 @@ def limited(max_elements: int | None = None, max_spec_elements: int | None = Non
     token = _limits.set((per_array if max_elements is None else int(max_elements),
                          per_spec if max_spec_elements is None else int(max_spec_elements)))
     # load() checks files against the same per-array limit (bil/stdlib/files.py)
-    file_token = _file_limit.set(_limits.get()[0])
+    file_token = None if max_elements is None else _file_limit.set(int(max_elements))
     try:
         yield
     finally:
-        _file_limit.reset(file_token)
+        if file_token is not None:
+            _file_limit.reset(file_token)
         _limits.reset(token)
 
 

@@ -301,10 +301,9 @@ def _as_numeric(a, where):
 
 @register("load", kind="source", static=("path", "key"))
 def load(path, key=None):
-    """An array from a .npz (key selects the array), .npy or .csv/.tsv/.txt file, relative to the spec's folder.
-
-    Only files inside the spec's folder (or an allowed folder) are read, sizes are checked
-    from headers first, and errors never quote the file's contents (:mod:`bil.stdlib.files`)."""
+    """An array from a .npz (key selects the array), .npy or .csv/.tsv/.txt file, relative to the spec's folder."""
+    # Only files inside the spec's folder (or an allowed folder) are read, sizes are checked
+    # from headers first, and errors never quote the file's contents (bil/stdlib/files.py).
     p = files.resolve(path, Path(base_dir.get()), base_origin.get())
     suffix = p.suffix.lower()
     if suffix == ".npz" and not zipfile.is_zipfile(p):
