@@ -309,6 +309,7 @@ def test_resume_extends_a_run_with_a_raised_limit_only(full_run, spec_dir, tmp_p
     assert _without_wall(_history_rows(once / "history.csv")) == _without_wall(_history_rows(out / "history.csv"))
 
 
+@pytest.mark.slow  # suite time on 2 cores; run with pytest -m slow
 def test_resume_of_a_converged_run_changes_nothing(spec_dir, tmp_path):
     _tiny_in(spec_dir, tmp_path)
     out = tmp_path / "o"
@@ -447,6 +448,7 @@ def test_image_problem_montage(tmp_path):
     assert plots.image_panels(prog, {}) is None             # no reconstruction, no montage
 
 
+@pytest.mark.slow  # suite time on 2 cores; run with pytest -m slow
 def test_hoag_on_a_capped_lower_solve_fails_and_resume_says_so(spec_dir, tmp_path):
     """HOAG accepted a lower solve stopped at `max_iter: 3` (exit 0, an upper value not at the
     lower solution); it now stops with the located diagnostic (exit 1), and resuming the
@@ -478,6 +480,7 @@ def test_float32_tv_stops_at_the_precisions_floor(tmp_path):
     assert res.upper == pytest.approx(f64.upper, rel=1e-3)
 
 
+@pytest.mark.slow  # suite time on 2 cores; run with pytest -m slow
 def test_resume_with_a_limit_already_reached_changes_nothing(spec_dir, tmp_path):
     """A lower max_iter on --resume re-ran the loop and rewrote every output file."""
     _tiny_in(spec_dir, tmp_path)
@@ -590,6 +593,7 @@ def test_resume_refuses_changed_data(spec_dir, tmp_path, capsys):
     assert code == 2 and "changed since" in err and "data" in err, err
 
 
+@pytest.mark.slow  # suite time on 2 cores; run with pytest -m slow
 def test_resume_extends_a_run_whose_method_was_set_on_the_command_line(spec_dir, tmp_path, capsys):
     """`--set solve.outer=adam(..., steps=2)` then `--set solve.outer.steps=3 --resume`: the limit
     was checked against the spec's own maid (no `steps`) before the checkpoint's --set applied."""
@@ -688,6 +692,7 @@ def test_plots_of_an_all_nan_history_and_of_many_entries(tmp_path, monkeypatch):
     assert all(float(t).is_integer() for t in hyp.get_xticks() if 1 <= t <= 2)
 
 
+@pytest.mark.slow  # suite time on 2 cores; run with pytest -m slow
 def test_resume_may_change_how_often_it_checkpoints(spec_dir, tmp_path, capsys):
     _tiny_in(spec_dir, tmp_path)
     out = tmp_path / "o"

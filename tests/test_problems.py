@@ -64,7 +64,11 @@ def _params(names, slow=False):
     return [pytest.param(n, marks=marks, id=n) for n in names]
 
 
-@pytest.mark.parametrize("name", _params(sorted(TRUE_UPPER)))
+#: the image and distillation problems compile the largest programs: their fast check runs with -m slow
+HEAVY = {"foe_denoise", "deblur_tv", "distill_digits", "data_cleaning"}
+
+
+@pytest.mark.parametrize("name", _params(sorted(set(TRUE_UPPER) - HEAVY)) + _params(sorted(HEAVY), slow=True))
 def test_spec_states_the_baseline_problem(name):
     """Upper value at the spec's initial hypers: bil and the baseline agree."""
     prog = bil.compile(spec(name))

@@ -111,6 +111,7 @@ upper minimize 0.5 * mean((Xval @ w - yval)^2)
     assert float(r.hypers["lam"]) == pytest.approx(grid[Fs.argmin()], rel=2e-3)
 
 
+@pytest.mark.slow  # suite time on 2 cores; run with pytest -m slow
 def test_runs_are_repeatable_and_resume_exactly_with_a_moving_mu():
     """μ moves with θ (ridge: λ 1 -> 39): a second run on the same program must not start
     from the first run's μ, and a resumed run must continue with the saved one."""

@@ -141,6 +141,7 @@ def test_logistic_regression(method):
 
 @pytest.mark.parametrize("method", ALL)
 def test_max_iter_and_nonfinite_status(method):
+    r = run(method, X0, P_L, 1e-14, max_iter=2)  # compiles here unless an earlier test did
     n_traces = len(TRACES)
     r = run(method, X0, P_L, 1e-14, max_iter=2)
     assert int(r.status) == 1 and int(r.iters) == 2
