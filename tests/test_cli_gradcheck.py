@@ -73,6 +73,7 @@ def test_gradcheck_exits_1_on_mismatch(capsys, monkeypatch):
     assert "MISMATCH: implicit" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # suite time on 2 cores; run with pytest -m slow
 def test_gradcheck_near_a_domain_boundary(tmp_path, capsys):
     """A positive hyper at 1e-8 and a bounded one at 1 - 1e-8: the differences used to step
     outside the domain ("got a value <= 0"); F is flat to float64 over any step there, which a
@@ -188,6 +189,7 @@ def test_gradcheck_survives_a_failing_information_column(tmp_path, capsys):
     assert "implicit failed:" in out and out.rstrip().endswith("OK")
 
 
+@pytest.mark.slow  # suite time on 2 cores; run with pytest -m slow
 def test_gradcheck_with_active_bounds_and_zero_entries(tmp_path, capsys):
     """Hyper entries whose hypergradient is exactly 0 (they scale lower entries held at a bound)
     gave a false MISMATCH: the finite differences used f(x̃) without the adjoint correction,

@@ -282,6 +282,7 @@ def test_resume_refuses_a_changed_spec_or_settings(full_run, spec_dir, tmp_path,
     assert code == 2 and "cannot read checkpoint" in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # suite time on 2 cores; run with pytest -m slow
 def test_resume_extends_a_run_with_a_raised_limit_only(full_run, spec_dir, tmp_path):
     """The last checkpoint is the final state: a finished run resumed with a raised limit
     (given alone: the other --set values are the checkpoint's) goes on from there, bit for

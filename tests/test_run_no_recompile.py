@@ -31,6 +31,7 @@ def test_maid_run_never_recompiles_after_first_iteration():
     assert {k: f._cache_size() for k, f in eng._jitted.items() if k in first} == first
 
 
+@pytest.mark.slow  # suite time on 2 cores; run with pytest -m slow
 def test_budget_is_strict_and_traced_on_a_per_sample_program():
     """``budget`` caps each oracle call by what is left (split over the samples), so a run
     never spends more than its budget; the cap is traced, so it compiles nothing new."""
@@ -126,6 +127,7 @@ def test_runs_are_repeatable_and_resume_exactly_with_a_moving_mu():
     assert tail.history[-1]["lower_iters_total"] == a.history[-1]["lower_iters_total"]
 
 
+@pytest.mark.slow  # suite time on 2 cores; run with pytest -m slow
 def test_a_zero_hypergradient_at_the_start_does_not_send_eps_to_its_floor():
     """Heavy penalties (c = 1e3) and W₀ = 0: the first loose solves do no iteration, so
     z = 0 exactly and no accuracy can pass the descent test by prediction.  ε used to

@@ -51,6 +51,7 @@ def test_float32_tolerance_out_of_reach_says_so():
 SADDLE = HEAD + "lower {\n  x : real[5] = 0\n  minimize sum(x^4) - lam * sumsq(x)\n}\nupper minimize sumsq(x - y)\n"
 
 
+@pytest.mark.slow  # suite time on 2 cores; run with pytest -m slow
 def test_failed_run_reports_the_lower_block(tmp_path, capsys):
     from bil.cli import main
 
