@@ -280,16 +280,16 @@ def _listing(out: Path) -> set[str]:
     return {str(p.relative_to(out)) for p in out.rglob("*")}
 
 
-def test_a_second_run_is_refused_while_the_first_holds_the_lock(run_spec, tmp_path, capsys, no_run):
-    """Two `bil run` on one folder: the second is refused (exit 2, naming the first's PID); once the
-    first is killed (-9), its lock is taken over (the stubbed run starts: exit 130)."""
+def _refused_while_running_then_killed(run_spec, tmp_path, wait_for: str, capsys):
+    """Start a run into tmp_path/o, wait for ``wait_for`` there, check a second run is refused
+    (exit 2, naming the first's pid, no traceback), then kill -9 the first; its lock stays behind."""
     out = tmp_path / "o"
     proc = _start(run_spec, out, sleep=2.0, cache=tmp_path / "cache")
     try:
-        _wait_for(out / outdir.LOCK_NAME, proc)
+        _wait_for(out / wait_for, proc)
         code, err = _main(capsys, "run", run_spec, "--out", out)
         assert code == 2 and f"another `bil run` (pid {proc.pid}) is writing to" in err, err
-        assert "Traceback" not in err and not no_run
+        assert "Traceback" not in err
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -297,6 +297,14 @@ def test_a_second_run_is_refused_while_the_first_holds_the_lock(run_spec, tmp_pa
             proc.kill()
             proc.wait()
     assert (out / outdir.LOCK_NAME).exists()                          # the dead run's
+    return out
+
+
+def test_a_second_run_is_refused_while_the_first_holds_the_lock(run_spec, tmp_path, capsys, no_run):
+    """Two `bil run` on one folder: the second is refused (exit 2, naming the first's PID); once the
+    first is killed (-9), its lock is taken over (the stubbed run starts: exit 130)."""
+    out = _refused_while_running_then_killed(run_spec, tmp_path, outdir.LOCK_NAME, capsys)
+    assert not no_run
     code, err = _main(capsys, "run", run_spec, "--out", out, "--resume")
     assert code == 130 and no_run, err
     assert not (out / outdir.LOCK_NAME).exists()
@@ -319,19 +327,7 @@ def test_outputs_are_current_only_once_the_marker_says_so(tmp_path):
 
 @pytest.mark.slow
 def test_kill_9_after_a_checkpoint_then_resume_writes_every_output_and_missing_plots(run_spec, tmp_path, capsys):
-    out = tmp_path / "o"
-    proc = _start(run_spec, out, sleep=2.0, cache=tmp_path / "cache")
-    try:
-        _wait_for(out / "checkpoint.npz", proc)
-        code, err = _main(capsys, "run", run_spec, "--out", out)
-        assert code == 2 and f"another `bil run` (pid {proc.pid})" in err, err
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert (out / outdir.LOCK_NAME).exists()                          # the dead run's
+    out = _refused_while_running_then_killed(run_spec, tmp_path, "checkpoint.npz", capsys)
     code, err = _main(capsys, "run", run_spec, "--out", out, "-q", "--resume")
     assert code == 0, err
     names = _listing(out)
