@@ -253,6 +253,19 @@ def test_a_held_lock_refuses_a_second_run(run_spec, tmp_path, capsys, no_run):
     assert code == 2 and f"another `bil run` (pid {os.getpid()}) is writing to" in err and not no_run
 
 
+def test_a_starting_run_is_named_not_called_foreign(run_spec, tmp_path, capsys, no_run):
+    """While a run starts, its temporary marker file makes the folder look foreign; the lock's
+    holder is what a second run must be told about (a CI race, seen once)."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / ".bil-run.abc123.tmp").write_text("")
+    with outdir.RunLock(out):
+        assert outdir.lock_holder(out) == str(os.getpid())
+        code, err = _main(capsys, "run", run_spec, "--out", out)
+    assert code == 2 and "another `bil run`" in err and "not written by" not in err and not no_run
+    assert outdir.lock_holder(out) is None
+
+
 # ------------------------------------------------------------------ processes: lock, kill -9, resume
 def _env(**extra):
     env = dict(os.environ)

@@ -92,6 +92,11 @@ def is_ours(out: Path, resuming: bool) -> bool:
 
 
 def refuse_foreign(out: Path) -> OutDirError:
+    """The error for a folder ``bil run`` may not write in; a live run's lock there is named first
+    (that run's temporary files make the folder look foreign while it starts)."""
+    holder = lock_holder(out)
+    if holder is not None:
+        return _busy(out, holder)
     return OutDirError(f"`{out}` is not empty and was not written by `bil run` (it has no {MARKER} file); "
                        "refusing to clear or overwrite files there. Pass another --out DIR, or --force to use it "
                        "anyway (bil then replaces only its own output names)")
@@ -137,6 +142,45 @@ def clean_stale_temps(out: Path) -> list[Path]:
     return removed
 
 
+def _busy(out: Path, holder: str) -> OutDirError:
+    who = f" (pid {holder})" if holder.isdigit() else ""
+    return OutDirError(f"another `bil run`{who} is writing to `{out}`; wait for it to finish, or pass another "
+                       "--out DIR")
+
+
+def lock_holder(out: Path) -> str | None:
+    """The PID text of the run holding ``out``'s lock, or None if nobody holds it (read only)."""
+    import fcntl
+
+    try:
+        fd = os.open(Path(out) / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return os.read(fd, 32).decode(errors="replace").strip()
+    finally:
+        os.close(fd)   # (closing also drops a shared lock just taken)
+    return None
+
+
+def _flock_retrying(fd: int) -> bool:
+    """Take an exclusive lock, retrying briefly: another process's :func:`lock_holder` may hold a
+    shared lock for a moment."""
+    import fcntl
+    import time
+
+    for attempt in range(5):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            if attempt < 4:
+                time.sleep(0.02)
+    return False
+
+
 class RunLock:
     """An exclusive lock on an output folder for one ``bil run`` (a context manager)."""
 
@@ -152,21 +196,15 @@ class RunLock:
         self.release()
 
     def acquire(self) -> None:
-        import fcntl
-
         for _ in range(10):
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
                 raise _os_error(self.path.parent, e) from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            if not _flock_retrying(fd):
                 holder = os.read(fd, 32).decode(errors="replace").strip()
                 os.close(fd)
-                who = f" (pid {holder})" if holder.isdigit() else ""
-                raise OutDirError(f"another `bil run`{who} is writing to `{self.path.parent}`; wait for it to "
-                                  "finish, or pass another --out DIR") from None
+                raise _busy(self.path.parent, holder) from None
             # the file we locked may have been removed by its previous holder in the meantime
             try:
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
