@@ -10,26 +10,21 @@ degree 1 (the two slices are different entries, so nothing may cancel),
 is exact.  The bound is never expanded symbolically, so ``(w - y)^1000`` or an
 exponent of 2**63 costs one multiplication.
 
-Rules: sums take the max, products (``*``, ``@``, ``dot``, ``conv2d``) add,
-``sumsq``/``square``/``mse`` double, linear stdlib maps (``sum``, ``mean``,
-``dx``, ``dy``, ``transpose``, ``reshape``, ``diag``, ``trace``) and indexing
-or slicing keep the degree of their array argument, ``where(c, a, b)`` takes
-the max when ``c`` does not depend on ``xs``.  Everything else (``exp``,
-``sqrt``, ``abs``, division by an expression in ``xs``, non-integer powers,
-any function not listed) is degree 0 when none of its arguments depends on
-``xs`` and not polynomial (``None``) otherwise.
+Rules: sums take the max, products (``*``, ``@``) add, an integer power
+multiplies, indexing or slicing keeps the degree of the array.  A stdlib call
+follows the degree rule its function registered beside its implementation
+(:mod:`bil.stdlib.rules`: ``sum`` is linear, ``sumsq`` squares, ``dot``
+multiplies, ``where(c, a, b)`` takes the max when ``c`` is constant ...).
+Everything else (``exp``, ``sqrt``, ``abs``, division by an expression in
+``xs``, non-integer powers, a function without a rule) is degree 0 when none
+of its arguments depends on ``xs`` and not polynomial (``None``) otherwise.
 """
 
 from __future__ import annotations
 
 from bil.compiler import ir
+from bil.stdlib import lookup
 
-#: stdlib calls linear in their first argument (the others must be constants)
-LINEAR = frozenset({"sum", "mean", "dx", "dy", "transpose", "reshape", "diag", "trace"})
-#: calls that multiply their two array arguments (bilinear)
-PRODUCTS = frozenset({"dot", "conv2d"})
-#: calls that square (the difference of) their arguments
-SQUARES = frozenset({"sumsq", "square", "mse"})
 #: larger bounds are clamped here (they only ever need to be compared with 2)
 CAP = 1 << 20
 
@@ -87,23 +82,23 @@ class _Degree:
 
     def _call(self, e: ir.Call) -> int | None:
         args = [self(a) for a in e.args]
-        kw_const = self._const(*(k.value for k in e.kwargs))
-        if not args or not kw_const:
-            return 0 if kw_const and not args else None
-        first, rest = args[0], args[1:]
-        rest_const = all(r == 0 for r in rest)
-        if e.func in LINEAR:
-            return first if rest_const else None
-        if e.func in ("sumsq", "square"):
-            return None if first is None or not rest_const else min(2 * first, CAP)
-        if e.func == "mse" and len(args) == 2:
-            m = _max(*args)
-            return None if m is None else min(2 * m, CAP)
-        if e.func in PRODUCTS and len(args) == 2 and None not in args:
-            return min(args[0] + args[1], CAP)
-        if e.func == "where" and len(args) == 3:
-            return _max(args[1], args[2]) if args[0] == 0 else None
-        return 0 if all(a == 0 for a in args) else None
+        if not self._const(*(k.value for k in e.kwargs)):
+            return None
+        if all(a == 0 for a in args):
+            return 0   # constant in xs, whatever the function
+        d = degree_rule(e.func)(args)
+        return None if d is None else min(d, CAP)
+
+
+def degree_rule(name: str):
+    """The degree rule registered for the stdlib function ``name``; without one, "not polynomial"."""
+    fn = lookup(name)
+    rule = fn.degree if fn is not None else None
+    return rule if rule is not None else _not_polynomial
+
+
+def _not_polynomial(ds) -> None:
+    return None
 
 
 def _max(*ds) -> int | None:

@@ -280,6 +280,12 @@ def _arg_span(e: ir.Call, fn, pname: str):
     return e.span
 
 
+def reporting_errors(e: ir.Call, fn) -> "_at":
+    """Context manager: a ``StdlibError`` raised for the call ``e`` to ``fn`` (by its implementation
+    or its compile-time check) becomes a :class:`BilError` at the argument it names."""
+    return _at(e, call=fn)
+
+
 class _at:
     """Context manager: turn errors raised while evaluating node ``e`` into BilError."""
 

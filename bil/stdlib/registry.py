@@ -20,7 +20,11 @@ Kinds
 
 Signatures (arity, keywords) are taken from the implementation with
 ``inspect.signature`` so the compiler can check calls and report errors at the
-call's span before anything runs.
+call's span before anything runs.  An array function may also register its
+polynomial-degree rule, its LaTeX form and a compile-time argument check
+(``degree=``, ``latex=``, ``check=``; see :mod:`bil.stdlib.rules`); without
+them the compiler assumes the sound defaults (not polynomial,
+``\\operatorname{name}(...)``, no check).
 """
 
 from __future__ import annotations
@@ -45,6 +49,12 @@ class Function:
     static: tuple[str, ...] = ()
     doc: str = ""
     signature: inspect.Signature = field(default=None, compare=False)  # type: ignore[assignment]
+    #: polynomial-degree rule (:mod:`bil.stdlib.rules`); None: not polynomial
+    degree: Callable[..., Any] | None = field(default=None, compare=False)
+    #: LaTeX template (``#1`` ...) or callable of the printed arguments; None: ``\\operatorname{name}``
+    latex: str | Callable[..., Any] | None = field(default=None, compare=False)
+    #: compile-time argument check, called like ``impl`` with :class:`bil.stdlib.rules.CallArg` values
+    check: Callable[..., Any] | None = field(default=None, compare=False)
 
     def bind(self, args: tuple, kwargs: dict) -> inspect.BoundArguments:
         """Bind call arguments; raises ``TypeError`` with Python's message."""
@@ -58,10 +68,17 @@ class Function:
 REGISTRY: dict[str, Function] = {}
 
 
-def register(name: str, *, kind: str = "array", static: tuple[str, ...] = (), doc: str | None = None):
-    """Register ``fn`` under ``name``.  Duplicates are rejected."""
+def register(name: str, *, kind: str = "array", static: tuple[str, ...] = (), doc: str | None = None,
+             degree: Callable[..., Any] | None = None, latex: str | Callable[..., Any] | None = None,
+             check: Callable[..., Any] | None = None):
+    """Register ``fn`` under ``name`` with its optional rules (:mod:`bil.stdlib.rules`).  Duplicates are rejected."""
     if kind not in KINDS:
         raise ValueError(f"unknown stdlib kind {kind!r}")
+    if kind != "array" and (degree, latex, check) != (None, None, None):
+        raise ValueError(f"stdlib {kind} {name!r}: degree=, latex= and check= are for array functions")
+    if not (latex is None or isinstance(latex, str) or callable(latex)) or \
+            not all(r is None or callable(r) for r in (degree, check)):
+        raise ValueError(f"stdlib {name!r}: degree= and check= are callables, latex= a template or a callable")
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         key = (kind if kind in ("solver", "optimizer", "hypergradient", "outer") else "fn", name)
@@ -75,6 +92,9 @@ def register(name: str, *, kind: str = "array", static: tuple[str, ...] = (), do
             static=static,
             doc=inspect.cleandoc(doc or fn.__doc__ or ""),
             signature=inspect.signature(fn),
+            degree=degree,
+            latex=latex,
+            check=check,
         )
         if kind in ("array", "meta", "source"):
             REGISTRY[name] = entry

@@ -11,6 +11,7 @@ may take sizes from per-sample data, which are one sample's, but not values).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import jax
@@ -18,10 +19,10 @@ import numpy as np
 
 from bil.compiler import ir
 from bil.compiler.errors import BilError
-from bil.compiler.evaluate import Evaluator, check_size, is_concrete, to_static
+from bil.compiler.evaluate import Evaluator, check_size, is_concrete, reporting_errors, to_static
 from bil.compiler.state import CompileState, HyperInfo, VarInfo
 from bil.stdlib import lookup, names
-from bil.stdlib.functions import class_label_problem
+from bil.stdlib.rules import CallArg
 
 DOMAINS = ("real", "positive")
 
@@ -113,7 +114,7 @@ class InferShapes:
             # concrete=: meta functions such as nclasses(y) read the data's values
             with _per_sample_note(st, e):
                 self._scalar(eval_abstract(e, env, concrete=sample), e, what)
-            _check_labels(st, e, env, sample)
+            _check_calls(st, e, env, sample)
 
         checks = [((st.goal,), lambda: objective(st.goal, "the lower objective")),
                   ((st.upper_expr,), lambda: objective(st.upper_expr, "the upper objective"))]
@@ -347,34 +348,26 @@ def _method(name, kwargs, span):
     return Method(name, kwargs, span)
 
 
-#: functions whose second argument holds labels (class indices, or 0/1)
-_LABELED = frozenset({"cross_entropy", "logistic_loss"})
-
-
-def _check_labels(st: CompileState, e: ir.Expr, env: dict, sample: dict) -> None:
-    """Labels given as data are known at compile time: check their values where a wrong
-    value would otherwise give a silently meaningless loss (float labels truncated to a
-    class index, an index past the last class: NaN at run time)."""
+def _check_calls(st: CompileState, e: ir.Expr, env: dict, sample: dict) -> None:
+    """Run the compile-time checks stdlib functions registered (``check=``) on each call in ``e``.
+    Arguments given as data are known here: a wrong value (labels that are not class indices,
+    say) would otherwise give a silently meaningless loss or NaN at run time."""
     for c in ir.walk(e):
-        if not (isinstance(c, ir.Call) and c.func in _LABELED and len(c.args) == 2):
+        fn = lookup(c.func) if isinstance(c, ir.Call) else None
+        if fn is None or fn.check is None:
             continue
-        logits, labels = c.args
-        if not (ir.free_names(labels) <= st.data.keys()):
-            continue
-        # evaluated as the lower problem sees them: per sample, each sample's own labels
-        if ir.free_names(labels) & st.per_sample:
-            ys = [np.asarray(Evaluator(one_sample(st, i))(labels)) for i in range(st.n_samples)]
-        else:
-            ys = [np.asarray(Evaluator(st.data)(labels))]
-        y = np.concatenate([a.ravel() for a in ys])
-        if y.size == 0 or y.dtype == bool:
-            continue
-        if c.func == "cross_entropy":
-            z = eval_abstract(logits, env, concrete=sample)   # the logits' shape: the classes
-            for yi in ys:
-                bad = class_label_problem(yi, tuple(z.shape), ir.show(labels))
-                if bad is not None:
-                    raise BilError(bad[0], labels.span, bad[1])
-        elif not np.all((y == 0) | (y == 1)):
-            raise BilError(f"logistic_loss expects 0/1 labels, but `{ir.show(labels)}` has other values",
-                           labels.span, "binary labels are 0 or 1 (dataset(\"breast_cancer\") gives them)")
+        exprs = [*c.args, *(k.value for k in c.kwargs)]
+        known = [ir.free_names(x) <= st.data.keys() for x in exprs]
+        # evaluated as the lower problem sees them: per sample, once for each sample
+        per = any(k and ir.free_names(x) & st.per_sample for k, x in zip(known, exprs))
+
+        @functools.cache   # one abstract evaluation per argument, shared by the samples
+        def shape(i: int) -> tuple:
+            return tuple(eval_abstract(exprs[i], env, concrete=sample).shape)
+
+        for data in ([one_sample(st, i) for i in range(st.n_samples)] if per else [st.data]):
+            value = Evaluator(data)
+            args = [CallArg(ir.show(x), functools.partial(shape, i), functools.partial(value, x) if k else None)
+                    for i, (x, k) in enumerate(zip(exprs, known))]
+            with reporting_errors(c, fn):
+                fn.check(*args[:len(c.args)], **{k.name: a for k, a in zip(c.kwargs, args[len(c.args):])})
