@@ -142,3 +142,15 @@ def test_rules_of_the_builtin_functions():
     for name, rule in [("sum", rules.linear), ("sumsq", rules.square), ("mse", rules.squared_difference),
                        ("dot", rules.bilinear), ("conv2d", rules.bilinear), ("where", rules.select)]:
         assert REGISTRY[name].degree is rule
+
+
+def test_a_latex_rule_may_be_a_callable_of_the_printed_arguments(scratch_registry):
+    @registry.register("pair_dist", latex=lambda a: rf"d\left({a[0]}, {a[1]}\right)" if len(a) == 2 else None)
+    def pair_dist(a, b):
+        """Distance between a and b."""
+        return jnp.sqrt(jnp.sum(jnp.square(a - b)))
+
+    two = _call("pair_dist", X, ir.Binary(None, "+", ir.Name(None, "y"), ir.Num(None, 1)))
+    assert latex(two) == r"d\left(x, y + 1\right)"
+    assert latex(_call("pair_dist", X)) == r"\operatorname{pair\_dist}\left(x\right)"   # None: the default
+    assert degree(two, {"x"}) is None   # no degree rule: not polynomial
