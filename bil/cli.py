@@ -29,6 +29,7 @@ import bil
 from bil.compiler import ir
 from bil.compiler.errors import BilError, BilInternalError, BilRuntimeError
 from bil.compiler.limits import limited
+from bil.runtime.outer.stops import RESUMABLE, Stop
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERNAL = 0, 2, 3
 #: `bil run` stopped on a failed solve (results up to the last good point are written)
@@ -233,7 +234,7 @@ def _gradcheck(args: argparse.Namespace) -> int:
 _RESUME_FREE_KEYS = frozenset({"solve.outer.max_iter", "solve.outer.steps", "solve.outer.budget",
                                "solve.checkpoint_every"})   # (how often it saves: no effect on results)
 #: stop reasons after which --resume continues the run (with raised limits); any other stop is final
-from bil.runtime.outer.stops import RESUMABLE as _RESUMABLE_STOPS, Stop  # noqa: E402  (no JAX)
+_RESUMABLE_STOPS = RESUMABLE
 #: hidden, for tests: seconds to sleep after each outer iteration (so a kill lands mid-run)
 _SLEEP_ENV = "BIL_TEST_SLEEP_PER_ITER"
 

@@ -87,18 +87,18 @@ class MaidOptions:
     def check(self) -> None:
         if not (0 < self.rho < 1 and 0 < self.nu < 1):
             raise ValueError("maid: rho and nu must lie in (0, 1)")
-        for name, allowed in (("omega", OMEGA_MODES), ("bracket", BRACKET_MODES)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"maid: {name} must be one of {', '.join(map(repr, allowed))}, "
-                                 f"not {getattr(self, name)!r}")
+        self._one_of("omega", OMEGA_MODES)
+        self._one_of("bracket", BRACKET_MODES)
         if not (self.safety > 0):
             raise ValueError("maid: safety must be > 0")
-        for name, allowed in (("direction", DIRECTIONS), ("h0", H0_MODES)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"maid: {name} must be one of {', '.join(map(repr, allowed))}, "
-                                 f"not {getattr(self, name)!r}")
+        self._one_of("direction", DIRECTIONS)
+        self._one_of("h0", H0_MODES)
         if self.direction == "lbfgs" and self.memory < 1:
             raise ValueError("maid: memory must be >= 1")
+
+    def _one_of(self, name: str, allowed: tuple) -> None:
+        if getattr(self, name) not in allowed:
+            raise ValueError(f"maid: {name} must be one of {', '.join(map(repr, allowed))}, not {getattr(self, name)!r}")
 
     @property
     def refresh_dist(self) -> float:
