@@ -16,6 +16,7 @@ import dataclasses
 import math
 
 from bil.runtime.oracles import AbstractOracles
+# (the pure pieces of each concern are re-exported here: MAID's public vocabulary in one import)
 from bil.runtime.outer.accuracy import (MAX_RETRIES, after_failed_round, tighten_dominant, tighten_until,  # noqa: F401
                                         update_accuracies)
 from bil.runtime.outer.bracket import (BRACKET_MODES, adjoint_bracket, bounds_upper_lower,  # noqa: F401
