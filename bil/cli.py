@@ -29,6 +29,7 @@ import bil
 from bil.compiler import ir
 from bil.compiler.errors import BilError, BilInternalError, BilRuntimeError
 from bil.compiler.limits import limited
+from bil.runtime.outer.stops import RESUMABLE, Stop
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERNAL = 0, 2, 3
 #: `bil run` stopped on a failed solve (results up to the last good point are written)
@@ -233,8 +234,7 @@ def _gradcheck(args: argparse.Namespace) -> int:
 _RESUME_FREE_KEYS = frozenset({"solve.outer.max_iter", "solve.outer.steps", "solve.outer.budget",
                                "solve.checkpoint_every"})   # (how often it saves: no effect on results)
 #: stop reasons after which --resume continues the run (with raised limits); any other stop is final
-#: (bil.runtime.outer.history.RESUMABLE_STOPS, not imported: the CLI loads JAX only when it runs)
-_RESUMABLE_STOPS = frozenset({"max_iter reached", "budget exhausted", "stopped by callback"})
+_RESUMABLE_STOPS = RESUMABLE
 #: hidden, for tests: seconds to sleep after each outer iteration (so a kill lands mid-run)
 _SLEEP_ENV = "BIL_TEST_SLEEP_PER_ITER"
 
@@ -281,10 +281,10 @@ def _limit_reached(program, state: dict, meta: dict) -> tuple[str, str] | None:
     done = int(state.get("iteration", meta.get("iteration") or 0))
     limit = kw.get("max_iter", kw.get("steps"))
     if limit is not None and done >= int(limit):
-        return f"{done} iterations (limit {int(limit)})", "max_iter reached"
+        return f"{done} iterations (limit {int(limit)})", Stop.MAX_ITER.value
     cost = int(state.get("lower_iters_total", 0)) + int(state.get("cg_iters_total", 0))
     if kw.get("budget") is not None and cost >= int(kw["budget"]):
-        return f"{cost} lower + CG iterations (budget {int(kw['budget'])})", "budget exhausted"
+        return f"{cost} lower + CG iterations (budget {int(kw['budget'])})", Stop.BUDGET.value
     return None
 
 

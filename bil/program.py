@@ -296,6 +296,8 @@ class Program:
         the result a user reads is the upper objective at the lower solution.  Where that
         solve fails (or for a training procedure, whose result is its last step) the run's
         own values are kept."""
+        from bil.runtime.outer.stops import Status
+
         upper, x = float(res.upper), res.x
         eng = self.engine
         if self.state.is_train or not np.isfinite(upper):
@@ -304,44 +306,35 @@ class Program:
         tol = max(float(self.state.options["lower"]["tol"]), eng.mu() * eng.accuracy_floor(res.u, res.x)[0])
         v = eng.value(res.u, res.x, tol / eng.mu())
         f, status = float(v.f), int(v.lower_status)
-        if status == 0 and np.isfinite(f):
+        if status == Status.OK and np.isfinite(f):
             return f, v.x
         return upper, x
-
-    #: outer-loop stop reasons that are failed solves -> (lower status, CG status) for Engine.failure
-    _FAILED_STOPS = {
-        "lower solve produced non-finite values": (2, 0),
-        "lower solve hit its iteration cap": (1, 0),
-        "adjoint solve produced non-finite values": (0, 2),
-        "adjoint solve failed: lower Hessian not positive definite": (0, 3),
-        "CG hit its iteration cap": (0, 1),
-    }
 
     def _failure(self, reason: str, prefix: str = "the run stopped: ", hypers: dict | None = None):
         """The spec-located error for an outer loop that stopped on a failed solve, else None;
         its message names the (user-coordinate) ``hypers`` at which the solve failed, if given."""
+        from bil.runtime.outer.stops import Stop
+
+        stop = Stop.of(reason)
+        if stop is None or not stop.failed:
+            return None
         if hypers:
             from bil.runtime.outer.floor import hypers_text
 
             prefix = f"{prefix.rstrip(': ')} at {hypers_text(hypers)}: "
-        if reason == "non-finite hypergradient":
+        if stop is Stop.NONFINITE_HYPERGRAD:
             # the lower solve was finite (that stop has its own reason): the upper objective,
             # or its gradient, is not finite at the lower solution
             return BilRuntimeError(
                 f"{prefix}the upper objective or its gradient is NaN or Inf at the lower solution",
-                self.engine.low.upper_span,
-                "check the upper objective's domain (log/sqrt of non-positive values, division by 0) over the "
-                "values the lower variables and the hypers take")
-        if reason.startswith("invalid strong-convexity estimate"):
+                self.engine.low.upper_span, stop.hint)
+        if stop is Stop.INVALID_MU:
             # MAID's certificates (‖x̃ − x*‖ ≤ ε from ‖∇ₓg‖ ≤ μ·ε) need μ > 0
             return BilRuntimeError(
                 f"{prefix}the lower objective is not strongly convex there ({reason.split(' ', 3)[-1]}), "
-                "which MAID's accuracy certificates need", self.engine.low.lower_span,
-                "add a strongly convex term (e.g. `+ 1e-3 * sumsq(x)`), or use `outer: hoag(...)`")
-        if reason not in self._FAILED_STOPS:
-            return None
-        lower_status, cg_status = self._FAILED_STOPS[reason]
-        err = self.engine.failure(lower_status, cg_status=cg_status)
+                "which MAID's accuracy certificates need", self.engine.low.lower_span, stop.hint)
+        lower_status, cg_status = stop.statuses
+        err = self.engine.failure(int(lower_status), cg_status=int(cg_status))
         return BilRuntimeError(f"{prefix}{err.message}", err.span, err.hint)
 
 

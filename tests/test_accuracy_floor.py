@@ -108,7 +108,7 @@ class EndlessRounds(QuadraticOracles):
 def test_maid_bounds_fruitless_rounds_in_one_iteration():
     """Rounds that never certify a decrease used to repeat (one more trial each) until ε hit
     1e-14; now at most _MAX_RETRIES rounds, then a floor stop at the point it has."""
-    from bil.runtime.outer.maid import _MAX_RETRIES
+    from bil.runtime.outer.accuracy import MAX_RETRIES as _MAX_RETRIES
 
     o = EndlessRounds()
     r = run_outer(o, "maid", dict(max_iter=3, screen=False, bracket="value", eps_min=1e-300, delta_min=1e-300))

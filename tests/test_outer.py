@@ -18,7 +18,8 @@ from bil.runtime.outer import FIELDS, OuterResult, outer_options, run_outer  # n
 from bil.runtime.outer.history import hyper_fields, make_record  # noqa: E402
 from bil.runtime.outer.floor import is_floor_stop  # noqa: E402
 from bil.runtime.outer.hoag import first_L, schedule_eps, step_control  # noqa: E402
-from bil.runtime.outer.maid import (RunningConstants, SecantConstants, _nearest_start,  # noqa: E402
+from bil.runtime.outer.search import nearest_start as _nearest_start  # noqa: E402
+from bil.runtime.outer.maid import (RunningConstants, SecantConstants,  # noqa: E402
                                     curvature_pair_ok, direction_certified, lbfgs_direction, screening_accuracy,
                                     diagonal_scaling, cubic_extrapolation, secant_extrapolation, cubic_limit, cap_along,
                                     adjoint_bracket, bound_terms, bounds_upper_lower, descent_test, error_bound,
@@ -991,10 +992,11 @@ def test_maid_two_penalties_from_a_plateau_converges_and_resumes_bit_identically
     length all take part (spied), and the run still gets to the optimum (a fixed unexplored
     length "no longer than the newest step" stalled on this plateau for 100 iterations).
     The state carries them: a resumed run is bit-identical."""
-    import bil.runtime.outer.maid as maid_mod
+    import bil.runtime.outer.direction as direction_mod
+    import bil.runtime.outer.search as search_mod
 
     used = {"cap": 0, "expand": 0}
-    cap0, dir0 = maid_mod.cap_along, maid_mod.lbfgs_direction
+    cap0, dir0 = search_mod.cap_along, direction_mod.lbfgs_direction
 
     def cap_spy(d, alpha, s, limit):
         out = cap0(d, alpha, s, limit)
@@ -1006,8 +1008,8 @@ def test_maid_two_penalties_from_a_plateau_converges_and_resumes_bit_identically
         used["expand"] += bool(expanded and expanded[0])
         return out
 
-    monkeypatch.setattr(maid_mod, "cap_along", cap_spy)
-    monkeypatch.setattr(maid_mod, "lbfgs_direction", dir_spy)
+    monkeypatch.setattr(search_mod, "cap_along", cap_spy)
+    monkeypatch.setattr(direction_mod, "lbfgs_direction", dir_spy)
     opts = dict(tol=1e-8, max_iter=100)
     eng = bil.compile(TWO_PENALTIES.replace("START", "1e-4")).engine
     saved: dict = {}

@@ -12,6 +12,7 @@ import numpy as np
 import optax.tree_utils as otu
 
 from bil.compiler.errors import BilRuntimeError
+from bil.runtime.outer.stops import Stop
 
 
 
@@ -140,7 +141,7 @@ def gradcheck(prog, hypers=None, *, tol: float = 1e-5, solve_tol: float = 1e-11,
     f_ref, ref = prog.value_and_hypergrad(base, tol=solve_tol, method=methods[key])
     if not (np.isfinite(f_ref) and all(np.all(np.isfinite(np.asarray(v))) for v in ref.values())):
         # a comparison of NaNs would only say MISMATCH; say what is wrong, at the upper objective
-        raise prog._failure("non-finite hypergradient", prefix="")
+        raise prog._failure(Stop.NONFINITE_HYPERGRAD, prefix="")
     full = {}
     for m, meth in methods.items():
         if m == key:
@@ -171,7 +172,7 @@ def gradcheck(prog, hypers=None, *, tol: float = 1e-5, solve_tol: float = 1e-11,
         noise.append(10 * eps * max(abs(vals[0]), abs(vals[1])) / width)
     fd, noise = np.array(fd), np.array(noise)
     if not np.all(np.isfinite(fd)):
-        raise prog._failure("non-finite hypergradient", prefix="")
+        raise prog._failure(Stop.NONFINITE_HYPERGRAD, prefix="")
     label = [n + (f"[{', '.join(map(str, idx))}]" if idx else "") for n, idx in picked]
     grads = {m: np.array([float(np.asarray(g[n])[idx]) for n, idx in picked]) for m, g in full.items()}
     grads["finite-diff"] = fd

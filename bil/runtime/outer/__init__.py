@@ -16,19 +16,28 @@
 
 The loops run on the host and make one jitted oracle call at a time; the
 oracles' accuracies are traced, so nothing recompiles across iterations.
-History fields and the state layout: :mod:`bil.runtime.outer.history`.
+History fields and the state layout: :mod:`bil.runtime.outer.history`; the loop protocol and
+the one driver that runs every method: :mod:`bil.runtime.outer.driver`.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-from bil.runtime.oracles import AbstractOracles
-from bil.runtime.outer.history import FIELDS, OuterResult, finished_result, hyper_fields, make_record
-
-__all__ = ["run_outer", "OuterResult", "METHODS", "FIELDS", "hyper_fields", "make_record", "outer_options"]
+__all__ = ["run_outer", "OuterResult", "METHODS", "FIELDS", "hyper_fields", "make_record", "outer_options",
+           "make_loop"]
 
 METHODS = ("maid", "hoag", "gd", "adam")
+#: loaded on first use, so that ``bil.runtime.outer.stops`` imports without JAX (the CLI's need)
+_LAZY = {"OuterResult": "history", "FIELDS": "history", "hyper_fields": "history", "make_record": "history"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"bil.runtime.outer.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def outer_options(method: str, options: dict | None) -> dict:
@@ -46,24 +55,32 @@ def outer_options(method: str, options: dict | None) -> dict:
     return dict(bound.arguments)
 
 
-def run_outer(oracles: AbstractOracles, method: str, options: dict | None = None, *,
+def make_loop(oracles, method: str, opts: dict):
+    """The outer loop of ``method`` with the full options ``opts`` (:func:`outer_options`)."""
+    if method == "maid":
+        from bil.runtime.outer.maid import Maid
+
+        return Maid.from_options(oracles, opts)
+    if method == "hoag":
+        from bil.runtime.outer.hoag import Hoag
+
+        return Hoag.from_options(oracles, opts)
+    from bil.runtime.outer.plain import Plain
+
+    return Plain.from_options(oracles, method, opts)
+
+
+def run_outer(oracles, method: str, options: dict | None = None, *,
               callback: Callable[[dict, dict], bool | None] | None = None,
-              state: dict | None = None) -> OuterResult:
+              state: dict | None = None):
     """Run the outer method ``method`` on ``oracles`` (see the module docstring)."""
+    from bil.runtime.outer.driver import drive
+    from bil.runtime.outer.history import finished_result
+
     opts = outer_options(method, options)
     if state is not None and state.get("stop") is not None:
         # the run had stopped for good (converged, a failed solve) when this state was saved
         if str(state.get("method", method)) != method:
             raise ValueError(f"resume state belongs to outer method {state.get('method')!r}, not {method!r}")
         return finished_result(oracles, state)
-    if method == "maid":
-        from bil.runtime.outer.maid import run_maid
-
-        return run_maid(oracles, opts, callback=callback, state=state)
-    if method == "hoag":
-        from bil.runtime.outer.hoag import run_hoag
-
-        return run_hoag(oracles, opts, callback=callback, state=state)
-    from bil.runtime.outer.plain import run_plain
-
-    return run_plain(oracles, method, opts, callback=callback, state=state)
+    return drive(make_loop(oracles, method, opts), callback, state)

@@ -20,6 +20,8 @@ import math
 import jax
 import numpy as np
 
+from bil.runtime.outer.stops import Stop
+
 __all__ = ["AUTO", "ROUNDOFF_UNITS", "FLOOR_PREFIX", "floor_reason", "is_floor_stop", "machine_eps",
            "auto_floors", "resolve_floors", "hypers_text"]
 
@@ -29,7 +31,7 @@ AUTO = "auto"
 #: compilation in every run; the factor stands in for the conditioning.  float32's includes
 #: ‖H‖·‖x‖/μ, and one unit is used there.)
 ROUNDOFF_UNITS = 100.0
-FLOOR_PREFIX = "accuracy floor reached"
+FLOOR_PREFIX = Stop.FLOOR.value
 
 
 def floor_reason(eps: float, why: str) -> str:
@@ -38,7 +40,7 @@ def floor_reason(eps: float, why: str) -> str:
 
 
 def is_floor_stop(reason: str | None) -> bool:
-    return reason is not None and str(reason).startswith(FLOOR_PREFIX)
+    return Stop.of(reason) is Stop.FLOOR
 
 
 def machine_eps(tree) -> float:

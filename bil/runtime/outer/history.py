@@ -47,17 +47,17 @@ columns ``"history/FIELD"`` with the field order in ``"history_fields"``.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
 
-from bil.runtime.oracles import BUDGET
+from bil.runtime.outer.stops import RESUMABLE, Stop
 
 __all__ = ["FIELDS", "INT_FIELDS", "MAX_FLAT_HYPER", "OuterResult", "hyper_fields", "make_record",
-           "Tracker", "pack_tree", "unpack_tree", "to_host", "tree_norm", "is_finite_tree"]
+           "pack_tree", "unpack_tree", "to_host", "tree_norm", "is_finite_tree", "history_columns",
+           "history_from_state", "finished_result", "RESUMABLE_STOPS"]
 
 FIELDS = ("iter", "upper", "grad_norm", "omega", "eps", "delta", "step", "backtracks",
           "lower_iters", "cg_iters", "lower_iters_total", "cg_iters_total", "wall_s")
@@ -147,32 +147,6 @@ def arithmetic_floor(oracles, u, x=None) -> tuple[float, float]:
     return oracles.accuracy_floor(u, oracles.init_lower(u) if x is None else x)
 
 
-def hypergrad_step(oracles, tr: "Tracker", u, x, q, eps: float, delta: float):
-    """One hypergradient call, capped by the remaining budget, whose iterations are
-    spent on ``tr``.
-
-    Returns ``(hg, f, z, why)``: the oracle's result, f(x̃) as a float, z on the
-    host, and None, or why the loop must stop without using this result
-    ("budget exhausted" when the budget cut a solve short, "lower solve
-    produced non-finite values", "non-finite hypergradient": the upper value
-    or z; a lower or CG solve that hit its iteration cap: z is not at the accuracy asked for)."""
-    hg = oracles.hypergrad(u, x, q, eps, delta, cap=tr.remaining())
-    f, li, ci, ls, cs = jax.device_get((hg.f, hg.lower_iters, hg.cg_iters, hg.lower_status, hg.cg_status))
-    tr.spend(int(li), int(ci), ls, cs)
-    f = float(f)
-    z = to_host(hg.z)
-    if tr.cut:
-        return hg, f, z, "budget exhausted"
-    if int(ls) == 2:
-        return hg, f, z, "lower solve produced non-finite values"
-    if int(ls) == 1:
-        return hg, f, z, "lower solve hit its iteration cap"
-    if int(cs) == 1:
-        return hg, f, z, "CG hit its iteration cap"
-    ok = math.isfinite(f) and is_finite_tree(z)
-    return hg, f, z, None if ok else "non-finite hypergradient"
-
-
 def pack_tree(prefix: str, tree, out: dict) -> None:
     """Store a pytree's leaves as ``out["prefix/i"]`` (NumPy copies)."""
     for i, leaf in enumerate(jax.tree.leaves(jax.device_get(tree))):
@@ -192,141 +166,29 @@ def unpack_tree(prefix: str, state: dict, like):
 
 
 #: stop reasons a resumed run continues from (a raised limit, a callback that said stop)
-RESUMABLE_STOPS = frozenset({"max_iter reached", "budget exhausted", "stopped by callback"})
+RESUMABLE_STOPS = RESUMABLE
 
 
 def finished_result(oracles, state: dict, reason: str | None = None) -> "OuterResult":
     """The result a run ended with, rebuilt from its resumable ``state`` without running an
-    iteration: a state that records a final stop (converged, failed; :attr:`Tracker.stop`), or
+    iteration: a state that records a final stop (converged, failed; :attr:`bil.runtime.outer.driver.Tracker.stop`), or
     any state with the stop ``reason`` given."""
     u, x, q = unpack_iterates(state, oracles, host_copy(oracles.u0))
-    history = _history_from_state(state)
+    history = history_from_state(state)
     reason = str(state["stop"] if reason is None else reason)
     upper = float(history[-1]["upper"]) if history else float(state.get("upper", math.nan))
     return OuterResult(u=u, hypers=oracles.to_user(u), x=x, q=q, upper=upper, history=history,
-                       converged=reason == "gradient norm below tol", reason=reason, state=dict(state))
+                       converged=reason == Stop.CONVERGED, reason=reason, state=dict(state))
 
 
-# ----------------------------------------------------------------- tracker
-class Tracker:
-    """Counters, wall time, history and the callback protocol of one run."""
-
-    def __init__(self, method: str, budget, callback: Callable | None, state: dict | None):
-        self.method = method
-        self.budget = None if budget is None else float(budget)
-        self.callback = callback
-        self.lower_total = 0
-        self.cg_total = 0
-        self.iteration = 0
-        self.wall_prev = 0.0
-        self.history: list[dict] = []
-        #: the final stop reason, set by the outer loop before its last record's callback so that
-        #: the state saved there says the run is over (a resume then runs nothing)
-        self.stop: str | None = None
-        if state is not None:
-            got = str(state.get("method", ""))
-            if got != method:
-                raise ValueError(f"resume state belongs to outer method {got!r}, not {method!r}")
-            self.lower_total = int(state["lower_iters_total"])
-            self.cg_total = int(state["cg_iters_total"])
-            self.iteration = int(state["iteration"])
-            self.wall_prev = float(state["wall_s"])
-            self.history = _history_from_state(state)
-        self._t0 = time.perf_counter()
-        self._excluded = 0.0          # time spent in callbacks / state building
-        self.in_iteration = False
-        self.cut = False              # an oracle call was stopped by the budget
-        self.it_lower = 0
-        self.it_cg = 0
-
-    # -- cost accounting
-    def begin(self) -> None:
-        """Start an outer iteration (idempotent until the next :meth:`emit`)."""
-        if not self.in_iteration:
-            self.in_iteration = True
-            self.it_lower = 0
-            self.it_cg = 0
-
-    def spend(self, lower: int, cg: int = 0, *statuses) -> None:
-        """Count an oracle call's iterations; ``statuses`` are its lower/CG statuses:
-        one that says the budget cut the call short ends the run (:meth:`exhausted`)."""
-        self.begin()
-        if any(int(s) == BUDGET for s in statuses):
-            self.cut = True
-        self.it_lower += int(lower)
-        self.it_cg += int(cg)
-        self.lower_total += int(lower)
-        self.cg_total += int(cg)
-
-    @property
-    def spent_this_iteration(self) -> bool:
-        return self.in_iteration
-
-    def remaining(self) -> int | None:
-        """Lower + CG iterations left in the budget (the ``cap`` of the next oracle
-        call, so that a run never spends more than its budget); None without one."""
-        if self.budget is None:
-            return None
-        return max(0, int(math.floor(self.budget)) - self.lower_total - self.cg_total)
-
-    def exhausted(self) -> bool:
-        """True when the total lower + CG iterations reached the budget, or the
-        budget cut an oracle call short (what is left is less than one iteration
-        per sample)."""
-        return self.cut or (self.budget is not None and self.lower_total + self.cg_total >= self.budget)
-
-    def limit_reason(self, max_iter: int) -> str | None:
-        """Why the loop must stop before another iteration (iteration cap, budget), else None."""
-        if self.iteration >= max_iter:
-            return "max_iter reached"
-        if self.exhausted():
-            return "budget exhausted"
-        return None
-
-    def wall(self) -> float:
-        return self.wall_prev + (time.perf_counter() - self._t0) - self._excluded
-
-    # -- records
-    def emit(self, *, upper, grad_norm, omega, eps, delta, step, backtracks, hypers) -> dict:
-        """Close the current iteration with a record and append it to the history."""
-        self.iteration += 1
-        rec = make_record(iter=self.iteration, upper=upper, grad_norm=grad_norm, omega=omega, eps=eps,
-                          delta=delta, step=step, backtracks=backtracks, lower_iters=self.it_lower,
-                          cg_iters=self.it_cg, lower_iters_total=self.lower_total,
-                          cg_iters_total=self.cg_total, wall_s=self.wall(), hypers=hypers)
-        self.history.append(rec)
-        self.in_iteration = False
-        self.it_lower = 0
-        self.it_cg = 0
-        return rec
-
-    def notify(self, record: dict, make_state: Callable[[], dict]) -> bool:
-        """Call the user's callback; True when it asks to stop."""
-        if self.callback is None:
-            return False
-        t = time.perf_counter()
-        try:
-            return bool(self.callback(record, make_state()))
-        finally:
-            self._excluded += time.perf_counter() - t
-
-    # -- state
-    def common_state(self) -> dict:
-        st: dict[str, Any] = {
-            "method": self.method,
-            "iteration": int(self.iteration),
-            "lower_iters_total": int(self.lower_total),
-            "cg_iters_total": int(self.cg_total),
-            "wall_s": float(self.wall()),
-        }
-        if self.stop is not None and self.stop not in RESUMABLE_STOPS:
-            st["stop"] = self.stop
-        names = list(self.history[0]) if self.history else []
-        st["history_fields"] = np.array(names, dtype=str)
-        for name in names:
-            dtype = np.int64 if name in INT_FIELDS else np.float64
-            st[f"history/{name}"] = np.array([rec[name] for rec in self.history], dtype=dtype)
-        return st
+def history_columns(history: list[dict]) -> dict:
+    """The history as state entries: ``history_fields`` and one column ``history/FIELD`` each."""
+    names = list(history[0]) if history else []
+    st: dict[str, Any] = {"history_fields": np.array(names, dtype=str)}
+    for name in names:
+        dtype = np.int64 if name in INT_FIELDS else np.float64
+        st[f"history/{name}"] = np.array([rec[name] for rec in history], dtype=dtype)
+    return st
 
 
 def pack_iterates(st: dict, u, x, q) -> None:
@@ -350,7 +212,8 @@ def unpack_iterates(state: dict, oracles, u0):
     return u, x, q
 
 
-def _history_from_state(state: dict) -> list[dict]:
+def history_from_state(state: dict) -> list[dict]:
+    """The records stored by :func:`history_columns`."""
     names = [str(n) for n in np.asarray(state.get("history_fields", np.array([], dtype=str))).ravel()]
     if not names:
         return []

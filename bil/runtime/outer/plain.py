@@ -1,33 +1,26 @@
-"""Plain outer optimisers: ``gd`` (optax.sgd) and ``adam`` (optax.adam).
+"""Plain outer optimisers: ``gd`` (optax.sgd) and ``adam`` (optax.adam) on the driver.
 
-They run on the hypergradient z in unconstrained coordinates, computed at the
-fixed accuracy eps = delta = ``tol`` (absolute, as the oracles define it), for
-``steps`` iterations (or until ``budget`` lower + CG iterations are spent).
-Lower solves and CG are warm-started from the previous iterate and adjoint.
-
-Iteration k: u_k = u_{k−1} + optax update of z_{k−1}; hypergradient at u_k;
-record k (``upper`` = f(u_k), ``grad_norm`` = ‖z_k‖, ``omega`` = NaN,
-``eps`` = ``delta`` = tol, ``step`` = lr).  The evaluation at u₀ is counted in
-record 1.  There is no gradient-norm test: ``tol`` is the accuracy here.  A
-lower or CG solve that hits its iteration cap stops the run with that reason
-(and a diagnostic at the ``lower`` block): its z is not at the accuracy asked
-for, and stepping on (a learning rate that drives a penalty to 0, say) would
-only hide that.
+They step on the hypergradient z in unconstrained coordinates, computed at the fixed
+accuracy eps = delta = ``tol`` (never below what the arithmetic resolves), with warm-started
+lower solves and CG.  A capped solve stops the run: its z is not at the accuracy asked for.
+Records and iteration numbering: docs/ALGORITHMS.md, "gd and adam".
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import jax
 import optax
 
 from bil.runtime.oracles import AbstractOracles
-from bil.runtime.outer.history import (OuterResult, Tracker, arithmetic_floor, host_copy, hypergrad_step,
-                                       pack_iterates, pack_tree, start_iterates, to_host, tree_axpy, tree_norm,
-                                       unpack_iterates, unpack_tree)
+from bil.runtime.outer.driver import Tracker, hypergrad_step, pytree_state
+from bil.runtime.outer.history import (OuterResult, arithmetic_floor, host_copy, pack_iterates, pack_tree,
+                                       start_iterates, to_host, tree_axpy, tree_norm, unpack_iterates, unpack_tree)
 
-__all__ = ["make_optimizer", "run_plain"]
+__all__ = ["make_optimizer", "PlainState", "Plain"]
 
 
 def make_optimizer(method: str, lr: float) -> optax.GradientTransformation:
@@ -38,68 +31,77 @@ def make_optimizer(method: str, lr: float) -> optax.GradientTransformation:
     raise ValueError(f"unknown plain outer method {method!r}")
 
 
-def run_plain(oracles: AbstractOracles, method: str, o: dict, *, callback=None, state=None) -> OuterResult:
-    """gd / adam on ``oracles`` with options ``o`` (the full ``gd(...)``/``adam(...)`` dict)."""
-    lr, steps, acc = float(o["lr"]), int(o["steps"]), float(o["tol"])
-    u0 = host_copy(oracles.u0)
-    oracles.set_strong_convexity(None)   # θ₀'s μ, whatever ran before on these oracles
-    # never below what the arithmetic resolves (float32 especially)
-    floor_eps, floor_delta = arithmetic_floor(oracles, u0)
-    eps, delta = max(acc, floor_eps), max(acc, floor_delta)
-    if oracles.exact:
-        eps = delta = 0.0   # a training procedure: nothing to be accurate to (recorded as 0, not `tol`)
-    opt = make_optimizer(method, lr)
-    update = jax.jit(opt.update)
+@pytree_state
+@dataclasses.dataclass
+class PlainState:
+    u: Any             # hypers, unconstrained coordinates
+    x: Any             # lower iterate at u
+    q: Any             # adjoint at u
+    z: Any             # hypergradient at u (the next step's)
+    opt: Any           # the optax state
+    f: float           # upper value at u
 
-    tr = Tracker(method, o.get("budget"), callback, state)
-    reason = None
 
-    if state is None:
-        u, x, q = start_iterates(oracles, u0)
+class Plain:
+    """gd / adam: ``u ← u + optax update(z)`` and a hypergradient at the new point per iteration."""
+
+    def __init__(self, oracles: AbstractOracles, name: str, lr: float, max_iter: int, tol: float, budget=None):
+        self.oracles, self.name, self.lr, self.max_iter, self.tol = oracles, name, lr, max_iter, tol
+        self.budget = budget
+        self.opt = make_optimizer(name, lr)
+        self.update = jax.jit(self.opt.update)
+
+    @classmethod
+    def from_options(cls, oracles: AbstractOracles, name: str, o: dict) -> "Plain":
+        """The loop for the full ``gd(...)``/``adam(...)`` options (``max_iter``, or ``steps``)."""
+        limit = o["max_iter"] if "max_iter" in o else o["steps"]
+        return cls(oracles, name, float(o["lr"]), int(limit), float(o["tol"]), o.get("budget"))
+
+    def _setup(self) -> None:
+        self.u0 = host_copy(self.oracles.u0)
+        self.oracles.set_strong_convexity(None)   # θ₀'s μ, whatever ran before on these oracles
+        floor_eps, floor_delta = arithmetic_floor(self.oracles, self.u0)
+        self.eps, self.delta = max(self.tol, floor_eps), max(self.tol, floor_delta)
+        if self.oracles.exact:
+            self.eps = self.delta = 0.0   # a training procedure: nothing to be accurate to (recorded as 0)
+
+    def init(self, tr: Tracker):
+        self._setup()
+        u, x, q = start_iterates(self.oracles, self.u0)
         tr.begin()
-        hg, f, z, reason = hypergrad_step(oracles, tr, u, x, q, eps, delta)
-        x, q = hg.x, hg.q
+        hg, f, z, reason = hypergrad_step(self.oracles, tr, u, x, q, self.eps, self.delta)
         if reason is not None:
             f = math.nan  # no good point yet: a capped or cut-short solve's value is not F(θ₀)
-        opt_state = to_host(opt.init(u))
-    else:
-        u, x, q = unpack_iterates(state, oracles, u0)
-        z = unpack_tree("z", state, u0)
-        opt_state = unpack_tree("opt", state, opt.init(u0))
-        f = float(state["upper"])
+        return PlainState(u, hg.x, hg.q, z, to_host(self.opt.init(u)), f), reason
 
-    def make_state() -> dict:
-        st = tr.common_state()
-        pack_iterates(st, u, x, q)
-        pack_tree("z", z, st)
-        pack_tree("opt", opt_state, st)
-        st["upper"] = float(f)
+    def restore(self, tr: Tracker, saved: dict) -> PlainState:
+        self._setup()
+        u, x, q = unpack_iterates(saved, self.oracles, self.u0)
+        return PlainState(u, x, q, unpack_tree("z", saved, self.u0), unpack_tree("opt", saved, self.opt.init(self.u0)),
+                          float(saved["upper"]))
+
+    def step(self, s: PlainState, tr: Tracker):
+        tr.begin()
+        updates, opt = self.update(s.z, s.opt, s.u)
+        u = tree_axpy(s.u, -1.0, to_host(updates))
+        hg, f, z, why = hypergrad_step(self.oracles, tr, u, s.x, s.q, self.eps, self.delta)
+        if why is not None:  # no step from a cut-short, capped or non-finite solve
+            return s, None, why
+        s = PlainState(u, hg.x, hg.q, z, to_host(opt), f)
+        return s, {**self.stop_record(s), "step": self.lr}, None
+
+    def stop_record(self, s: PlainState) -> dict:
+        return dict(upper=s.f, grad_norm=tree_norm(s.z), omega=math.nan, eps=self.eps, delta=self.delta,
+                    step=0.0, backtracks=0, hypers=self.oracles.to_user(s.u))
+
+    def flatten(self, s: PlainState) -> dict:
+        st: dict = {}
+        pack_iterates(st, s.u, s.x, s.q)
+        pack_tree("z", s.z, st)
+        pack_tree("opt", s.opt, st)
+        st["upper"] = float(s.f)
         return st
 
-    while reason is None:
-        reason = tr.limit_reason(steps)
-        if reason is not None:
-            break
-        tr.begin()
-        updates, new_opt_state = update(z, opt_state, u)
-        updates = to_host(updates)
-        u_new = tree_axpy(u, -1.0, updates)
-        hg, fn, z_new, why = hypergrad_step(oracles, tr, u_new, x, q, eps, delta)
-        if why is not None:  # no step from a cut-short, capped or non-finite solve
-            reason = why
-            break
-        u, x, q, z, f = u_new, hg.x, hg.q, z_new, fn
-        opt_state = to_host(new_opt_state)
-        rec = tr.emit(upper=f, grad_norm=tree_norm(z), omega=math.nan, eps=eps, delta=delta, step=lr,
-                      backtracks=0, hypers=oracles.to_user(u))
-        if tr.notify(rec, make_state):
-            reason = "stopped by callback"
-
-    if tr.spent_this_iteration:  # work without a step (failure, or steps=0)
-        tr.stop = reason
-        rec = tr.emit(upper=f, grad_norm=tree_norm(z), omega=math.nan, eps=eps, delta=delta, step=0.0,
-                      backtracks=0, hypers=oracles.to_user(u))
-        tr.notify(rec, make_state)
-
-    return OuterResult(u=u, hypers=oracles.to_user(u), x=x, q=q, upper=f, history=tr.history,
-                       converged=False, reason=reason, state=make_state())
+    def result(self, s: PlainState, tr: Tracker, reason: str) -> OuterResult:
+        return OuterResult(u=s.u, hypers=self.oracles.to_user(s.u), x=s.x, q=s.q, upper=s.f, history=tr.history,
+                           converged=False, reason=reason)
