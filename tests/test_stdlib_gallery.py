@@ -159,3 +159,16 @@ def test_spec_errors_are_located(src, line, col, msg):
     with pytest.raises(bil.BilError) as e:
         bil.compile(src)
     assert msg in e.value.message and (e.value.line, e.value.column) == (line, col), str(e.value)
+
+
+def test_tasks_matches_documented_recipe():
+    """docs/LANGUAGE.md, Tasks: the NumPy recipe, written out."""
+    n, dim, shots, queries, spread, noise, family, seed = 3, 4, 2, 5, 0.7, 0.2, 9, 4
+    wbar = np.random.default_rng(family).standard_normal(dim)
+    rng = np.random.default_rng(seed)
+    w = wbar + spread * rng.standard_normal((n, dim))
+    X = rng.standard_normal((n, shots + queries, dim))
+    y = np.einsum("tpd,td->tp", X, w) + noise * rng.standard_normal((n, shots + queries))
+    got = fn("tasks")(n, dim, shots=shots, queries=queries, spread=spread, noise=noise, family=family, seed=seed)
+    for a, b in zip(got, (X[:, :shots], y[:, :shots], X[:, shots:], y[:, shots:])):
+        assert np.array_equal(a, b)
