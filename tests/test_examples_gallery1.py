@@ -149,6 +149,6 @@ def test_full_example_against_its_baseline(name):
     res = prog.run()
     assert res.error is None
     data = G.spec_data(name)
-    got = globals()["G"].__dict__[f"outcome_{name}"](data, res.hypers, res.lower)[got_key]
-    base = G.__dict__[f"baseline_{name}"](data)[base_key]
+    got = getattr(G, f"outcome_{name}")(data, res.hypers, res.lower)[got_key]
+    base = getattr(G, f"baseline_{name}")(data)[base_key]
     assert (got > base) if larger else (got < base), (got, base)
