@@ -172,3 +172,14 @@ def test_tasks_matches_documented_recipe():
     got = fn("tasks")(n, dim, shots=shots, queries=queries, spread=spread, noise=noise, family=family, seed=seed)
     for a, b in zip(got, (X[:, :shots], y[:, :shots], X[:, shots:], y[:, shots:])):
         assert np.array_equal(a, b)
+
+
+def test_dataset_linnerud_three_way_split_standardizes_its_three_targets():
+    """The one dataset with a matrix target: split in three, y standardized per column on train."""
+    import bil.stdlib.sources as S
+
+    Xtr, ytr, Xva, yva, Xte, yte = S.dataset("linnerud", split=(0.5, 0.25), seed=0, standardize=True)
+    assert [a.shape for a in (Xtr, ytr, Xva, yva, Xte, yte)] == [(10, 3)] * 2 + [(5, 3)] * 4
+    assert np.allclose(ytr.mean(axis=0), 0) and np.allclose(ytr.std(axis=0), 1)
+    with pytest.raises(StdlibError, match="class labels"):
+        S.dataset("linnerud", corrupt_labels=0.2)
