@@ -142,3 +142,4 @@ def _ensure_loaded() -> None:
     if not _loaded:
         _loaded = True
         from bil.stdlib import functions, sources, methods  # noqa: F401
+        from bil.stdlib import arrays, imaging, kernels, metrics, robust, tasks  # noqa: F401  (issue 17)

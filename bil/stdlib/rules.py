@@ -51,6 +51,11 @@ def bilinear(ds: Sequence[Deg]) -> Deg:
     return None if len(ds) != 2 or None in ds else ds[0] + ds[1]
 
 
+def joined(ds: Sequence[Deg]) -> Deg:
+    """Arguments placed side by side (``concat``, ``stack``): the largest degree."""
+    return None if not ds or None in ds else max(ds)
+
+
 def select(ds: Sequence[Deg]) -> Deg:
     """``where(c, a, b)``: the larger degree of ``a`` and ``b``, if the condition is constant."""
     if len(ds) != 3 or ds[0] != 0 or None in ds:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from bil.stdlib import rules
@@ -35,9 +34,11 @@ def tv(u, eps):
     return jnp.sum(jnp.sqrt(jnp.square(dx(u)) + jnp.square(dy(u)) + jnp.square(eps)))
 
 
-@register("conv2d", degree=rules.bilinear)
-def conv2d(x, kernels):
-    """Same-size 2-D correlation with zero padding: x [H, W], kernels [F, h, w] -> [F, H, W]."""
+@register("conv2d", static=("padding",), degree=rules.bilinear)
+def conv2d(x, kernels, padding="zero"):
+    """2-D correlation x [H, W], kernels [F, h, w] -> [F, H, W], same size with `padding` = "zero" (default), "reflect", "symmetric", "edge" or "wrap"; "valid" shrinks it."""
+    from bil.stdlib.imaging import correlate  # imaging imports this package's helpers
+
     x, k = jnp.asarray(x), jnp.asarray(kernels)
     if x.ndim != 2:
         raise _ndim_error("conv2d", "an image x of shape [H, W]", x, arg=0)
@@ -49,14 +50,6 @@ def conv2d(x, kernels):
     dtype = jnp.result_type(x, k)
     if not jnp.issubdtype(dtype, jnp.inexact):
         dtype = jnp.result_type(float)
-    h, w = k.shape[1:]
-    # Explicit padding so that out[f, i, j] = sum_ab x[i + a - (h-1)//2, j + b - (w-1)//2] k[f, a, b]
-    # (equal to "SAME" at stride 1, but stated here so the convention is visible).
-    pads = [((h - 1) // 2, h - 1 - (h - 1) // 2), ((w - 1) // 2, w - 1 - (w - 1) // 2)]
-    out = jax.lax.conv_general_dilated(
-        x.astype(dtype)[None, None],  # [N=1, C=1, H, W]
-        k.astype(dtype)[:, None],  # [O=F, I=1, h, w]
-        window_strides=(1, 1),
-        padding=pads,
-    )[0]
+    # out[f, i, j] = sum_ab x[i + a - (h-1)//2, j + b - (w-1)//2] k[f, a, b] ("SAME" at stride 1)
+    out = correlate(x.astype(dtype), k.astype(dtype), padding)
     return out[0] if single else out
