@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 import bil
-from bil.compiler import ir
-from bil.compiler.errors import BilError, BilInternalError, BilRuntimeError
+from bil.core import ir
+from bil.core.errors import BilError, BilInternalError, BilRuntimeError
 from bil.compiler.limits import limited
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERNAL = 0, 2, 3

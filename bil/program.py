@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bil.compiler.dump import dump_graph, dump_ir
-from bil.compiler.errors import BilError, BilRuntimeError, BilUsageError
+from bil.core.errors import BilError, BilRuntimeError, BilUsageError
 from bil.compiler.state import CompileState, Method
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bil.compiler.errors import BilError
+from bil.core.errors import BilError
 from bil.compiler.overrides import parse_assignment, valid_keys
 from bil.runtime import checkpoint
 from bil.runtime.outer.history import FIELDS

@@ -24,7 +24,7 @@ import numpy as np
 import numpy.lib.format as npformat
 import pytest
 
-from bil.compiler.errors import BilError
+from bil.core.errors import BilError
 from bil.runtime import outdir
 from bil.stdlib import limits
 

@@ -22,7 +22,7 @@ any function not listed) is degree 0 when none of its arguments depends on
 
 from __future__ import annotations
 
-from bil.compiler import ir
+from bil.core import ir
 
 #: stdlib calls linear in their first argument (the others must be constants)
 LINEAR = frozenset({"sum", "mean", "dx", "dy", "transpose", "reshape", "diag", "trace"})

@@ -6,7 +6,7 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 
-from bil.compiler import ir
+from bil.core import ir
 from bil.compiler.state import CompileState
 
 

@@ -21,9 +21,9 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from bil.compiler import ir
+from bil.core import ir
 from bil.compiler.evaluate import Evaluator
-from bil.compiler.source import Span
+from bil.core.source import Span
 from bil.compiler.state import CompileState, HyperInfo
 
 

@@ -13,7 +13,7 @@ import sympy as sp
 from sympy.printing.conventions import split_super_sub
 from sympy.printing.latex import LatexPrinter, translate
 
-from bil.compiler import ir
+from bil.core import ir
 
 
 def _sym(name: str) -> sp.Symbol:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax.tree_utils as otu
 
-from bil.compiler.errors import BilRuntimeError
+from bil.core.errors import BilRuntimeError
 from bil.compiler.lower import Lowered
 from bil.runtime import linear, quadratic, solvers, train
 from bil.runtime.oracles import BUDGET, AbstractOracles, Constants, HyperGrad, UpperValue

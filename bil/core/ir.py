@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Union
 
-from bil.compiler.source import Span
+from bil.core.source import Span
 
 _span = dict(repr=False, compare=False)
 _sspan = dict(default=None, repr=False, compare=False)
