@@ -11,21 +11,7 @@ import numpy as np
 import pytest
 
 from bil.run import RunError, RunRequest, run_spec
-
-SPEC = """\
-problem tiny_ridge
-data Xtr = load("data.npz", "Xtr")
-data ytr = load("data.npz", "ytr")
-data Xval = load("data.npz", "Xval")
-data yval = load("data.npz", "yval")
-hyper lam : positive = 1.0
-lower {
-    w : real[3] = 0
-    minimize 0.5 * sumsq(Xtr @ w - ytr) + 0.5 * lam * sumsq(w)
-}
-upper minimize 0.5 * mean((Xval @ w - yval)^2)
-solve { outer: maid(max_iter=2) }
-"""
+from test_cli_run import SPEC  # the tiny ridge problem of the CLI tests (maid, 6 iterations)
 
 
 @pytest.fixture
@@ -41,12 +27,13 @@ def spec(tmp_path):
 @pytest.mark.slow  # a whole run (compiles MAID's oracles, draws the plots); the CLI tests cover it by default
 def test_run_then_resume_with_nothing_left(spec, tmp_path, capsys):
     out = tmp_path / "out"
-    assert run_spec(RunRequest(str(spec), out=str(out), quiet=True)) is True
+    two = (("solve.outer.max_iter", "2"),)
+    assert run_spec(RunRequest(str(spec), two, out=str(out), quiet=True)) is True
     res = json.loads((out / "result.json").read_text())
     assert res["iterations"] == 2 and (out / "history.csv").is_file() and (out / "checkpoint.npz").is_file()
     capsys.readouterr()
     # the limit is reached: a resume writes nothing new and says so
-    assert run_spec(RunRequest(str(spec), out=str(out), resume=True, quiet=True)) is True
+    assert run_spec(RunRequest(str(spec), two, out=str(out), resume=True, quiet=True)) is True
     assert "has already done 2 iterations (limit 2)" in capsys.readouterr().err
 
 
