@@ -11,10 +11,9 @@ import jax as _jax
 # a spec's `precision: "float32"` casts its arrays for GPU runs.
 _jax.config.update("jax_enable_x64", True)
 
-__version__ = "0.1.0"
-
 from bil.api import compile  # noqa: E402,A004
-from bil.compiler.errors import BilError, BilInternalError, BilRuntimeError, BilUsageError  # noqa: E402
+from bil.core.errors import BilError, BilInternalError, BilRuntimeError, BilUsageError  # noqa: E402
+from bil.core.version import __version__  # noqa: E402
 from bil.program import Program, Result  # noqa: E402
 
 __all__ = ["compile", "BilError", "BilInternalError", "BilRuntimeError", "BilUsageError", "Program", "Result", "__version__"]

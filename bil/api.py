@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from bil.compiler.errors import BilError, BilInternalError, BilUsageError
+from bil.core.errors import BilError, BilInternalError, BilUsageError
 from bil.compiler.limits import limited
 from bil.compiler.pipeline import check
 

@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bil.compiler.dump import dump_graph, dump_ir
-from bil.compiler.errors import BilError, BilRuntimeError, BilUsageError
+from bil.compiler.render.graph import dump_graph
+from bil.compiler.render.ir import dump_ir
+from bil.core.errors import BilError, BilRuntimeError, BilUsageError
 from bil.compiler.state import CompileState, Method
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bil.compiler.errors import BilError
+from bil.core.errors import BilError
 from bil.compiler.overrides import parse_assignment, valid_keys
 from bil.runtime import checkpoint
 from bil.runtime.outer.history import FIELDS
@@ -536,7 +536,7 @@ def test_a_state_saved_at_the_final_record_resumes_to_nothing(spec_dir, outer):
 
 
 def test_cli_and_outer_loops_agree_on_the_resumable_stops():
-    from bil.cli import _RESUMABLE_STOPS
+    from bil.run import _RESUMABLE_STOPS
     from bil.runtime.outer.history import RESUMABLE_STOPS
 
     assert _RESUMABLE_STOPS == RESUMABLE_STOPS

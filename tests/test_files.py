@@ -24,7 +24,7 @@ import numpy as np
 import numpy.lib.format as npformat
 import pytest
 
-from bil.compiler.errors import BilError
+from bil.core.errors import BilError
 from bil.runtime import outdir
 from bil.stdlib import limits
 
@@ -326,7 +326,7 @@ def test_a_second_run_is_refused_while_the_first_holds_the_lock(run_spec, tmp_pa
 def test_outputs_are_current_only_once_the_marker_says_so(tmp_path):
     """A kill after result.json but before the plots: --resume saw result.json and history.csv
     of the final iteration and never wrote the plots."""
-    from bil.cli import _outputs_current
+    from bil.run import _outputs_current
 
     out = tmp_path / "o"
     out.mkdir()

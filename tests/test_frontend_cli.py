@@ -9,6 +9,7 @@ import pytest
 
 import bil.cli
 from bil.cli import COMMANDS, STAGES, main
+from bil.compiler.render.latex import standard_form_latex
 
 ROOT = Path(__file__).parent.parent
 GOLDEN = Path(__file__).parent / "golden"
@@ -213,7 +214,7 @@ def test_show_and_latex_work_on_every_golden_spec(capsys, spec):
 def test_show_latex_compiles_as_math():
     """The LaTeX is balanced (braces and \\left/\\right pairs)."""
     for spec in sorted(GOLDEN.glob("*.bil")):
-        tex = bil.cli.standard_form_latex(bil.compile(spec))
+        tex = standard_form_latex(bil.compile(spec).state)
         assert tex.count("{") == tex.count("}"), spec
         assert tex.count(r"\left") == tex.count(r"\right"), spec
 

@@ -7,7 +7,7 @@ import bil
 import bil.cli
 import jax
 import pytest
-from bil.compiler.errors import MAX_ERRORS
+from bil.core.errors import MAX_ERRORS
 
 SEVERAL = """\
 data X = randn(20, 3, seed=0)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import bil
 import pytest
-from bil.compiler.errors import BilInternalError
+from bil.core.errors import BilInternalError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

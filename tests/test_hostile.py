@@ -13,7 +13,7 @@ import bil
 import bil.cli
 import numpy as np
 import pytest
-from bil.compiler.errors import BilInternalError, BilUsageError
+from bil.core.errors import BilInternalError, BilUsageError
 
 BASE = """data X = randn(20, 3, seed=0)
 data y = randn(20, seed=1)

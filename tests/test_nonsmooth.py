@@ -15,7 +15,7 @@ import pytest
 
 import bil
 from bil.cli import main
-from bil.compiler.errors import BilError
+from bil.core.errors import BilError
 from bil.compiler.passes.nonsmooth import _value_at_start
 
 DATA = 'data Xtr, ytr, Xval, yval = dataset("diabetes", split=0.5, seed=0, standardize=true)\n'

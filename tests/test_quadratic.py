@@ -182,7 +182,7 @@ upper minimize sumsq(w)
     (2001, "real", "solver: direct()", "direct"),
 ])
 def test_default_solver_choice(n, kind, option, expected):
-    from bil.cli import _structure_lines
+    from bil.compiler.render.text import structure_lines as _structure_lines
 
     st = bil.compile(CHOICE % (n, kind, n, option)).state
     assert st.options["lower"]["solver"].name == expected

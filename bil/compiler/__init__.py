@@ -1,1 +1,1 @@
-"""Source spans and diagnostics, the IR graph, passes, and lowering to JAX."""
+"""The front end's passes over the IR, rendering a checked program, and lowering to JAX."""

@@ -22,7 +22,7 @@ of its arguments depends on ``xs`` and not polynomial (``None``) otherwise.
 
 from __future__ import annotations
 
-from bil.compiler import ir
+from bil.core import ir
 from bil.stdlib import lookup
 
 #: larger bounds are clamped here (they only ever need to be compared with 2)

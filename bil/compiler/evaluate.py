@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bil.compiler import ir
-from bil.compiler.errors import BilError
+from bil.core import ir
+from bil.core.errors import BilError
 from bil.compiler.limits import (  # noqa: F401 - re-exported for the passes
     MAX_ELEMENTS, MAX_LITERAL_NDIM, _has_arrays, _size_dims, check_finite, check_inferred, check_size,
     element_limits, limited)

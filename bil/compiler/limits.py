@@ -13,8 +13,8 @@ import contextvars
 import jax
 import numpy as np
 
-from bil.compiler import ir
-from bil.compiler.errors import BilError
+from bil.core import ir
+from bil.core.errors import BilError
 from bil.stdlib.limits import DEFAULT_MAX_ELEMENTS
 from bil.stdlib.limits import max_elements as _file_limit
 

@@ -10,92 +10,19 @@ For one sample (the whole problem when nothing is ``per sample``):
 where ``x`` and ``theta`` are dicts name -> array (theta in *user*
 coordinates) and ``d = {"names": data, "consts": hoisted constants}`` is
 passed as an argument (never baked into a jaxpr) with the sample axis removed.
-:class:`Transform` maps hypers between user and unconstrained coordinates.
+:class:`~bil.runtime.lowered.Lowered` holds them: the runtime solves that, knowing nothing of the spec.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Callable
 
-import jax
 import jax.numpy as jnp
 
-from bil.compiler import ir
+from bil.core import ir
 from bil.compiler.evaluate import Evaluator
-from bil.compiler.source import Span
-from bil.compiler.state import CompileState, HyperInfo
-
-
-# ------------------------------------------------------------ coordinates
-@dataclass(frozen=True)
-class Transform:
-    """User <-> unconstrained coordinates for every hyper.
-
-    ``positive`` hypers are optimised in log-coordinates, bounded ones through
-    a sigmoid onto ``[lo, hi]``, ``real`` ones as they are.
-    """
-
-    hypers: dict[str, HyperInfo]
-
-    def to_user(self, u: dict) -> dict:
-        out = {}
-        for n, h in self.hypers.items():
-            v = u[n]
-            if h.transform == "exp":
-                out[n] = jnp.exp(v)
-            elif h.transform == "sigmoid":
-                lo, hi = h.bounds
-                out[n] = lo + (hi - lo) * jax.nn.sigmoid(v)
-            else:
-                out[n] = v
-        return out
-
-    def from_user(self, theta: dict) -> dict:
-        out = {}
-        for n, h in self.hypers.items():
-            v = jnp.asarray(theta[n])
-            if h.transform == "exp":
-                out[n] = jnp.log(v)
-            elif h.transform == "sigmoid":
-                lo, hi = h.bounds
-                p = (v - lo) / (hi - lo)
-                out[n] = jnp.log(p) - jnp.log1p(-p)
-            else:
-                out[n] = v
-        return out
-
-
-# ----------------------------------------------------------------- lowered
-@dataclass
-class Lowered:
-    """The JAX functions and arrays of one program (see module docstring)."""
-
-    state: CompileState
-    transform: Transform
-    dtype: Any
-    data: dict            # {"names": {...}, "consts": {...}} with sample axes
-    data_axes: dict       # same structure: 0 (per sample) or None
-    n_samples: Optional[int]
-    var_shapes: dict[str, tuple]
-    bounds: Optional[tuple[dict, dict]]
-    g: Callable
-    f: Callable
-    x_init: Callable
-    opt_kwargs: Optional[Callable] = None
-    train_steps: Optional[int] = None
-    optimizer: Optional[str] = None
-    lower_span: Optional[Span] = None
-    upper_span: Optional[Span] = None
-    theta0: dict = field(default_factory=dict)
-    #: the smooth part s of g = s + h when the lower objective has separable non-smooth
-    #: terms h (then ``nonsmooth`` is their :class:`bil.runtime.prox.Nonsmooth`); else None
-    g_smooth: Optional[Callable] = None
-    nonsmooth: Any = None
-
-    @property
-    def batched(self) -> bool:
-        return self.n_samples is not None
+from bil.compiler.state import CompileState
+from bil.runtime.lowered import Lowered, Transform
 
 
 def _expr_fn(e: ir.Expr) -> Callable:
@@ -151,7 +78,7 @@ def lower(st: CompileState) -> Lowered:
 
     theta0 = {n: jnp.asarray(h.init, dtype) for n, h in st.hypers.items()}
     g_smooth, nonsmooth = _split(st, dtype)
-    return Lowered(state=st, transform=Transform(st.hypers), dtype=dtype, data=data, data_axes=axes,
+    return Lowered(options=st.options, transform=Transform({n: (h.transform, h.bounds) for n, h in st.hypers.items()}), dtype=dtype, data=data, data_axes=axes,
                    n_samples=st.n_samples, var_shapes=shapes, bounds=bounds, g=g, f=f, x_init=x_init,
                    opt_kwargs=opt_kwargs, train_steps=st.train_steps,
                    optimizer=st.train_optimizer.name if st.is_train else None,

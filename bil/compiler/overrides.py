@@ -27,9 +27,9 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from bil.compiler import ir
-from bil.compiler.errors import BilError, BilUsageError
-from bil.compiler.source import Source, Span
+from bil.core import ir
+from bil.core.errors import BilError, BilUsageError
+from bil.core.source import Source, Span
 
 __all__ = ["parse_assignment", "apply_overrides", "valid_keys", "value_source"]
 
@@ -94,7 +94,7 @@ def method_from_text(text: str, namespace: str = "hypergradient"):
     """A method given to the Python API as text (``"unroll(steps=3000)"``): exactly one
     expression, checked like the spec's option; anything else (``"implicit() } solve { ..."``)
     is a :class:`BilUsageError`, never silently cut short."""
-    from bil.compiler.errors import BilUsageError
+    from bil.core.errors import BilUsageError
     from bil.compiler.passes.options import check_method, method_value
 
     try:

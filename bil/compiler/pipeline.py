@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from bil.compiler.errors import BilError
+from bil.core.errors import BilError
 from bil.compiler.passes import PIPELINE
-from bil.compiler.source import Source
+from bil.core.source import Source
 from bil.compiler.state import CompileState
 from bil.grammar import parse
 from bil.stdlib import sources
@@ -39,7 +39,7 @@ def check(text: str, file: str = "<string>", data: Mapping[str, Any] | None = No
           timings: dict[str, float] | None = None, overrides: Mapping[str, Any] | None = None,
           base_dir: str | os.PathLike | None = None) -> CompileState:
     """Parse and run every pass; raise :class:`BilError` (carrying every independent
-    error found, see :class:`bil.compiler.errors.Diagnostics`) on errors.
+    error found, see :class:`bil.core.errors.Diagnostics`) on errors.
 
     ``overrides`` (``{"solve.outer.max_iter": 20, "hyper.alpha": "0.1"}``, see
     :mod:`bil.compiler.overrides`) are applied to the parsed module first.

@@ -9,9 +9,9 @@ from typing import Any, Optional
 import networkx as nx
 import numpy as np
 
-from bil.compiler import ir
-from bil.compiler.errors import Diagnostics, Warning_
-from bil.compiler.source import Source
+from bil.core import ir
+from bil.core.errors import Diagnostics, Warning_
+from bil.core.source import Source
 
 #: levels of the level analysis, from "depends on nothing" upwards
 CONST, THETA, LOWER = "const", "theta", "lower"

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import lark
 
-from bil.compiler.errors import BilError
-from bil.compiler.source import Source, Span
+from bil.core.errors import BilError
+from bil.core.source import Source, Span
 
 
 def _meta_span(source: Source, meta) -> Span:

@@ -17,13 +17,13 @@ from importlib import resources
 import lark
 from lark import Token, Transformer, v_args
 
-from bil.compiler import ir
-from bil.compiler.errors import BilError
+from bil.core import ir
+from bil.core.errors import BilError
 from bil.grammar.guards import _meta_span, _printable, balance_sums, check_depth, unescape
 
 #: the largest integer literal (int64, as JAX and NumPy hold it)
 _MAX_INT = 2**63 - 1
-from bil.compiler.source import Source, Span
+from bil.core.source import Source, Span
 
 KEYWORDS = ("problem", "data", "hyper", "def", "lower", "upper", "solve", "minimize", "train",
             "with", "for", "steps", "true", "false")

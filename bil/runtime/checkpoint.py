@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from bil.compiler.errors import BilError
+from bil.core.errors import BilError
 from bil.runtime.results import atomic_open
 
 __all__ = ["CHECKPOINT_NAME", "META_KEY", "checkpoint_path", "save", "load", "remove"]

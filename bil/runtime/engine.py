@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax.tree_utils as otu
 
-from bil.compiler.errors import BilRuntimeError
-from bil.compiler.lower import Lowered
+from bil.core.errors import BilRuntimeError
+from bil.runtime.lowered import Lowered
 from bil.runtime import linear, quadratic, solvers, train
 from bil.runtime.oracles import BUDGET, AbstractOracles, Constants, HyperGrad, UpperValue
 
@@ -83,10 +83,10 @@ class Engine(AbstractOracles):
 
     def __init__(self, low: Lowered):
         self.low = low
-        st = low.state
-        self.solver = st.options["lower"].get("solver")
-        self.max_iter = int(st.options["lower"]["max_iter"])
-        self.method = st.options["solve"]["hypergradient"]
+        opts = low.options
+        self.solver = opts["lower"].get("solver")
+        self.max_iter = int(opts["lower"]["max_iter"])
+        self.method = opts["solve"]["hypergradient"]
         self.n = low.n_samples or 1
         self.u0 = low.transform.from_user(low.theta0)
         #: the strong-convexity modulus the spec gives (``fista(mu=..)``), else None
@@ -479,7 +479,7 @@ class Engine(AbstractOracles):
         if self.exact and delta <= 0:
             # exact oracles are asked for δ = 0; a CG adjoint (implicit differentiation of a
             # training procedure's end point) cannot reach a zero residual: give it the spec's tol
-            delta = float(self.low.state.options["lower"]["tol"])
+            delta = float(self.low.options["lower"]["tol"])
         hg, _ = self.hypergradient(u, x0, q0, self._lower_tol(eps), delta, coords="u", cap=cap)
         return hg
 
@@ -545,7 +545,7 @@ class Engine(AbstractOracles):
         return eps * max(gn, L * xn) / mu, eps * fx * max(1.0, L / mu)
 
     def log_hypers(self) -> dict:
-        return {n: h.transform == "exp" for n, h in self.low.state.hypers.items()}
+        return {n: how == "exp" for n, (how, _) in self.low.transform.maps.items()}
 
     def _constants_impl(self, u, X, d):
         """Power-iteration estimates of ‖∇²ₓₓF‖ and ‖J‖; directional third derivatives for L_H, L_J."""

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import optax.tree_utils as otu
 
-from bil.compiler.errors import BilRuntimeError
+from bil.core.errors import BilRuntimeError
 from bil.runtime.outer.stops import Stop
 
 

@@ -241,7 +241,7 @@ def image_panels(program, lower: Mapping[str, Any]) -> dict[str, dict[str, np.nd
     the reference: a data name such as ``clean`` (:data:`REFERENCE_NAMES`), or
     else the image data that the upper objective refers to.
     """
-    from bil.compiler import ir
+    from bil.core import ir
 
     st = program.state
     per_sample = st.n_samples is not None

@@ -30,8 +30,8 @@ import jax.scipy.linalg as jsl
 from jax.flatten_util import ravel_pytree
 
 from .linear import cg as _cg
+from .solve_result import CONVERGED, MAX_ITER, NONFINITE, SolveResult
 
-CONVERGED, MAX_ITER, NONFINITE = 0, 1, 2
 #: refinement steps after the first solve (each costs one gradient and two triangular solves)
 MAX_REFINE = 5
 
@@ -99,9 +99,7 @@ def _flat(fun, x0, params):
 def direct(fun, x0, params, tol, max_iter, bounds=None):
     """Minimise a quadratic ``fun(x, params)`` with a factorisation of its Hessian (module docstring).
 
-    Returns a :class:`~bil.runtime.solvers.SolveResult` whose ``factor`` is the :class:`Factor`."""
-    from .solvers import SolveResult
-
+    Returns a :class:`~bil.runtime.solve_result.SolveResult` whose ``factor`` is the :class:`Factor`."""
     if bounds is not None:
         raise ValueError("direct does not support bounded variables; use fista or gd")
     flat0, unravel, grad = _flat(fun, x0, params)
@@ -114,8 +112,6 @@ def direct(fun, x0, params, tol, max_iter, bounds=None):
 
 def cg(fun, x0, params, tol, max_iter, bounds=None):
     """Minimise a quadratic ``fun(x, params)`` by CG on Hessian-vector products (module docstring)."""
-    from .solvers import SolveResult
-
     if bounds is not None:
         raise ValueError("cg does not support bounded variables; use fista or gd")
     flat0, unravel, grad = _flat(fun, x0, params)

@@ -63,9 +63,9 @@ def data_sha256(data: Mapping[str, Any]) -> str:
 def versions() -> dict[str, str]:
     import jax
 
-    import bil
+    from bil.core.version import __version__
 
-    return {"bil": bil.__version__, "jax": jax.__version__}
+    return {"bil": __version__, "jax": jax.__version__}
 
 
 def _json_value(a) -> Any:

@@ -31,32 +31,13 @@ from jax.flatten_util import ravel_pytree
 
 from . import quadratic
 from .linear import cg
+from .solve_result import CONVERGED, MAX_ITER, NONFINITE, SolveResult
 
 __all__ = ["SolveResult", "SOLVERS", "solve", "projector", "strong_convexity_estimate"]
-
-CONVERGED, MAX_ITER, NONFINITE = 0, 1, 2
 
 _MAX_LS = 50          # line-search trials per iteration (L doubles / step halves)
 _L_SHRINK = 0.9       # L *= 0.9 before each test so L does not stay pessimistic
 _ROUNDOFF = 100.0     # slack, in units of eps*|f|, for decrease tests near roundoff
-
-
-class SolveResult(NamedTuple):
-    """Result of :func:`solve`.
-
-    x: final iterate (pytree like ``x0``).
-    iters: int32, outer iterations taken.
-    grad_norm: ``||grad fun(x)||`` at ``x`` (projected-gradient norm if bounded).
-    status: int32, 0 converged, 1 stopped short of ``tol`` (max_iter or
-        stalled line search), 2 non-finite value/gradient encountered.
-    factor: the Hessian's factorisation (``direct`` only; the adjoint reuses it), else None.
-    """
-
-    x: Any
-    iters: jax.Array
-    grad_norm: jax.Array
-    status: jax.Array
-    factor: Any = None
 
 
 class _Carry(NamedTuple):

@@ -113,7 +113,6 @@ _NAMESPACES: dict[str, dict[str, Function]] = {}
 
 def lookup(name: str, kind: str | None = None) -> Function | None:
     """The entry called ``name`` among functions (default) or in a namespace."""
-    _ensure_loaded()
     if kind in (None, "array", "meta", "source"):
         return REGISTRY.get(name)
     return _NAMESPACES.get(kind, {}).get(name)
@@ -121,7 +120,6 @@ def lookup(name: str, kind: str | None = None) -> Function | None:
 
 def names(kind: str | None = None) -> list[str]:
     """Sorted names in the function table or in a namespace."""
-    _ensure_loaded()
     if kind in (None, "array", "meta", "source"):
         return sorted(n for n, f in REGISTRY.items() if kind is None or f.kind == kind)
     return sorted(_NAMESPACES.get(kind, {}))
@@ -132,14 +130,3 @@ def closest(name: str, candidates: list[str]) -> str | None:
     got = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
     return got[0] if got else None
 
-
-_loaded = False
-
-
-def _ensure_loaded() -> None:
-    # Importing the modules runs their @register decorators.
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        from bil.stdlib import functions, sources, methods  # noqa: F401
-        from bil.stdlib import arrays, imaging, kernels, metrics, robust, tasks  # noqa: F401  (issue 17)

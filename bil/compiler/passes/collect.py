@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from bil.compiler import ir
-from bil.compiler.errors import BilError
+from bil.core import ir
+from bil.core.errors import BilError
 from bil.compiler.state import CompileState
 from bil.grammar.parser import KEYWORDS
 

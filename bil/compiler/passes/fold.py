@@ -17,8 +17,8 @@ import jax
 import networkx as nx
 import numpy as np
 
-from bil.compiler import ir
-from bil.compiler.errors import BilError, BilUsageError
+from bil.core import ir
+from bil.core.errors import BilError, BilUsageError
 from bil.compiler.evaluate import Evaluator
 from bil.compiler.limits import element_limits
 from bil.compiler.state import CompileState

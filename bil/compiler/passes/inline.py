@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from bil.compiler import ir
-from bil.compiler.errors import BilError
+from bil.core import ir
+from bil.core.errors import BilError
 from bil.compiler.state import CompileState
 
 

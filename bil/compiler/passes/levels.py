@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from bil.compiler import ir
-from bil.compiler.errors import BilError, BilUsageError, Warning_
+from bil.core import ir
+from bil.core.errors import BilError, BilUsageError, Warning_
 from bil.compiler.passes.resolve import LOWER_NODE, UPPER_NODE
 from bil.compiler.state import CONST, LOWER, THETA, CompileState
 from bil.stdlib import closest

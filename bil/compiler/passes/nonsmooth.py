@@ -29,11 +29,11 @@ from typing import Optional
 import jax
 import numpy as np
 
-from bil.compiler import ir
-from bil.compiler.errors import BilError
+from bil.core import ir
+from bil.core.errors import BilError
 from bil.compiler.evaluate import Evaluator
 from bil.compiler.passes.separable import WeightPusher, product, times
-from bil.compiler.source import Span
+from bil.core.source import Span
 from bil.compiler.state import CompileState, Method
 from bil.stdlib import lookup
 

@@ -12,8 +12,8 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from bil.compiler import ir
-from bil.compiler.errors import BilError, Warning_
+from bil.core import ir
+from bil.core.errors import BilError, Warning_
 from bil.compiler.evaluate import Evaluator, is_concrete, to_static
 from bil.compiler.state import CompileState, Method
 from bil.stdlib import closest, lookup, names

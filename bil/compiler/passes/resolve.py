@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from bil.compiler import ir
-from bil.compiler.errors import BilError
+from bil.core import ir
+from bil.core.errors import BilError
 from bil.compiler.state import CompileState
 from bil.stdlib import closest, lookup, names
 

@@ -21,8 +21,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from bil.compiler import ir
-from bil.compiler.errors import BilError
+from bil.core import ir
+from bil.core.errors import BilError
 from bil.compiler.evaluate import Evaluator
 from bil.compiler.passes.shapes import abstract_data, eval_abstract, one_sample, sds
 from bil.compiler.state import CompileState

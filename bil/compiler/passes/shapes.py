@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
-from bil.compiler import ir
-from bil.compiler.errors import BilError
+from bil.core import ir
+from bil.core.errors import BilError
 from bil.compiler.evaluate import Evaluator, check_size, is_concrete, reporting_errors, to_static
 from bil.compiler.state import CompileState, HyperInfo, VarInfo
 from bil.stdlib import lookup, names

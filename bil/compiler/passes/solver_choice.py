@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from bil.compiler.errors import BilError
+from bil.core.errors import BilError
 from bil.compiler.state import CompileState, Method
 
 #: the largest number of lower variables (per sample) for which ``direct`` is the default:

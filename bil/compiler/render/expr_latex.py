@@ -12,7 +12,7 @@ import sympy as sp
 from sympy.printing.conventions import split_super_sub
 from sympy.printing.latex import LatexPrinter, translate
 
-from bil.compiler import ir
+from bil.core import ir
 from bil.stdlib import lookup
 
 #: a template's placeholders: ``#1`` (the argument), ``#(1)`` (parenthesised as an operand)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bil.compiler.source import Span
+from bil.core.source import Span
 
 #: the most diagnostics one check reports (as compilers do: the rest usually follow from these)
 MAX_ERRORS = 20

@@ -1,8 +1,9 @@
 """The typed IR: frozen dataclasses, each carrying the :class:`Span` it came from.
 
 Expressions are small trees; statements become nodes of a ``networkx.DiGraph``
-(see :mod:`bil.compiler.graph`) whose edges are dependencies.  ``dump`` gives
-the deterministic text form used by golden tests and ``bil emit --stage ir``.
+(``CompileState.graph``, built by :mod:`bil.compiler.passes.resolve`) whose edges are
+dependencies.  :func:`show` gives an expression's deterministic text, from which
+:mod:`bil.compiler.render.ir` builds the dump used by golden tests and ``bil emit --stage ir``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Union
 
-from bil.compiler.source import Span
+from bil.core.source import Span
 
 _span = dict(repr=False, compare=False)
 _sspan = dict(default=None, repr=False, compare=False)

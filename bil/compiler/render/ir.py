@@ -1,12 +1,11 @@
-"""Deterministic text dumps of a checked program: the IR (golden format) and
-the dependency graph (text or Graphviz dot)."""
+"""The deterministic text dump of a checked program's IR: the golden-test format and
+``bil emit --stage ir``."""
 
 from __future__ import annotations
 
-import networkx as nx
 import numpy as np
 
-from bil.compiler import ir
+from bil.core import ir
 from bil.compiler.state import CompileState
 
 
@@ -70,26 +69,3 @@ def dump_ir(st: CompileState) -> str:
     for w in st.warnings:
         out.append(f"warning {w.span.line}:{w.span.column} {w.message}")
     return "\n".join(out) + "\n"
-
-
-def dump_graph(st: CompileState, fmt: str = "text") -> str:
-    g = st.graph
-    order = list(nx.lexicographical_topological_sort(g))
-    if fmt == "dot":
-        shapes = {"data": "cylinder", "hyper": "diamond", "lower_var": "ellipse", "def": "note",
-                  "lower": "box", "upper": "doubleoctagon"}
-        lines = [f'digraph "{st.problem}" {{', "  rankdir=LR;"]
-        for n in order:
-            a = g.nodes[n]
-            lines.append(f'  "{n}" [shape={shapes.get(a.get("kind"), "box")}, '
-                         f'label="{n}\\n{a.get("kind")} / {a.get("level", "?")}"];')
-        for u, v in sorted(g.edges):
-            lines.append(f'  "{u}" -> "{v}";')
-        lines.append("}")
-        return "\n".join(lines) + "\n"
-    lines = []
-    for n in order:
-        a = g.nodes[n]
-        deps = sorted(g.predecessors(n))
-        lines.append(f"{n} [{a.get('kind')}, {a.get('level', '?')}] <- {', '.join(deps) if deps else '-'}")
-    return "\n".join(lines) + "\n"
