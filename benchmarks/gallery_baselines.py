@@ -194,12 +194,14 @@ CLEANING_L2 = 0.01   # the spec's fixed 0.5 * 0.01 * sumsq(W)
 
 def flipped_labels(data, seed=0, ftr=0.5) -> np.ndarray:
     """Which training labels ``corrupt_labels`` flipped: the clean labels by the split recipe of
-    docs/LANGUAGE.md (NumPy and scikit-learn only), compared with the spec's ``ytr``."""
+    docs/LANGUAGE.md (NumPy and scikit-learn only), compared with ``data["ytr"]`` (the spec's, or
+    its first rows)."""
     import sklearn.datasets
 
     _, y = sklearn.datasets.load_digits(return_X_y=True)
     perm = np.random.default_rng(seed).permutation(len(y))
-    return y[perm[:round(ftr * len(y))]] != data["ytr"]
+    clean = y[perm[:round(ftr * len(y))]]
+    return clean[:len(data["ytr"])] != data["ytr"]   # a reduced run keeps the first rows
 
 
 def baseline_data_cleaning(data) -> dict:
@@ -319,28 +321,34 @@ def _fmt(d: dict) -> str:
     return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in d.items())
 
 
+def start_outcome(name: str, data: dict, folder: Path) -> dict:
+    """The test metrics at the run's starting hypers (``start.npz``), the lower problem solved by
+    ``bil.compile(spec).solve_lower``: what the run started from, scored like what it learned."""
+    import bil
+
+    with np.load(folder / "start.npz") as s:
+        hypers = {k[len("hyper."):]: s[k] for k in s.files if k.startswith("hyper.")}
+    prog = bil.compile(EXAMPLES / f"{name}.bil")
+    return globals()[f"outcome_{name}"](data, hypers, prog.solve_lower(hypers))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("names", nargs="*", default=list(GALLERY), help=f"examples (default: all of {', '.join(GALLERY)})")
     ap.add_argument("--runs", default="runs", help="folder holding NAME/ output folders of `bil run` (default: runs)")
     args = ap.parse_args(argv)
-    rows = []
     for name in args.names:
         data = spec_data(name)
-        base = globals()[f"baseline_{name}"](data)
+        print(f"{name}\n  baseline:      {_fmt(globals()[f'baseline_{name}'](data))}")
         folder = Path(args.runs) / name
-        if (folder / "result.json").exists():
-            result, hypers, lower = load_run(folder)
-            got = globals()[f"outcome_{name}"](data, hypers, lower)
-            got["wall_s"] = round(float(result["wall_s"]), 1)
-        else:
-            got = {"missing": f"run `bil run examples/{name}.bil --out {folder}` first"}
-        rows.append((name, _fmt(got), _fmt(base)))
-    width = max(len(r[0]) for r in rows)
-    for name, got, base in rows:
-        print(f"{name:<{width}}  bil (test): {got}\n{'':<{width}}  baseline:   {base}")
+        if not (folder / "result.json").exists():
+            print(f"  bil:           no run: `bil run examples/{name}.bil --out {folder}` first")
+            continue
+        result, hypers, lower = load_run(folder)
+        print(f"  bil at start:  {_fmt(start_outcome(name, data, folder))}")
+        print(f"  bil learned:   {_fmt(globals()[f'outcome_{name}'](data, hypers, lower))}, "
+              f"wall_s {float(result['wall_s']):.1f}, iterations {result['iterations']}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
