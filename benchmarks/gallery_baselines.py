@@ -183,9 +183,9 @@ def baseline_elastic_net(data) -> dict:
 
 
 def outcome_elastic_net(data, hypers, lower) -> dict:
-    l1w = np.asarray(hypers["l1w"])
-    return {"l1w_min": float(l1w.min()), "l1w_max": float(l1w.max()), "l2w": float(hypers["l2w"]),
-            **_support(data, lower["w"])}
+    l1w, active = np.broadcast_to(hypers["l1w"], data["wtrue"].shape), np.abs(data["wtrue"]) > 0
+    return {"l1w_median_active": float(np.median(l1w[active])), "l1w_median_inactive": float(np.median(l1w[~active])),
+            "l2w": float(hypers["l2w"]), **_support(data, lower["w"])}
 
 
 # ------------------------------------------------------------------ (6) data_cleaning
