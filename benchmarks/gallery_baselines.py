@@ -138,14 +138,15 @@ def baseline_digits_penalties(data) -> dict:
     from sklearn.linear_model import LogisticRegressionCV
 
     Ws = [_multinomial(data["Xtr"], data["ytr"], c) for c in PENALTY_GRID]
-    k = int(np.argmin([_softmax_ce(data["Xval"] @ W, data["yval"]) for W in Ws]))
+    val = [_softmax_ce(data["Xval"] @ W, data["yval"]) for W in Ws]
+    k = int(np.argmin(val))
     grid = _classify(Ws[k], data["Xte"], data["yte"])
     X, y = np.vstack([data["Xtr"], data["Xval"]]), np.concatenate([data["ytr"], data["yval"]])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cv = LogisticRegressionCV(Cs=20, cv=5, max_iter=5000).fit(X, y)
     lrcv = _classify(cv.coef_.T, data["Xte"], data["yte"], cv.intercept_)
-    return {"grid_penalty": float(PENALTY_GRID[k]), "grid_test_acc": grid["test_acc"], "grid_test_ce": grid["test_ce"],
+    return {"grid_penalty": float(PENALTY_GRID[k]), "grid_val_ce": float(val[k]), "grid_test_acc": grid["test_acc"], "grid_test_ce": grid["test_ce"],
             "lrcv_test_acc": lrcv["test_acc"], "lrcv_test_ce": lrcv["test_ce"]}
 
 
