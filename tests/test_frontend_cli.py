@@ -140,7 +140,7 @@ def test_emit_ir_matches_golden(capsys):
     # the golden copy of ridge (examples/ridge.bil now also binds a test part)
     code, out, _ = run(capsys, "emit", str(GOLDEN / "ridge.bil"), "--stage", "ir")
     assert code == 0 and out == (GOLDEN / "ridge.ir").read_text()
-    assert main(["emit", RIDGE]) == 0  # ir is the default stage
+    assert main(["emit", str(GOLDEN / "ridge.bil")]) == 0  # ir is the default stage
     assert capsys.readouterr().out == out
 
 
