@@ -38,6 +38,18 @@ def _first(data, names, n):
 
 
 # ------------------------------------------------------------------ ridge
+def test_ridge_baseline_optimum_is_where_bils_hypergradient_vanishes():
+    """Cheap sibling of the run below: the baseline's closed-form λ is stationary for bil's upper
+    objective (relative to the slope at half and twice that λ) and has the baseline's value."""
+    prog = bil.compile(EXAMPLES / "ridge.bil")
+    base = gb.baseline_ridge({k: np.asarray(v) for k, v in prog.state.data.items()})
+    f, g = prog.value_and_hypergrad({"lam": base["lam"]})
+    slopes = [abs(float(prog.value_and_hypergrad({"lam": base["lam"] * c})[1]["lam"])) for c in (0.5, 2.0)]
+    assert f == pytest.approx(base["val_loss"], rel=1e-9)
+    assert abs(float(g["lam"])) < 1e-3 * min(slopes)
+
+
+@pytest.mark.slow
 def test_ridge_learns_the_closed_form_optimum_of_the_validation_loss():
     data, r = _run("ridge")
     base = gb.baseline_ridge(data)
