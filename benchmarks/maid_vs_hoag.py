@@ -37,8 +37,8 @@ Parts:
     geometric mean over the problems (a level never reached counts as twice
     the budget).
 (c) ``digits``: ``examples/digits_penalties.bil`` (640 per-coefficient
-    penalties exp(θ), multinomial logistic regression, the spec's own
-    ``maid(max_iter=200)``).  Validation cross-entropy (the upper objective,
+    penalties exp(θ), multinomial logistic regression, the spec's ``maid``
+    with ``max_iter=200``).  Validation cross-entropy (the upper objective,
     re-evaluated with a tight lower solve) of the learned penalties against the
     best single penalty (all 640 entries equal) on a grid of 20 values of
     exp(θ), log-spaced on [1e-4, 1e4], on the same split; both wall times (the
@@ -450,9 +450,10 @@ def run_digits(args, maid_extra: dict) -> dict:
     grid_wall = time.perf_counter() - t
     i = int(np.argmin(grid))
 
-    # MAID with the spec's options (maid(max_iter=200)) plus overrides
+    # MAID with the spec's options and 200 iterations (the spec runs 30: its test outcome is in
+    # its header; this part measures the optimiser on the upper objective) plus overrides
     m = prog.state.options["solve"]["outer"]
-    opts = {**m.kwargs, **maid_extra}
+    opts = {**m.kwargs, "max_iter": 200, **maid_extra}
     if args.quick:
         opts["max_iter"] = 20
     t = time.perf_counter()
