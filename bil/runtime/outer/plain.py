@@ -40,7 +40,7 @@ def make_optimizer(method: str, lr: float) -> optax.GradientTransformation:
 
 def run_plain(oracles: AbstractOracles, method: str, o: dict, *, callback=None, state=None) -> OuterResult:
     """gd / adam on ``oracles`` with options ``o`` (the full ``gd(...)``/``adam(...)`` dict)."""
-    lr, steps, acc = float(o["lr"]), int(o["steps"]), float(o["tol"])
+    lr, steps, acc = float(o["lr"]), int(o["max_iter"]), float(o["tol"])
     u0 = host_copy(oracles.u0)
     oracles.set_strong_convexity(None)   # θ₀'s μ, whatever ran before on these oracles
     # never below what the arithmetic resolves (float32 especially)
