@@ -18,7 +18,7 @@ from bil.compiler.errors import BilError, Warning_
 from bil.compiler.evaluate import Evaluator, is_concrete, to_static
 from bil.compiler.state import CompileState
 from bil.stdlib import closest, lookup, names
-from bil.stdlib.method_options import MAX_COUNT, MethodOptions, OptionError, check_count  # noqa: F401 (MAX_COUNT: re-exported)
+from bil.stdlib.method_options import MAX_COUNT, MethodOptions, OptionError, check_count  # noqa: F401 (re-exported)
 from bil.stdlib.methods import IMPLICIT_METHODS, PROX_SOLVERS, Implicit, make_method
 
 # key -> (what it is, validator).  Validators take (value, span) and return the
@@ -56,15 +56,15 @@ LOWER_OPTIONS: dict[str, tuple[str, Callable | str]] = {
 }
 SOLVE_OPTIONS: dict[str, tuple[str, Callable | str]] = {
     "hypergradient": ("implicit(linear=\"cg\") | neumann(k=..) | unroll | unroll(truncate=K)", "hypergradient"),
-    "outer": ("maid(...) | hoag(...) | gd(lr=.., steps=..) | adam(lr=.., steps=..)", "outer"),
+    "outer": ("maid(...) | hoag(...) | gd(lr=.., max_iter=..) | adam(lr=.., max_iter=..)", "outer"),
     "precision": ("\"float64\" | \"float32\"", _choice("float64", "float32")),
     "seed": ("integer seed", lambda v, s, k: _int(v, s, k)),
     "checkpoint_every": ("outer iterations between checkpoints, default 10", _pos_int),
 }
 UPPER_OPTIONS: dict[str, tuple[str, Callable | str]] = {}
 
-#: the outer loops' iteration limits: `max_iter` for maid/hoag, `steps` for adam/gd (each is
-#: the other's "did you mean")
+#: iteration counts by their other name, for "did you mean": every outer loop counts `max_iter`
+#: (gd/adam also accept `steps`, their alias); `unroll` counts `steps`
 LIMIT_ALIASES = {"max_iter": "steps", "steps": "max_iter"}
 
 DEFAULTS = {"tol": 1e-8, "max_iter": 10000, "precision": "float64", "seed": 0, "checkpoint_every": 10}
