@@ -102,18 +102,19 @@ def positive(m: MethodOptions, *fields: str) -> None:
             raise OptionError(f"{m._label(f)} must be > 0, got {v!r}", arg=f)
 
 
-def count(m: MethodOptions, *fields: str) -> None:
-    """Each field, unless None, is an integer in [1, MAX_COUNT]."""
+def count(m: MethodOptions, *fields: str, least: int = 1) -> None:
+    """Each field, unless None, is an integer in [least, MAX_COUNT]."""
     for f in fields:
-        check_count(getattr(m, f), m._label(f)[1:-1], f)
+        check_count(getattr(m, f), m._label(f)[1:-1], f, least)
 
 
-def check_count(v, label: str, arg: str | None = None) -> None:
-    """``v`` is a positive integer a loop can count (``label`` names it in the message)."""
+def check_count(v, label: str, arg: str | None = None, least: int = 1) -> None:
+    """``v`` is an integer ≥ ``least`` (1: positive) a loop can count (``label`` names it)."""
     if v is None:
         return
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise OptionError(f"`{label}` must be a positive integer, got {v!r}", arg=arg)
+    if isinstance(v, bool) or not isinstance(v, int) or v < least:
+        what = "a positive integer" if least == 1 else f"an integer >= {least}"
+        raise OptionError(f"`{label}` must be {what}, got {v!r}", arg=arg)
     if v > MAX_COUNT:
         raise OptionError(f"`{label}` is {v:,}, more than the {MAX_COUNT:,} iterations a loop can count",
                           "iteration counts are capped at 10^9 (loops count in int32); use a tolerance to stop "

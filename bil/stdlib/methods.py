@@ -342,7 +342,8 @@ class Maid(MethodOptions):
         flag(self, "screen", "cubic")
         positive(self, "eps0", "delta0", "step0", "max_step", "tol", "eta", "lam", "budget", "safety")
         positive(self, *(f for f in ("eps_min", "delta_min") if getattr(self, f) != "auto"))
-        count(self, "max_iter", "memory", "max_backtracks", "constants_every")
+        count(self, "max_iter", "memory", "constants_every")
+        count(self, "max_backtracks", least=0)   # 0: one trial per round (the runtime's tests use it)
         fraction(self, "rho", "nu")
         at_least_one(self, "nu_plus", "rho_plus")
 
