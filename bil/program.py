@@ -20,7 +20,8 @@ import numpy as np
 from bil.compiler.render.graph import dump_graph
 from bil.compiler.render.ir import dump_ir
 from bil.core.errors import BilError, BilRuntimeError, BilUsageError
-from bil.compiler.state import CompileState, Method
+from bil.compiler.state import CompileState
+from bil.stdlib.methods import MethodOptions, Unroll
 
 
 class Program:
@@ -101,12 +102,12 @@ class Program:
                                         "positive hypers are optimised in log coordinates: give a value > 0")
         return theta
 
-    def _method(self, method: str | Method | None) -> Method:
+    def _method(self, method: str | MethodOptions | None) -> MethodOptions:
         """A hypergradient method given as text (``"unroll(steps=3000)"``, ``"direct"``), parsed and checked
         exactly like the spec's ``hypergradient:`` option."""
         if method is None:
             return self.engine.method
-        if isinstance(method, Method):
+        if isinstance(method, MethodOptions):
             return method
         from bil.compiler.overrides import method_from_text
 
@@ -155,7 +156,7 @@ class Program:
         hg = self._hypergrad(hypers, self._api_tol(tol), self._method(method))
         return float(hg.f), {k: np.asarray(v) for k, v in hg.z.items()}
 
-    def _hypergrad(self, hypers, tol: float, m: Method):
+    def _hypergrad(self, hypers, tol: float, m: MethodOptions):
         """The engine's :class:`HyperGrad` at ``hypers`` (user coordinates) from the initial
         lower values, lower and adjoint solved to ``tol``; a failed solve raises."""
         eng = self.engine
@@ -192,7 +193,7 @@ class Program:
         tol = float(self.state.options["lower"]["tol"])
         method = eng.method
 
-        if method.name == "unroll":
+        if isinstance(method, Unroll):
             def full_objective(theta, d):
                 return eng.unrolled_objective(theta, "theta", d, method)[0]
         else:
@@ -264,15 +265,10 @@ class Program:
                            m.span, (f"did you mean `{guess[0]}`? " if guess else "")
                            + f"`{m.name}` takes: {', '.join(sorted(m.kwargs))}")
         if overrides:  # checked like the spec's own options (`max_iter=0` is an error, not an empty run)
-            from bil.compiler.passes.options import check_method, method_hint
+            from bil.compiler.passes.options import with_options
 
-            try:
-                check_method(Method(m.name, {**m.kwargs, **overrides}, m.span))
-            except BilError as err:
-                err.hint = err.hint or method_hint(m, "outer")
-                raise
-        return self._result(run_outer(self.engine, m.name, {**m.kwargs, **overrides}, callback=callback,
-                                      state=state))
+            m = with_options(m, overrides)
+        return self._result(run_outer(self.engine, m.name, m, callback=callback, state=state))
 
     def _result(self, res) -> "Result":
         """The :class:`Result` of an outer loop's ``OuterResult`` (upper value re-solved to ``lower.tol``)."""

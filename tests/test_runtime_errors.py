@@ -167,7 +167,7 @@ def test_a_diverging_neumann_series_is_named_as_such():
 def test_a_failed_direct_adjoint_is_not_called_cg():
     prog = bil.compile(HEAD + "lower {\n  x : real[5] = 0\n  minimize sum(x^4) - lam * sumsq(x) + sum(x)\n}\n"
                        "upper minimize sumsq(x - y)\n")
-    from bil.compiler.state import Method
+    from bil.stdlib.methods import Implicit
 
-    err = prog.engine.failure(0, cg_status=2, method=Method("implicit", {"linear": "direct"}, None))
+    err = prog.engine.failure(0, cg_status=2, method=Implicit(linear="direct"))
     assert "(direct)" in err.message and "CG" not in err.message

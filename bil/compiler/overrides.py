@@ -95,16 +95,14 @@ def method_from_text(text: str, namespace: str = "hypergradient"):
     expression, checked like the spec's option; anything else (``"implicit() } solve { ..."``)
     is a :class:`BilUsageError`, never silently cut short."""
     from bil.core.errors import BilUsageError
-    from bil.compiler.passes.options import check_method, method_value
+    from bil.compiler.passes.options import method_value
 
     try:
         if not isinstance(text, str):
             raise BilError(f"a method is given as text, not {type(text).__name__}", None,
                            'e.g. "unroll(steps=3000)" or "direct"')
         expr, _ = _parse_value("method", text, "<method>")
-        m = method_value(expr, namespace, namespace)
-        check_method(m)
-        return m
+        return method_value(expr, namespace, namespace)
     except BilUsageError:
         raise
     except BilError as e:
@@ -184,6 +182,15 @@ def _params(namespace: str, method: str | None) -> list[str]:
     if fn is None:
         return []
     return [p.name for p in fn.signature.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _same_option(namespace: str, method: str, kw: str) -> set[str]:
+    """``kw`` and every keyword of ``method`` that names the same option (its aliases)."""
+    from bil.stdlib.methods import method_class
+
+    aliases = method_class(method, namespace).aliases
+    target = aliases.get(kw, kw)
+    return {target} | {a for a, t in aliases.items() if t == target}
 
 
 def valid_keys(module: ir.Module, compact: bool = False) -> list[str]:
@@ -277,7 +284,8 @@ def _apply_one(module: ir.Module, key: str, value: str) -> ir.Module:
         if isinstance(expr, ir.Name):
             expr = ir.Str(expr.span, expr.id)  # `schedule=cubic` -> "cubic"
         if isinstance(current, ir.Call):
-            kwargs = tuple(k for k in current.kwargs if k.name != kw) + (ir.Keyword(kw, expr, span),)
+            same = _same_option(ns, method, kw)   # the keyword and its aliases (`steps` for `max_iter`)
+            kwargs = tuple(k for k in current.kwargs if k.name not in same) + (ir.Keyword(kw, expr, span),)
             call = dataclasses.replace(current, kwargs=kwargs, span=span)
         else:
             call = ir.Call(span, method, (), (ir.Keyword(kw, expr, span),), name_span=span)

@@ -50,7 +50,10 @@ class VarInfo:
 
 @dataclass
 class Method:
-    """A resolved method option: ``fista(mu=1)`` -> name and full keyword dict."""
+    """A training optimizer as ``train ... with OPT`` names it: name and its constant defaults.
+
+    Its arguments that are expressions (a learned ``lr=lr``) are ``train_args``; the option
+    objects of ``solver:``, ``hypergradient:`` and ``outer:`` are :mod:`bil.stdlib.methods`'."""
 
     name: str
     kwargs: dict[str, Any]

@@ -13,6 +13,7 @@ import optax.tree_utils as otu
 
 from bil.core.errors import BilRuntimeError
 from bil.runtime.outer.stops import Stop
+from bil.stdlib.methods import IMPLICIT_METHODS, Neumann, Unroll
 
 
 
@@ -66,7 +67,7 @@ def _value(prog, hypers, tol, method) -> float:
     hg = prog._hypergrad(hypers, tol, m)
     qr = float(hg.qr) if hg.qr is not None else np.nan   # None/NaN: unknown (unroll, active bounds)
     eng = prog.engine
-    if not np.isfinite(qr) and eng.low.bounds is not None and m.name != "unroll" and not prog.state.is_train:
+    if not np.isfinite(qr) and eng.low.bounds is not None and not isinstance(m, Unroll) and not prog.state.is_train:
         # with box bounds the adjoint is 0 on the active coordinates (x̃ sits on its bound there,
         # as x* does once the active set is identified) and ∇ₓg(x*) = 0 on the free ones, so
         # ⟨q, ∇ₓg(x̃)⟩ is the same correction on the free coordinates; without it the values'
@@ -118,20 +119,19 @@ def gradcheck(prog, hypers=None, *, tol: float = 1e-5, solve_tol: float = 1e-11,
     names = ["unroll"] if train else ["implicit", "direct", "unroll"]
     if not train and sum(np.size(v) for v in prog.state.lower_vars.values()) > 2000:
         names.remove("direct")  # a dense Hessian would be too large
-    if spec.name == "neumann" and not train:
+    if isinstance(spec, Neumann) and not train:
         names.insert(1, "neumann")
     methods = {m: spec if spec.name == m else m for m in names}
     notes = []
-    K = spec.kwargs.get("truncate") if spec.name == "unroll" else None
+    K = spec.truncate if isinstance(spec, Unroll) else None
     if K is not None:
         # truncated backpropagation is biased by design: it is shown, but the unroll column
         # (and the verdict, for a train goal) is the full unrolled derivative
-        steps = spec.kwargs.get("steps")
-        methods["unroll"] = "unroll" if (train or steps is None) else f"unroll(steps={int(steps)})"
+        methods["unroll"] = "unroll" if train else f"unroll(steps={int(spec.steps)})"
         methods[f"unroll(truncate={K})"] = spec
         notes.append(f"unroll(truncate={K}) backpropagates through the last {K} steps only: an approximation "
                      "by design, shown for information (not checked)")
-    if train and spec.name in ("implicit", "neumann"):
+    if train and isinstance(spec, IMPLICIT_METHODS):
         # the spec's choice, shown beside the unrolled reference: it differentiates the argmin
         # of the training loss, which the steps reach only if training converges
         methods[spec.name] = spec

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import optax.tree_utils as otu
 
-from bil.runtime.engine import reduced_operator
+from bil.runtime.adjoint import reduced_operator
 
 
 def _nan_unless(ok, tree):

@@ -13,6 +13,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import optax
+import optax.tree_utils as otu
+
+from bil.runtime import solvers
+from bil.runtime.lower_solve import Solved
 
 __all__ = ["OPTIMIZERS", "make_optimizer", "train"]
 
@@ -127,3 +131,34 @@ def train(fun: Callable, x0, params, opt_name: str, opt_kwargs: dict, steps: int
     carry = jax.lax.stop_gradient(carry)
     (x, _), tail = run(carry, k)
     return x, jnp.concatenate([head, tail.astype(head.dtype)])
+
+
+class Training:
+    """Mixin of :class:`bil.runtime.engine.Engine`: a ``train`` goal's lower "solve"."""
+
+    def _train(self, theta, d, X0, truncate=None, from_init=True) -> Solved:
+        """A training procedure: `steps` optimizer steps from the initial values."""
+        low = self.low
+
+        # bounded variables are trained by projected steps (each update clipped to the box)
+        proj = None if low.bounds is None else solvers.projector(low.bounds)
+
+        def one(theta, d, x0):
+            x, _ = train(self._g1, x0, (theta, d), low.optimizer, low.opt_kwargs(theta, d),
+                               low.train_steps, truncate, project=proj)
+            g_end, gx = jax.value_and_grad(self._g1)(x, (theta, d))
+            gn = otu.tree_norm(gx)
+            # diverged: the training loss ended above where it started (a learning rate past
+            # the stable range; 1e-8 of slack for a start that is already a minimiser), or NaN/Inf.
+            # Its end point and hypergradient are garbage, not a result (status 2)
+            g_start = jax.lax.stop_gradient(self._g1(x0, (theta, d)))
+            diverged = jax.lax.stop_gradient(g_end) > g_start + 1e-8 * jnp.maximum(1.0, jnp.abs(g_start))
+            ok = jnp.isfinite(gn) & jnp.isfinite(g_end) & ~diverged
+            status = jnp.where(ok, 0, 2).astype(jnp.int32)
+            return x, jnp.int32(low.train_steps), gn, status
+
+        # Training always starts from the spec's initial values (that is the
+        # procedure being differentiated); X0 is ignored.
+        X0 = self.X_init(theta, d)
+        x, it, gn, stt = self._vmap(one, (None, low.data_axes, 0))(theta, d, X0)
+        return Solved(x, self._sum(it), self._rss(gn), self._max(stt))

@@ -1,97 +1,224 @@
-"""Names accepted in options: lower solvers, optimizers, hypergradients, outer loops.
+"""Every method a spec names in an option: lower solvers, optimizers, hypergradients, outer loops.
 
-Each entry is a signature only: calling it returns the keyword arguments with
-defaults filled in, which is what the compiler stores in the IR and the runtime
-reads.  Keeping them in the registry means the compiler checks arity and
-keywords (``fista(mu=1)``, ``maid(eps0=...)``) with the same machinery as
-ordinary functions, and the README's option tables are generated from here.
+Each method is one frozen option class registered once (:func:`register_method`):
+its fields are the keywords with their defaults, and constructing it validates
+them (:mod:`bil.stdlib.method_options`).  The compiler binds ``fista(mu=1)``
+against the class's signature (arity, keywords, "did you mean" hints, like any
+function) and constructs it; the runtime receives the object and reads its
+attributes.  The option tables of ``docs/LANGUAGE.md`` are :func:`option_table`'s
+output (``tests/test_stdlib.py`` checks they agree).
 """
 
 from __future__ import annotations
 
-from bil.stdlib.registry import register
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Optional
+
+from bil.stdlib.method_options import (MethodOptions, OptionError, alias, at_least_one, check_count, choice,
+                                       count, flag, fraction, is_number, positive)
+from bil.stdlib.registry import lookup, names, register
+
+__all__ = ["MethodOptions", "OptionError", "register_method", "method_class", "make_method", "option_table"]
+
+
+def register_method(name: str, *, kind: str):
+    """Register an option class under ``name`` in the ``kind`` namespace ("solver", ...)."""
+    def deco(cls):
+        cls.name, cls.kind = name, kind
+        register(name, kind=kind)(cls)
+        return cls
+
+    return deco
+
+
+def method_class(name: str, kind: str) -> type[MethodOptions] | None:
+    """The option class registered as ``name`` in namespace ``kind``, or None."""
+    fn = lookup(name, kind)
+    return None if fn is None else fn.impl
+
+
+def make_method(kind: str, name: str, options: Any = None) -> MethodOptions:
+    """``name``'s options object from a mapping of keywords (defaults filled in, validated).
+
+    ``options`` may already be an object of that class (returned as is).  Raises
+    ``ValueError``: an unknown method, an unknown keyword ("bad options"), a bad value."""
+    cls = method_class(name, kind)
+    if cls is None:
+        raise ValueError(f"unknown {kind} method {name!r} (expected one of {', '.join(names(kind))})")
+    if isinstance(options, cls):
+        return options
+    try:
+        return cls(**dict(options or {}))
+    except TypeError as e:
+        raise ValueError(f"bad options for {kind} method {name!r}: {e}") from None
+
+
+def option_table(kind: str) -> str:
+    """The Markdown table of ``kind``'s methods (call with defaults, first paragraph of the doc)."""
+    rows = ["| call | meaning |", "| --- | --- |"]
+    for n in names(kind):
+        cls = method_class(n, kind)
+        rows.append(f"| `{cls.call_text()}` | {cls.summary()} |")
+    return "\n".join(rows)
 
 
 # ---------------------------------------------------------------- lower solvers
-@register("lbfgs", kind="solver")
-def lbfgs(memory=10):
+@register_method("lbfgs", kind="solver")
+@dataclass(frozen=True)
+class Lbfgs(MethodOptions):
     """L-BFGS with a zoom line search (optax); the default lower solver for objectives not proved quadratic."""
-    return dict(memory=memory)
+
+    memory: int = 10
+
+    def __post_init__(self):
+        count(self, "memory")
 
 
-@register("fista", kind="solver")
-def fista(mu=None, L0=1.0):
-    """Accelerated proximal gradient with backtracking; `mu` is the strong-convexity modulus."""
-    return dict(mu=mu, L0=L0)
+@register_method("fista", kind="solver")
+@dataclass(frozen=True)
+class Fista(MethodOptions):
+    """Accelerated proximal gradient with backtracking; `mu` is the strong-convexity modulus.
+    The default for bounded variables and non-smooth terms."""
+
+    mu: Optional[float] = None
+    L0: float = 1.0
+
+    def __post_init__(self):
+        positive(self, "mu", "L0")
 
 
-@register("gd", kind="solver")
-def gd_solver(lr=None):
-    """Gradient descent, fixed step `lr` or Armijo backtracking when omitted."""
-    return dict(lr=lr)
+@register_method("gd", kind="solver")
+@dataclass(frozen=True)
+class GdSolver(MethodOptions):
+    """(Proximal) gradient descent, fixed step `lr` or Armijo backtracking when omitted."""
+
+    lr: Optional[float] = None
+
+    def __post_init__(self):
+        positive(self, "lr")
 
 
-@register("newton_cg", kind="solver")
-def newton_cg(cg_max_iter=50):
+@register_method("newton_cg", kind="solver")
+@dataclass(frozen=True)
+class NewtonCG(MethodOptions):
     """Truncated Newton with CG on Hessian-vector products and a line search."""
-    return dict(cg_max_iter=cg_max_iter)
+
+    cg_max_iter: int = 50
+
+    def __post_init__(self):
+        count(self, "cg_max_iter")
 
 
-@register("direct", kind="solver")
-def direct():
+@register_method("direct", kind="solver")
+@dataclass(frozen=True)
+class Direct(MethodOptions):
     """Quadratic objectives only: factor the Hessian once (Cholesky, LU fallback) and solve,
     refined to `tol`; the adjoint reuses the factor.  Default for quadratic, unbounded lower
     problems with at most 2000 variables."""
-    return dict()
 
 
-@register("cg", kind="solver")
-def cg_solver():
+@register_method("cg", kind="solver")
+@dataclass(frozen=True)
+class CG(MethodOptions):
     """Quadratic objectives only: conjugate gradients on Hessian-vector products to `tol`,
     warm started.  Default for quadratic, unbounded lower problems with more than 2000 variables."""
-    return dict()
+
+
+#: lower solvers for quadratic objectives only (the compiler checks the degree)
+QUADRATIC_SOLVERS = (Direct, CG)
+#: lower solvers that handle bounds and non-smooth terms (projected / proximal steps)
+PROX_SOLVERS = (Fista, GdSolver)
 
 
 # ------------------------------------------------------ training optimizers
-@register("sgd", kind="optimizer")
-def sgd(lr, momentum=0.0, nesterov=False):
+# ``lr`` (and sgd's ``momentum``) may be hypers: the compiler checks those
+# arguments itself (they are expressions); only constant values are checked here.
+def _constant_lr(m) -> None:
+    if is_number(m.lr) and not m.lr > 0:
+        raise OptionError(f"the learning rate must be > 0, got {m.lr:g}", arg="lr")
+
+
+@register_method("sgd", kind="optimizer")
+@dataclass(frozen=True)
+class Sgd(MethodOptions):
     """Stochastic gradient descent (optax.sgd); `lr` and `momentum` may be hypers."""
-    return dict(lr=lr, momentum=momentum, nesterov=nesterov)
+
+    lr: Any
+    momentum: Any = 0.0
+    nesterov: bool = False
+
+    def __post_init__(self):
+        _constant_lr(self)
 
 
-@register("adam", kind="optimizer")
-def adam(lr, b1=0.9, b2=0.999, eps=1e-8):
+@register_method("adam", kind="optimizer")
+@dataclass(frozen=True)
+class Adam(MethodOptions):
     """Adam (optax.adam); `lr` may be a hyper."""
-    return dict(lr=lr, b1=b1, b2=b2, eps=eps)
+
+    lr: Any
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+
+    def __post_init__(self):
+        _constant_lr(self)
 
 
-@register("rmsprop", kind="optimizer")
-def rmsprop(lr, decay=0.9):
+@register_method("rmsprop", kind="optimizer")
+@dataclass(frozen=True)
+class RMSProp(MethodOptions):
     """RMSProp (optax.rmsprop)."""
-    return dict(lr=lr, decay=decay)
+
+    lr: Any
+    decay: float = 0.9
+
+    def __post_init__(self):
+        _constant_lr(self)
 
 
-@register("adagrad", kind="optimizer")
-def adagrad(lr):
+@register_method("adagrad", kind="optimizer")
+@dataclass(frozen=True)
+class Adagrad(MethodOptions):
     """Adagrad (optax.adagrad)."""
-    return dict(lr=lr)
+
+    lr: Any
+
+    def __post_init__(self):
+        _constant_lr(self)
 
 
 # ---------------------------------------------------- hypergradient methods
-@register("implicit", kind="hypergradient")
-def implicit(linear="cg", max_iter=1000):
+@register_method("implicit", kind="hypergradient")
+@dataclass(frozen=True)
+class Implicit(MethodOptions):
     """Implicit differentiation: solve H q = grad_x f by `linear` = "cg" or "direct"."""
-    return dict(linear=linear, max_iter=max_iter)
+
+    linear: str = "cg"
+    max_iter: int = 1000
+
+    def __post_init__(self):
+        choice(self, "linear", ("cg", "direct"))
+        count(self, "max_iter")
 
 
-@register("neumann", kind="hypergradient")
-def neumann(k=20, alpha=None):
+@register_method("neumann", kind="hypergradient")
+@dataclass(frozen=True)
+class Neumann(MethodOptions):
     """Truncated Neumann series for H^-1 with `k` terms and step `alpha` (default 1/L estimate)."""
-    return dict(k=k, alpha=alpha)
+
+    k: int = 20
+    alpha: Optional[float] = None
+
+    def __post_init__(self):
+        positive(self, "alpha")
+        count(self, "k")
 
 
-@register("unroll", kind="hypergradient")
-def unroll(truncate=None, steps=1000):
+@register_method("unroll", kind="hypergradient")
+@dataclass(frozen=True)
+class Unroll(MethodOptions):
     """Reverse mode through the lower iterations; `truncate=K` keeps only the last K.
 
     For a `train` goal the training steps themselves are unrolled.  For an
@@ -102,16 +229,22 @@ def unroll(truncate=None, steps=1000):
     solver (solved, not differentiated; its iterations count in the cost),
     and adaptive momentum restart.
     """
-    return dict(truncate=truncate, steps=steps)
+
+    truncate: Optional[int] = None
+    steps: int = 1000
+
+    def __post_init__(self):
+        count(self, "truncate", "steps")
+
+
+#: hypergradients from the adjoint equation at a lower solution (not unrolled)
+IMPLICIT_METHODS = (Implicit, Neumann)
 
 
 # ------------------------------------------------------------- outer loops
-@register("maid", kind="outer")
-def maid(eps0=0.1, delta0=0.1, eta=1e-4, lam=1e-8, rho=0.5, nu=0.5, nu_plus=1.25,
-         rho_plus=1.25, step0=1.0, max_step=1.0, max_iter=100, max_backtracks=8,
-         budget=None, tol=1e-6, eps_min="auto", delta_min="auto", constants_every=5,
-         omega="secant", safety=2.0, bracket="adjoint", direction="lbfgs", memory=5, h0="auto",
-         cubic=True, screen=True):
+@register_method("maid", kind="outer")
+@dataclass(frozen=True)
+class Maid(MethodOptions):
     """Adaptively inexact descent (Salehi et al. 2025): ε, δ and the step are adapted.
 
     `eps0`, `delta0`: first accuracies (‖x̃ − x*‖ ≤ ε, CG residual ≤ δ).  `eta`:
@@ -172,25 +305,103 @@ def maid(eps0=0.1, delta0=0.1, eta=1e-4, lam=1e-8, rho=0.5, nu=0.5, nu_plus=1.25
     (‖∇ₓf‖ε + ½L_f ε²) only.  The paper's method is
     `maid(direction="gradient", bracket="value", screen=False)`.
     """
-    return dict(locals())
+
+    eps0: float = 0.1
+    delta0: float = 0.1
+    eta: float = 1e-4
+    lam: float = 1e-8
+    rho: float = 0.5
+    nu: float = 0.5
+    nu_plus: float = 1.25
+    rho_plus: float = 1.25
+    step0: float = 1.0
+    max_step: float = 1.0
+    max_iter: int = 100
+    max_backtracks: int = 8
+    budget: Optional[int] = None
+    tol: float = 1e-6
+    eps_min: Any = "auto"
+    delta_min: Any = "auto"
+    constants_every: int = 5
+    omega: str = "secant"
+    safety: float = 2.0
+    bracket: str = "adjoint"
+    direction: str = "lbfgs"
+    memory: int = 5
+    h0: str = "auto"
+    cubic: bool = True
+    screen: bool = True
+
+    def __post_init__(self):
+        choice(self, "omega", ("secant", "bound"))
+        choice(self, "bracket", ("value", "adjoint"))
+        choice(self, "direction", ("lbfgs", "gradient"),
+               "\"gradient\" is the published method (steps along the hypergradient)")
+        choice(self, "h0", ("auto", "subspace", "scalar"),
+               "\"scalar\" is the textbook L-BFGS scaling <s, y>/<y, y> in every direction")
+        flag(self, "screen", "cubic")
+        positive(self, "eps0", "delta0", "step0", "max_step", "tol", "eta", "lam", "budget", "safety")
+        positive(self, *(f for f in ("eps_min", "delta_min") if getattr(self, f) != "auto"))
+        count(self, "max_iter", "memory", "constants_every")
+        count(self, "max_backtracks", least=0)   # 0: one trial per round (the runtime's tests use it)
+        fraction(self, "rho", "nu")
+        at_least_one(self, "nu_plus", "rho_plus")
 
 
-@register("hoag", kind="outer")
-def hoag(schedule="quadratic", eps0=0.1, max_iter=100, budget=None, tol=1e-6,
-         clip=(-10.0, 6.0)):
+@register_method("hoag", kind="outer")
+@dataclass(frozen=True)
+class Hoag(MethodOptions):
     """Pedregosa's HOAG with a decreasing tolerance `schedule` (quadratic, cubic, exponential).
 
     `budget`: total lower + CG iterations, strict as in `maid`."""
-    return dict(locals())
+
+    schedule: str = "quadratic"
+    eps0: float = 0.1
+    max_iter: int = 100
+    budget: Optional[int] = None
+    tol: float = 1e-6
+    clip: Optional[tuple] = (-10.0, 6.0)
+
+    def __post_init__(self):
+        choice(self, "schedule", ("quadratic", "cubic", "exponential"))
+        positive(self, "eps0", "tol", "budget")
+        count(self, "max_iter")
+        c = self.clip
+        if c is not None and not (isinstance(c, (tuple, list)) and len(c) == 2
+                                  and all(is_number(v) for v in c) and c[0] < c[1]):
+            raise OptionError(f"`hoag(clip=...)` must be a pair `(lo, hi)` of numbers with lo < hi, got {c!r}",
+                              "e.g. `clip=(-10, 6)` (the box for log-coordinate hypers)", arg="clip")
 
 
-@register("gd", kind="outer")
-def gd_outer(lr=0.1, steps=100, tol=1e-8, budget=None):
-    """Plain gradient descent on the hypergradient (optax.sgd) at fixed accuracy `tol`."""
-    return dict(locals())
+@dataclass(frozen=True)
+class _PlainOuter(MethodOptions):
+    """gd and adam on the hypergradient at fixed accuracy ``tol`` (``steps``: alias of ``max_iter``)."""
+
+    aliases = MappingProxyType({"steps": "max_iter"})
+
+    lr: float = 0.1
+    max_iter: int = 100
+    tol: float = 1e-8
+    budget: Optional[int] = None
+    steps: Optional[int] = None
+
+    def __post_init__(self):
+        count(self, "steps", "max_iter")
+        alias(self, "steps", "max_iter", 100)
+        positive(self, "lr", "tol", "budget")
 
 
-@register("adam", kind="outer")
-def adam_outer(lr=0.05, steps=100, tol=1e-8, budget=None):
-    """Adam on the hypergradient (optax.adam) at fixed accuracy `tol`."""
-    return dict(locals())
+@register_method("gd", kind="outer")
+@dataclass(frozen=True)
+class GdOuter(_PlainOuter):
+    """Plain gradient descent on the hypergradient (optax.sgd) at fixed accuracy `tol`; `steps` is
+    another name for `max_iter`."""
+
+
+@register_method("adam", kind="outer")
+@dataclass(frozen=True)
+class AdamOuter(_PlainOuter):
+    """Adam on the hypergradient (optax.adam) at fixed accuracy `tol`; `steps` is another name for
+    `max_iter`."""
+
+    lr: float = 0.05

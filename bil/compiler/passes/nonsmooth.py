@@ -34,13 +34,11 @@ from bil.core.errors import BilError
 from bil.compiler.evaluate import Evaluator
 from bil.compiler.passes.separable import WeightPusher, product, times
 from bil.core.source import Span
-from bil.compiler.state import CompileState, Method
-from bil.stdlib import lookup
+from bil.compiler.state import CompileState
+from bil.stdlib.methods import PROX_SOLVERS, make_method
 
 #: calls whose kink at 0 makes a term non-smooth when their argument involves a lower variable
 KINKED = ("abs", "l1", "group_l1")
-#: lower solvers that take a proximal step (the others need a smooth objective)
-PROX_SOLVERS = ("fista", "gd")
 
 _SMOOTH_HINT = ("exact l1 needs a lower variable times factors of hypers and data (`lam * l1(w)`, `l1(c * w)`, "
                 "`sum(c * abs(w))`, `sum(c * l1(reshape(w, 5, 2), axis=1))`, `group_l1(w, M, weights)`), added "
@@ -250,14 +248,12 @@ def _choose_solver(st: CompileState, span) -> bool:
     given = any(o.key == "solver" for o in st.lower.options)
     solver = st.options["lower"]["solver"]
     if given:
-        if solver.name not in PROX_SOLVERS:
+        if not isinstance(solver, PROX_SOLVERS):
             raise BilError(f"`{solver.name}` needs a smooth lower objective, but it has non-smooth terms",
                            solver.span, "use `solver: fista(...)` (accelerated proximal gradient) or "
                            "`gd(...)` (proximal gradient), or leave `solver:` out to get fista")
         return False
-    bound = lookup("fista", "solver").signature.bind()
-    bound.apply_defaults()
-    st.options["lower"]["solver"] = Method("fista", dict(bound.arguments), None)
+    st.options["lower"]["solver"] = make_method("solver", "fista")
     return True
 
 

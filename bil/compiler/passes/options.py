@@ -3,20 +3,23 @@
 Method-valued options (``solver: fista(mu=1)``, ``outer: maid(...)``) are
 bound against the stdlib registry's namespaces, so arity and keyword errors
 and "did you mean" hints come from the same machinery as function calls.
-The result, with every default filled in, is ``state.options``.
+Each method's option class (:mod:`bil.stdlib.methods`) is constructed here, which
+validates its values; an :class:`OptionError` becomes a located error at the
+argument it names.  The result, with every default filled in, is ``state.options``.
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from bil.core import ir
 from bil.core.errors import BilError, Warning_
 from bil.compiler.evaluate import Evaluator, is_concrete, to_static
-from bil.compiler.state import CompileState, Method
+from bil.compiler.state import CompileState
 from bil.stdlib import closest, lookup, names
+from bil.stdlib.method_options import MAX_COUNT, MethodOptions, OptionError, check_count  # noqa: F401 (re-exported)
+from bil.stdlib.methods import IMPLICIT_METHODS, PROX_SOLVERS, Implicit, make_method
 
 # key -> (what it is, validator).  Validators take (value, span) and return the
 # normalised value.
@@ -28,17 +31,11 @@ def _pos_number(v, span, key):
     return float(v)
 
 
-#: the most iterations, steps or terms any count may ask for: loops count in int32
-MAX_COUNT = 10**9
-
-
 def _pos_int(v, span, key):
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise BilError(f"`{key}` must be a positive integer, got {v!r}", span)
-    if v > MAX_COUNT:
-        raise BilError(f"`{key}` is {v:,}, more than the {MAX_COUNT:,} iterations a loop can count", span,
-                       "iteration counts are capped at 10^9 (loops count in int32); use a tolerance to stop "
-                       "earlier, or a smaller count")
+    try:
+        check_count(v, key)
+    except OptionError as err:
+        raise BilError(err.message, span, err.hint) from None
     return int(v)
 
 
@@ -59,15 +56,15 @@ LOWER_OPTIONS: dict[str, tuple[str, Callable | str]] = {
 }
 SOLVE_OPTIONS: dict[str, tuple[str, Callable | str]] = {
     "hypergradient": ("implicit(linear=\"cg\") | neumann(k=..) | unroll | unroll(truncate=K)", "hypergradient"),
-    "outer": ("maid(...) | hoag(...) | gd(lr=.., steps=..) | adam(lr=.., steps=..)", "outer"),
+    "outer": ("maid(...) | hoag(...) | gd(lr=.., max_iter=..) | adam(lr=.., max_iter=..)", "outer"),
     "precision": ("\"float64\" | \"float32\"", _choice("float64", "float32")),
     "seed": ("integer seed", lambda v, s, k: _int(v, s, k)),
     "checkpoint_every": ("outer iterations between checkpoints, default 10", _pos_int),
 }
 UPPER_OPTIONS: dict[str, tuple[str, Callable | str]] = {}
 
-#: the outer loops' iteration limits: `max_iter` for maid/hoag, `steps` for adam/gd (each is
-#: the other's "did you mean")
+#: iteration counts by their other name, for "did you mean": every outer loop counts `max_iter`
+#: (gd/adam also accept `steps`, their alias); `unroll` counts `steps`
 LIMIT_ALIASES = {"max_iter": "steps", "steps": "max_iter"}
 
 DEFAULTS = {"tol": 1e-8, "max_iter": 10000, "precision": "float64", "seed": 0, "checkpoint_every": 10}
@@ -82,8 +79,9 @@ def _int(v, span, key):
     return v
 
 
-def method_value(e: ir.Expr, namespace: str, key: str) -> Method:
-    """Bind ``name(k=v, ...)`` (or a bare ``name``) against a registry namespace."""
+def method_value(e: ir.Expr, namespace: str, key: str) -> MethodOptions:
+    """Bind ``name(k=v, ...)`` (or a bare ``name``) against a registry namespace and
+    construct its option class: the validated object, located at the call."""
     if isinstance(e, ir.Name):
         e = ir.Call(e.span, e.id, (), (), name_span=e.span)
     known = names(namespace)
@@ -97,6 +95,13 @@ def method_value(e: ir.Expr, namespace: str, key: str) -> Method:
     from bil.compiler.passes.resolve import check_signature
 
     check_signature(fn, e, f"`{e.func}`")
+    cls = fn.impl
+    given = {k.name: k for k in e.kwargs}
+    for alias, target in cls.aliases.items():
+        if alias in given and target in given:
+            second = max(given[alias], given[target], key=lambda k: (k.span.line, k.span.column))
+            raise BilError(f"`{e.func}` got both `{target}` and its alias `{alias}`", second.span,
+                           f"`{alias}` is another name for `{target}`: give one of them")
     const = Evaluator({})
     args = [_static(const, a) for a in e.args]
     kwargs = {k.name: _static(const, k.value) for k in e.kwargs}
@@ -105,8 +110,21 @@ def method_value(e: ir.Expr, namespace: str, key: str) -> Method:
     except TypeError as err:
         params = ", ".join(fn.signature.parameters)
         raise BilError(f"{err} in `{e.func}`", e.span, f"`{e.func}` accepts: {params}") from None
-    bound.apply_defaults()
-    return Method(e.func, dict(bound.arguments), e.span)
+    try:
+        return cls(*bound.args, **bound.kwargs).at(e.span)
+    except OptionError as err:
+        raise BilError(err.message, _arg_span(e, fn, err.arg), err.hint or method_hint(cls)) from None
+
+
+def _arg_span(e: ir.Call, fn, arg: str | None):
+    """The span of the argument ``arg`` names in the call ``e`` (the call's when not given there)."""
+    for k in e.kwargs:
+        if k.name == arg:
+            return k.value.span
+    params = list(fn.signature.parameters)
+    if arg in params and params.index(arg) < len(e.args):
+        return e.args[params.index(arg)].span
+    return e.span
 
 
 def _static(const: Evaluator, e: ir.Expr):
@@ -116,55 +134,13 @@ def _static(const: Evaluator, e: ir.Expr):
     return to_static(v)
 
 
-def check_method(m: Method) -> None:
-    """Per-method argument checks with messages in Optimistix' style."""
-    kw = m.kwargs
-    span = m.span
-    if m.name == "implicit" and kw["linear"] not in ("cg", "direct"):
-        raise BilError(f"`implicit(linear=...)` must be \"cg\" or \"direct\", got {kw['linear']!r}", span)
-    if m.name == "hoag" and kw["schedule"] not in ("quadratic", "cubic", "exponential"):
-        raise BilError(f"`hoag(schedule=...)` must be \"quadratic\", \"cubic\" or \"exponential\", got "
-                       f"{kw['schedule']!r}", span)
-    if m.name == "maid" and kw["omega"] not in ("secant", "bound"):
-        raise BilError(f"`maid(omega=...)` must be \"secant\" or \"bound\", got {kw['omega']!r}", span)
-    if m.name == "maid" and kw["bracket"] not in ("value", "adjoint"):
-        raise BilError(f"`maid(bracket=...)` must be \"value\" or \"adjoint\", got {kw['bracket']!r}", span)
-    if m.name == "maid" and kw["direction"] not in ("lbfgs", "gradient"):
-        raise BilError(f"`maid(direction=...)` must be \"lbfgs\" or \"gradient\", got {kw['direction']!r}", span,
-                       "\"gradient\" is the published method (steps along the hypergradient)")
-    if m.name == "maid" and kw["h0"] not in ("auto", "subspace", "scalar"):
-        raise BilError(f"`maid(h0=...)` must be \"auto\", \"subspace\" or \"scalar\", got {kw['h0']!r}", span,
-                       "\"scalar\" is the textbook L-BFGS scaling <s, y>/<y, y> in every direction")
-    for flag in ("screen", "cubic"):
-        if m.name == "maid" and not isinstance(kw[flag], bool):
-            raise BilError(f"`maid({flag}=...)` must be true or false, got {kw[flag]!r}", span)
-    if m.name == "unroll" and kw["truncate"] is not None:
-        _pos_int(kw["truncate"], span, "unroll(truncate=...)")
-    for name in ("eps0", "delta0", "lr", "mu", "L0", "step0", "max_step", "tol", "eta", "lam", "alpha", "budget",
-                 "eps_min", "delta_min", "safety"):
-        if name in ("eps_min", "delta_min") and kw.get(name) == "auto":
-            continue   # maid's floors from the precision and the problem's scale
-        if kw.get(name) is not None and not _is_number(kw[name], lambda v: v > 0):
-            raise BilError(f"`{m.name}({name}=...)` must be > 0, got {kw[name]!r}", span)
-    for name in ("max_iter", "steps", "k", "memory", "max_backtracks", "cg_max_iter", "constants_every"):
-        if kw.get(name) is not None:
-            _pos_int(kw[name], span, f"{m.name}({name}=...)")
-    for name in ("rho", "nu"):
-        if name in kw and not _is_number(kw[name], lambda v: 0 < v < 1):
-            raise BilError(f"`{m.name}({name}=...)` must lie in (0, 1), got {kw[name]!r}", span)
-    for name in ("nu_plus", "rho_plus"):
-        if name in kw and not _is_number(kw[name], lambda v: v >= 1):
-            raise BilError(f"`{m.name}({name}=...)` must be >= 1, got {kw[name]!r}", span)
-    clip = kw.get("clip")
-    if clip is not None and not (isinstance(clip, (tuple, list)) and len(clip) == 2
-                                 and all(_is_number(c) for c in clip) and clip[0] < clip[1]):
-        raise BilError(f"`{m.name}(clip=...)` must be a pair `(lo, hi)` of numbers with lo < hi, got {clip!r}", span,
-                       "e.g. `clip=(-10, 6)` (the box for log-coordinate hypers)")
-
-
-def _is_number(v, test=lambda v: True) -> bool:
-    """``v`` is a real number (not a bool or a string) and passes ``test``."""
-    return not isinstance(v, bool) and isinstance(v, (int, float)) and bool(test(v))
+def with_options(m: MethodOptions, changes: dict) -> MethodOptions:
+    """``m`` with keyword ``changes`` (``prog.run(max_iter=20)``), validated like the spec's own
+    options: a bad value is a :class:`BilError` at the method's span."""
+    try:
+        return m.replace(**changes)
+    except OptionError as err:
+        raise BilError(err.message, m.span, err.hint or method_hint(type(m))) from None
 
 
 def check_block(options: tuple[ir.Option, ...], table: dict, block: str) -> dict[str, Any]:
@@ -182,14 +158,7 @@ def check_block(options: tuple[ir.Option, ...], table: dict, block: str) -> dict
         seen[opt.key] = opt
         what, check = table[opt.key]
         if isinstance(check, str):
-            m = method_value(opt.value, check, opt.key)
-            try:
-                check_method(m)
-            except BilError as err:
-                if err.hint is None:  # every diagnostic says what to write instead
-                    err.hint = method_hint(m, check)
-                raise
-            out[opt.key] = m
+            out[opt.key] = method_value(opt.value, check, opt.key)
         else:
             try:
                 out[opt.key] = check(_static(Evaluator({}), opt.value), opt.value.span, opt.key)
@@ -200,12 +169,10 @@ def check_block(options: tuple[ir.Option, ...], table: dict, block: str) -> dict
     return out
 
 
-def method_hint(m: Method, namespace: str) -> str:
-    """``name`` takes k=default, ...: the defaults, as a hint for a bad keyword value."""
-    fn = lookup(m.name, namespace)
-    params = fn.signature.parameters.values() if fn is not None else ()
-    shown = ", ".join(f"{p.name}={p.default!r}" for p in params if p.default is not inspect.Parameter.empty)
-    return f"`{m.name}` takes {shown}" if shown else f"see `bil show FILE` for the options of `{m.name}`"
+def method_hint(cls: type[MethodOptions]) -> str:
+    """``name`` takes k=default, ...: the defaults, as the hint of a bad keyword value."""
+    shown = cls.call_text()[len(cls.name) + 1:-1]
+    return f"`{cls.name}` takes {shown}" if shown else f"see `bil show FILE` for the options of `{cls.name}`"
 
 
 @dataclass(frozen=True)
@@ -223,20 +190,18 @@ class CheckOptions:
                     raise BilError(f"`{key}` does not apply to a `train` goal", lower[key].span,
                                    "the optimizer is given by `train ... with OPT for N steps`")
         elif "solver" not in lower:
-            lower["solver"] = Method("fista" if bounded else "lbfgs", dict(lookup(
-                "fista" if bounded else "lbfgs", "solver").signature.bind().arguments), None)
-            _fill(lower["solver"])
-        elif bounded and lower["solver"].name in ("lbfgs", "newton_cg", "direct", "cg"):
+            lower["solver"] = make_method("solver", "fista" if bounded else "lbfgs")
+        elif bounded and not isinstance(lower["solver"], PROX_SOLVERS):
             raise BilError(f"`{lower['solver'].name}` cannot handle bounded lower variables", lower["solver"].span,
                            "use `solver: fista(...)` or `solver: gd(...)` (projected methods)")
         if "hypergradient" not in solve:
-            solve["hypergradient"] = _default("unroll" if st.is_train else "implicit", "hypergradient")
+            solve["hypergradient"] = make_method("hypergradient", "unroll" if st.is_train else "implicit")
         if "outer" not in solve:
             # MAID for both: on a training procedure (exact values and
             # hypergradients) it is backtracking with L-BFGS directions, which
             # reached lower validation losses than adam(lr=0.02..0.5, steps=100)
             # at fewer training steps on 3 procedures (benchmarks/defaults.py).
-            solve["outer"] = _default("maid", "outer")
+            solve["outer"] = make_method("outer", "maid")
         for k in ("precision", "seed", "checkpoint_every"):
             solve.setdefault(k, DEFAULTS[k])
         lower.setdefault("tol", FLOAT32_TOL if solve["precision"] == "float32" else DEFAULTS["tol"])
@@ -245,13 +210,13 @@ class CheckOptions:
         if st.is_train:
             # a training procedure runs its N steps: no tolerance or cap applies to it (only
             # implicit differentiation's CG or direct solves use `tol`; Neumann runs k terms)
-            unused = ["max_iter"] + (["tol"] if hg.name in ("unroll", "neumann") else [])
+            unused = ["max_iter"] + (["tol"] if not isinstance(hg, Implicit) else [])
             for opt in st.lower.options:
                 if opt.key in unused:
                     st.warnings.append(Warning_(
                         f"`{opt.key}` has no effect on a `train` goal", opt.span,
                         "the procedure runs its `for N steps`; change N to train longer"))
-        if st.is_train and hg.name in ("implicit", "neumann"):
+        if st.is_train and isinstance(hg, IMPLICIT_METHODS):
             st.warnings.append(Warning_(
                 f"`{hg.name}` differentiates the argmin of the training loss, not the training steps",
                 hg.span or st.lower.span,
@@ -259,18 +224,3 @@ class CheckOptions:
                 "`hypergradient: unroll` differentiates the steps themselves"))
         st.options = {"lower": lower, "solve": solve}
 
-
-def _default(name: str, namespace: str) -> Method:
-    m = Method(name, {}, None)
-    fn = lookup(name, namespace)
-    bound = fn.signature.bind()
-    bound.apply_defaults()
-    m.kwargs = dict(bound.arguments)
-    return m
-
-
-def _fill(m: Method) -> None:
-    fn = lookup(m.name, "solver")
-    bound = fn.signature.bind(**m.kwargs)
-    bound.apply_defaults()
-    m.kwargs = dict(bound.arguments)

@@ -15,12 +15,12 @@ import math
 from dataclasses import dataclass
 
 from bil.core.errors import BilError
-from bil.compiler.state import CompileState, Method
+from bil.compiler.state import CompileState
+from bil.stdlib.methods import QUADRATIC_SOLVERS, make_method
 
 #: the largest number of lower variables (per sample) for which ``direct`` is the default:
 #: its Hessian is n×n (32 MB at 2000 in float64) and its factorisation n³/3 flops
 DIRECT_MAX_N = 2000
-QUADRATIC_SOLVERS = ("direct", "cg")
 
 
 def lower_size(st: CompileState) -> int:
@@ -46,7 +46,7 @@ class ChooseSolver:
         solver = st.options["lower"]["solver"]
         quadratic = st.structure.get("lower_quadratic", False)
         if _given(st):
-            if solver.name in QUADRATIC_SOLVERS and not quadratic:
+            if isinstance(solver, QUADRATIC_SOLVERS) and not quadratic:
                 deg = st.structure.get("lower_degree")
                 what = "not polynomial" if deg is None else f"of degree up to {deg}"
                 raise BilError(f"`{solver.name}()` needs a lower objective quadratic in the lower variables; this one "
@@ -56,7 +56,7 @@ class ChooseSolver:
             return
         if st.structure.get("lower_degree") == 2 and not _bounded(st):
             name = "direct" if lower_size(st) <= DIRECT_MAX_N else "cg"
-            st.options["lower"]["solver"] = Method(name, {}, None)
+            st.options["lower"]["solver"] = make_method("solver", name)
 
 
 def solver_reason(st: CompileState) -> str:

@@ -40,19 +40,14 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def outer_options(method: str, options: dict | None) -> dict:
-    """``options`` with the registered defaults of ``method`` filled in."""
-    from bil.stdlib import lookup
+def outer_options(method: str, options) -> dict:
+    """``options`` (a mapping, or the method's option object) with the registered defaults
+    of ``method`` filled in, validated (:func:`bil.stdlib.methods.make_method`)."""
+    from bil.stdlib.methods import make_method
 
     if method not in METHODS:
         raise ValueError(f"unknown outer method {method!r} (expected one of {', '.join(METHODS)})")
-    fn = lookup(method, "outer")
-    try:
-        bound = fn.signature.bind(**dict(options or {}))
-    except TypeError as e:
-        raise ValueError(f"bad options for outer method {method!r}: {e}") from None
-    bound.apply_defaults()
-    return dict(bound.arguments)
+    return dict(make_method("outer", method, options).kwargs)
 
 
 def make_loop(oracles, method: str, opts: dict):
