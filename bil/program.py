@@ -279,7 +279,8 @@ class Program:
         lower = {k: np.asarray(v) for k, v in x.items()}
         return Result(hypers=res.hypers, lower=lower, upper=upper, history=list(res.history),
                       converged=bool(res.converged), reason=str(res.reason), state=res.state,
-                      error=self._failure(str(res.reason), hypers=getattr(res, "failed_at", None) or res.hypers))
+                      error=self._failure(str(res.reason), hypers=getattr(res, "failed_at", None) or res.hypers,
+                                          res=res))
 
     def result_from_state(self, state: dict, reason: str) -> "Result":
         """The :class:`Result` of a run that ended with the resumable ``state`` and stop
@@ -317,13 +318,20 @@ class Program:
         "CG hit its iteration cap": (0, 1),
     }
 
-    def _failure(self, reason: str, prefix: str = "the run stopped: ", hypers: dict | None = None):
+    def _failure(self, reason: str, prefix: str = "the run stopped: ", hypers: dict | None = None, res=None):
         """The spec-located error for an outer loop that stopped on a failed solve, else None;
-        its message names the (user-coordinate) ``hypers`` at which the solve failed, if given."""
+        its message names the (user-coordinate) ``hypers`` at which the solve failed, if given.
+        With the run's result ``res``, an Inf/NaN is traced to the sub-expression that made it
+        (:mod:`bil.runtime.diagnose`)."""
         if hypers:
             from bil.runtime.outer.floor import hypers_text
 
             prefix = f"{prefix.rstrip(': ')} at {hypers_text(hypers)}: "
+        from bil.runtime.diagnose import run_failure
+
+        located = run_failure(self, res, prefix) if res is not None else None
+        if located is not None:
+            return located
         if reason == "non-finite hypergradient":
             # the lower solve was finite (that stop has its own reason): the upper objective,
             # or its gradient, is not finite at the lower solution
