@@ -20,6 +20,7 @@ import numpy as np
 from bil.compiler.dump import dump_graph, dump_ir
 from bil.compiler.errors import BilError, BilRuntimeError, BilUsageError
 from bil.compiler.state import CompileState, Method
+from bil.runtime import diagnose
 
 
 class Program:
@@ -139,7 +140,7 @@ class Program:
         theta = self._theta(hypers)
         X0 = eng.init_lower_user(theta)
         sol = eng.solve_lower(theta, X0, tol)
-        eng.check(sol.status, sol.grad_norm)
+        diagnose.check(self, theta, sol.status, sol.grad_norm)
         return {k: np.asarray(v) for k, v in sol.x.items()}
 
     def value_and_hypergrad(self, hypers: Mapping[str, Any] | None = None, tol: float | None = None,
@@ -161,7 +162,7 @@ class Program:
         theta = self._theta(hypers)
         X0 = eng.init_lower_user(theta)
         hg, (gn, res) = eng.hypergradient(theta, X0, eng.init_adjoint(X0), tol, tol, coords="theta", method=m)
-        eng.check(hg.lower_status, gn, hg.cg_status, res, method=m)
+        diagnose.check(self, theta, hg.lower_status, gn, hg.cg_status, res, requested=tol, method=m)
         return hg
 
     @functools.cached_property
@@ -327,9 +328,7 @@ class Program:
             from bil.runtime.outer.floor import hypers_text
 
             prefix = f"{prefix.rstrip(': ')} at {hypers_text(hypers)}: "
-        from bil.runtime.diagnose import run_failure
-
-        located = run_failure(self, res, prefix) if res is not None else None
+        located = diagnose.run_failure(self, res, prefix) if res is not None else None
         if located is not None:
             return located
         if reason == "non-finite hypergradient":

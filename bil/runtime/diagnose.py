@@ -153,7 +153,8 @@ def _ranges(node: ir.Expr, probe) -> str:
         if r is None or _bad(r[0]) or np.size(r[0]) == 0:
             continue
         v = np.asarray(r[0])
-        parts.append(f"{float(v.min()):.3g}" if v.size == 1 else f"[{float(v.min()):.3g}, {float(v.max()):.3g}]")
+        lo, hi = float(v.min()), float(v.max())
+        parts.append(f"{lo:.3g}" if lo == hi else f"[{lo:.3g}, {hi:.3g}]")
     if not parts:
         return ""
     return f" (its argument is {parts[0]})" if len(parts) == 1 else f" (its operands are {' and '.join(parts)})"
@@ -252,3 +253,25 @@ def run_failure(program, res, prefix: str) -> BilRuntimeError | None:
     except (BilError, FloatingPointError, ValueError, TypeError):
         return None   # the diagnosis could not run: the stop reason's own message stands
     return err
+
+
+def check(program, theta: dict, lower_status, grad_norm=None, cg_status=0, residual=None, requested=None,
+          **kw) -> None:
+    """:meth:`Engine.failure <bil.runtime.engine.Engine.failure>` raised, for the API's solves at
+    hypers ``theta``: an Inf/NaN traced to its sub-expression, an adjoint short of the
+    ``requested`` residual checked against the upper gradient's roundoff; otherwise the
+    engine's own error."""
+    err = program.engine.failure(lower_status, grad_norm, cg_status, residual, **kw)
+    if err is None:
+        return
+    s, c = int(np.max(np.asarray(lower_status))), int(np.max(np.asarray(cg_status)))
+    better = None
+    try:
+        if 2 in (s, c):
+            better = locate_nonfinite(program, theta)
+        if better is None and c in (1, 2):
+            tol = float(requested if requested is not None else program.state.options["lower"]["tol"])
+            better = gradient_too_large(program, theta, tol)
+    except (BilError, FloatingPointError, ValueError, TypeError):
+        better = None
+    raise better or err
