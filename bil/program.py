@@ -281,7 +281,8 @@ class Program:
         return Result(hypers=res.hypers, lower=lower, upper=upper, history=list(res.history),
                       converged=bool(res.converged), reason=str(res.reason), state=res.state,
                       error=self._failure(str(res.reason), hypers=getattr(res, "failed_at", None) or res.hypers,
-                                          res=res))
+                                          res=res),
+                      warnings=diagnose.curvature_warnings(self, res.hypers, x) if np.isfinite(upper) else [])
 
     def result_from_state(self, state: dict, reason: str) -> "Result":
         """The :class:`Result` of a run that ended with the resumable ``state`` and stop
@@ -369,10 +370,11 @@ class Result:
     iteration: ``iter, upper, grad_norm, omega, eps, delta, step, backtracks,
     lower_iters, cg_iters, lower_iters_total, cg_iters_total, wall_s,
     hyper.NAME...``), ``converged``, ``reason``, ``state`` (resumable),
-    ``error`` (a spec-located :class:`bil.BilRuntimeError` when a solve failed).
+    ``error`` (a spec-located :class:`bil.BilRuntimeError` when a solve failed),
+    ``warnings`` (e.g. a nonconvex lower problem).
     """
 
-    def __init__(self, *, hypers, lower, upper, history, converged, reason, state, error=None):
+    def __init__(self, *, hypers, lower, upper, history, converged, reason, state, error=None, warnings=None):
         self.hypers = {k: np.asarray(v) for k, v in hypers.items()}
         self.lower = lower
         self.upper = upper
@@ -383,6 +385,9 @@ class Result:
         #: a :class:`bil.BilRuntimeError` at the ``lower`` block when the run
         #: stopped on a failed solve (NaN, cap, non-PD Hessian), else None
         self.error = error
+        #: :class:`bil.compiler.errors.Warning_` about the result: a lower problem with negative
+        #: curvature at its solution or its start (:mod:`bil.runtime.diagnose`)
+        self.warnings = list(warnings or [])
 
     def __repr__(self) -> str:
         hy = ", ".join(f"{k}={np.array2string(v, precision=4, threshold=4)}" for k, v in self.hypers.items())
