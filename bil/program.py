@@ -21,6 +21,7 @@ from bil.compiler.dump import dump_graph, dump_ir
 from bil.compiler.errors import BilError, BilRuntimeError, BilUsageError
 from bil.compiler.state import CompileState, Method
 from bil.runtime import diagnose
+from bil.runtime.curvature import curvature_warnings
 
 
 class Program:
@@ -140,7 +141,7 @@ class Program:
         theta = self._theta(hypers)
         X0 = eng.init_lower_user(theta)
         sol = eng.solve_lower(theta, X0, tol)
-        diagnose.check(self, theta, sol.status, sol.grad_norm)
+        diagnose.check(self, theta, sol.status, sol.grad_norm, solved=(X0, sol.x))
         return {k: np.asarray(v) for k, v in sol.x.items()}
 
     def value_and_hypergrad(self, hypers: Mapping[str, Any] | None = None, tol: float | None = None,
@@ -162,7 +163,8 @@ class Program:
         theta = self._theta(hypers)
         X0 = eng.init_lower_user(theta)
         hg, (gn, res) = eng.hypergradient(theta, X0, eng.init_adjoint(X0), tol, tol, coords="theta", method=m)
-        diagnose.check(self, theta, hg.lower_status, gn, hg.cg_status, res, requested=tol, method=m)
+        diagnose.check(self, theta, hg.lower_status, gn, hg.cg_status, res, requested=tol, solved=(X0, hg.x),
+                       method=m)
         return hg
 
     @functools.cached_property
@@ -282,7 +284,7 @@ class Program:
                       converged=bool(res.converged), reason=str(res.reason), state=res.state,
                       error=self._failure(str(res.reason), hypers=getattr(res, "failed_at", None) or res.hypers,
                                           res=res),
-                      warnings=diagnose.curvature_warnings(self, res.hypers, x) if np.isfinite(upper) else [])
+                      warnings=curvature_warnings(self, res.hypers, x) if np.isfinite(upper) else [])
 
     def result_from_state(self, state: dict, reason: str) -> "Result":
         """The :class:`Result` of a run that ended with the resumable ``state`` and stop

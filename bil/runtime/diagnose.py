@@ -1,4 +1,4 @@
-"""Diagnoses of a finished run: where an Inf/NaN came from, and whether the lower solution is a minimum.
+"""Diagnoses of a failed solve: where an Inf/NaN came from.
 
 A failed solve reports *what* stopped (the adjoint produced NaN, CG hit its cap), which is
 not always *why*: an upper objective that overflows makes the adjoint's right-hand side
@@ -11,12 +11,7 @@ error names that sub-expression (in a ``def`` body when it came from one) with a
 the function involved.  A finite but astronomically large upper gradient, whose roundoff
 alone exceeds the residual the adjoint solve was asked for, is named too.
 
-:func:`curvature_warning` estimates the smallest eigenvalue of the lower Hessian (on the
-free variables) at the returned solution with a few Lanczos steps on Hessian-vector
-products; a clearly negative one means the solver stopped at a saddle point or a maximum
-of a nonconvex lower problem, where implicit differentiation does not apply: a warning.
-Negative curvature at the lower variables' initial values (the problem is not convex, the
-solution may be a local minimum only) gets a milder warning.
+Whether the lower solution is a minimum at all is :mod:`bil.runtime.curvature`'s question.
 """
 
 from __future__ import annotations
@@ -28,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bil.compiler import ir
-from bil.compiler.errors import BilError, BilRuntimeError, Warning_
+from bil.compiler.errors import BilError, BilRuntimeError
 from bil.compiler.evaluate import Evaluator
 
 #: stop reasons whose message :func:`run_failure` may improve
@@ -140,11 +135,6 @@ def culprit(e: ir.Expr, probe, bad=_bad) -> tuple[ir.Expr, int, str] | None:
 
 
 # ----------------------------------------------------------------- messages
-def _var(st) -> str:
-    """The first lower variable's name (for hints such as `+ c * sumsq(w)`)."""
-    return next(iter(st.lower_vars), "x")
-
-
 def _name(node: ir.Expr) -> str:
     if isinstance(node, ir.Call):
         return node.func
@@ -184,22 +174,26 @@ def located(node: ir.Expr, order: int, what: str, objective: str, where: str, pr
 
 
 # --------------------------------------------------------------- the entries
-def _lower_at(program, theta):
-    """(x, status) of the lower problem solved at ``theta`` from its initial values."""
+def _lower_at(program, theta, solved=None):
+    """(x0, x, status): the lower problem's start and solution at ``theta`` (user coordinates),
+    solved from its initial values unless the caller has them already (``solved``)."""
+    if solved is not None:
+        x0, x, status = solved
+        return x0, x, int(np.max(np.asarray(status)))
     eng = program.engine
     x0 = eng.init_lower_user(theta)
     sol = eng.solve_lower(theta, x0, float(program.state.options["lower"]["tol"]))
     return x0, sol.x, int(np.max(np.asarray(sol.status)))
 
 
-def locate_nonfinite(program, theta: dict, prefix: str = "") -> BilRuntimeError | None:
+def locate_nonfinite(program, theta: dict, prefix: str = "", solved=None) -> BilRuntimeError | None:
     """The located error for an Inf/NaN met at hypers ``theta`` (user coordinates), or None
     when the objectives and their derivatives are finite there (then the caller's message stands)."""
     st, low = program.state, program.lowered
     if st.is_train:
         return None
     theta = {k: jnp.asarray(v, low.dtype) for k, v in theta.items()}
-    x0, x, status = _lower_at(program, theta)
+    x0, x, status = _lower_at(program, theta, solved)
     upper = f"the upper objective (line {st.upper.span.line})"
     lower = f"the lower objective (line {st.lower.goal.span.line})"
     checks = [(x0, st.goal, lower, "at the lower variables' initial values")] if status == 2 else []
@@ -213,14 +207,15 @@ def locate_nonfinite(program, theta: dict, prefix: str = "") -> BilRuntimeError 
     return None
 
 
-def gradient_too_large(program, theta: dict, residual: float, prefix: str = "") -> BilRuntimeError | None:
+def gradient_too_large(program, theta: dict, residual: float, prefix: str = "",
+                       solved=None) -> BilRuntimeError | None:
     """The error for an adjoint solve asked for a residual below the roundoff of its right-hand
     side ∇ₓf (an upper objective of astronomical scale), or None."""
     st, low, eng = program.state, program.lowered, program.engine
     if st.is_train:
         return None
     theta = {k: jnp.asarray(v, low.dtype) for k, v in theta.items()}
-    _, x, status = _lower_at(program, theta)
+    _, x, status = _lower_at(program, theta, solved)
     if status == 2:
         return None
     gx = jax.grad(lambda xx: jnp.sum(eng.F(xx, theta, low.data)))(x)
@@ -245,28 +240,6 @@ def gradient_too_large(program, theta: dict, residual: float, prefix: str = "") 
         "that drive it; the lower Hessian is not the problem")
 
 
-def not_positive_definite(program, theta: dict, prefix: str = "") -> BilRuntimeError | None:
-    """The error for an adjoint CG that met pᵀHp ≤ 0, at the lower objective's line, with the
-    smallest eigenvalue of the lower Hessian (on the free variables) at the solution."""
-    st, low = program.state, program.lowered
-    if st.is_train:
-        return None
-    theta = {k: jnp.asarray(v, low.dtype) for k, v in theta.items()}
-    _, x, status = _lower_at(program, theta)
-    if status == 2:
-        return None
-    lo, hi = lower_curvature(program, theta, x)
-    shape = (f"has a negative eigenvalue (about {lo:.3g})" if lo < 0 else
-             f"is singular or nearly so (smallest eigenvalue about {lo:.3g}, largest {hi:.3g})")
-    return BilRuntimeError(
-        f"{prefix}the adjoint solve met non-positive curvature (pᵀHp ≤ 0): the lower Hessian at the solution "
-        f"{shape}, so the lower problem (line {st.lower.goal.span.line}) has no isolated minimum there and the "
-        "implicit hypergradient is undefined", st.lower.goal.span,
-        "make the lower objective strongly convex in the lower variables ("
-        + (f"`+ c * sumsq({_var(st)})` with c above {-lo / 2:.3g}" if lo < 0 else f"e.g. `+ 1e-3 * sumsq({_var(st)})`")
-        + "), or use `hypergradient: unroll` in the solve block")
-
-
 def run_failure(program, res, prefix: str) -> BilRuntimeError | None:
     """A better error than the stop reason's for a run that stopped on an Inf/NaN or an adjoint that
     could not converge: located at the sub-expression responsible (None: keep the reason's message)."""
@@ -276,6 +249,8 @@ def run_failure(program, res, prefix: str) -> BilRuntimeError | None:
     theta = getattr(res, "failed_at", None) or res.hypers
     try:
         if reason == _NOT_PD:
+            from bil.runtime.curvature import not_positive_definite
+
             return not_positive_definite(program, theta, prefix)
         err = locate_nonfinite(program, theta, prefix)
         if err is None and reason in ("CG hit its iteration cap", "adjoint solve produced non-finite values"):
@@ -288,138 +263,27 @@ def run_failure(program, res, prefix: str) -> BilRuntimeError | None:
 
 
 def check(program, theta: dict, lower_status, grad_norm=None, cg_status=0, residual=None, requested=None,
-          **kw) -> None:
+          solved=None, **kw) -> None:
     """:meth:`Engine.failure <bil.runtime.engine.Engine.failure>` raised, for the API's solves at
     hypers ``theta``: an Inf/NaN traced to its sub-expression, an adjoint short of the
     ``requested`` residual checked against the upper gradient's roundoff; otherwise the
-    engine's own error."""
+    engine's own error.  ``solved``: (lower start, lower result), which saves a solve."""
     err = program.engine.failure(lower_status, grad_norm, cg_status, residual, **kw)
     if err is None:
         return
     s, c = int(np.max(np.asarray(lower_status))), int(np.max(np.asarray(cg_status)))
+    solved = None if solved is None else (*solved, lower_status)
     better = None
     try:
         if c == 3 and s == 0:
-            better = not_positive_definite(program, theta)
+            from bil.runtime.curvature import not_positive_definite
+
+            better = not_positive_definite(program, theta, solved=solved)
         if 2 in (s, c):
-            better = locate_nonfinite(program, theta)
+            better = locate_nonfinite(program, theta, solved=solved)
         if better is None and c in (1, 2):
             tol = float(requested if requested is not None else program.state.options["lower"]["tol"])
-            better = gradient_too_large(program, theta, tol)
+            better = gradient_too_large(program, theta, tol, solved=solved)
     except (BilError, FloatingPointError, ValueError, TypeError):
         better = None
     raise better or err
-
-
-# ---------------------------------------------------------------- curvature
-def _hvp_fn(program):
-    """Jitted (θ, x, v, d) -> ∇²ₓₓ s(x, θ) v, s the lower objective's smooth part (per sample
-    for per-sample problems): a small compilation, unlike a traced Lanczos loop (0.17 s of CPU
-    against 1.4 s on a 3-variable ridge)."""
-    fn = program.__dict__.get("_diagnose_hvp")
-    if fn is None:
-        low = program.lowered
-        smooth = low.g_smooth or low.g
-
-        def hvp(theta, x, v, d):
-            return jax.jvp(jax.grad(lambda z: smooth(z, theta, d)), (x,), (v,))[1]
-
-        if low.batched:
-            hvp = jax.vmap(hvp, in_axes=(None, 0, 0, low.data_axes))
-        fn = program.__dict__["_diagnose_hvp"] = jax.jit(hvp)
-    return fn
-
-
-def _free_mask(program, theta, x):
-    """1 on the lower variables that are free at x: no bound active, no non-smooth term pinning them at 0."""
-    low = program.lowered
-    mask = {k: np.ones(np.shape(v)) for k, v in x.items()}
-    if low.bounds is not None:
-        lo, hi = low.bounds
-        mask = {k: ((np.asarray(v) > np.asarray(lo[k]) + 1e-10) & (np.asarray(v) < np.asarray(hi[k]) - 1e-10))
-                .astype(float) for k, v in x.items()}
-    if low.nonsmooth is not None:
-        support = (jax.vmap(low.nonsmooth.support, in_axes=(0, (None, low.data_axes))) if low.batched
-                   else low.nonsmooth.support)(x, (theta, low.data))
-        mask = {k: mask[k] * np.asarray(support[k], float) for k in mask}
-    return mask
-
-
-def lanczos_extremes(mv, n: int, iters: int = 20) -> tuple[float, float]:
-    """(smallest, largest) Ritz value of the symmetric operator ``mv`` on R^n: ``iters`` steps
-    of Lanczos with full reorthogonalisation from a fixed pseudo-random start, on the host.
-    Each Ritz value is a Rayleigh quotient, so a negative smallest one proves negative curvature."""
-    m = max(1, min(iters, n))
-    q = np.random.default_rng(0).standard_normal(n)
-    q /= np.linalg.norm(q)
-    Q, alphas, betas = np.zeros((m, n)), [], []
-    q_prev, beta_prev, scale = np.zeros(n), 0.0, 0.0
-    for j in range(m):
-        Q[j] = q
-        w = mv(q)
-        a = float(q @ w)
-        w = w - a * q - beta_prev * q_prev
-        w -= Q[:j + 1].T @ (Q[:j + 1] @ w)
-        b = float(np.linalg.norm(w))
-        if not (math.isfinite(a) and math.isfinite(b)):
-            return math.nan, math.nan
-        alphas.append(a)
-        scale = max(scale, abs(a), b)
-        if b <= 1e-10 * scale or j == m - 1:
-            break
-        betas.append(b)
-        q_prev, q, beta_prev = q, w / b, b
-    ev = np.linalg.eigvalsh(np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1))
-    return float(ev[0]), float(ev[-1])
-
-
-def lower_curvature(program, theta: dict, x: dict) -> tuple[float, float]:
-    """(smallest, largest) Ritz value of the lower Hessian at hypers ``theta`` (user
-    coordinates) and lower values ``x``, restricted to the free variables."""
-    from jax.flatten_util import ravel_pytree
-
-    low = program.lowered
-    hvp, mask = _hvp_fn(program), _free_mask(program, theta, x)
-    flat_mask, _ = ravel_pytree({k: jnp.asarray(v, low.dtype) for k, v in mask.items()})
-    flat_x, unravel = ravel_pytree(x)
-    fm = np.asarray(flat_mask, np.float64)
-
-    def mv(v):
-        hv = hvp(theta, x, unravel(jnp.asarray(fm * v, low.dtype)), low.data)
-        return fm * np.asarray(ravel_pytree(hv)[0], np.float64)
-
-    return lanczos_extremes(mv, int(flat_x.size))
-
-
-def curvature_warnings(program, hypers: dict, x: dict) -> list[Warning_]:
-    """Warnings for a lower problem that is not convex: the lower Hessian at the learned
-    ``hypers`` (user coordinates) has clearly negative curvature at the returned solution
-    ``x`` (not a minimum: the implicit hypergradient does not apply), or else at the lower
-    variables' initial values (the solution found may be a local minimum only).  A Ritz value
-    is a Rayleigh quotient, so a negative one is proof, not an estimate's artefact."""
-    st, low = program.state, program.lowered
-    if st.is_train:
-        return []
-    theta = {k: jnp.asarray(v, low.dtype) for k, v in hypers.items()}
-    x = {k: jnp.asarray(v, low.dtype) for k, v in x.items()}
-    line = st.lower.goal.span
-    tol = math.sqrt(float(jnp.finfo(low.dtype).eps))
-    for xv, at_solution in ((x, True), (program.engine.init_lower_user(theta), False)):
-        lo, hi = lower_curvature(program, theta, xv)
-        if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= -tol * max(abs(hi), abs(lo)):
-            continue
-        if at_solution:
-            return [Warning_(
-                f"the lower problem is not convex: at the learned hypers its Hessian has a negative eigenvalue "
-                f"at the solution returned (about {lo:.3g}; the largest is {hi:.3g}), so that point is not a minimum "
-                "(a saddle point or a maximum), and the implicit hypergradient (which assumes a minimum with a positive definite "
-                "Hessian) is not valid there", line,
-                f"make the lower objective convex in the lower variables (e.g. `+ c * sumsq({_var(st)})` with c above "
-                f"{-lo / 2:.3g}), start the lower variables elsewhere, or use `hypergradient: unroll`")]
-        return [Warning_(
-            f"the lower problem is not convex: at the learned hypers its Hessian has a negative eigenvalue at "
-            f"the lower variables' initial values (about {lo:.3g}), so the solution found may be a local "
-            "minimum only; the hypergradient is that of the minimum the solver reached", line,
-            "check the result from other initial values of the lower variables, or make the lower objective "
-            f"convex (e.g. `+ c * sumsq({_var(st)})` with c above {-lo / 2:.3g})")]
-    return []
