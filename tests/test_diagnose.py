@@ -80,7 +80,11 @@ def test_a_huge_but_finite_upper_gradient_is_named_where_it_grows():
     err = gradient_too_large(prog, LAM, 1e-10)
     assert (err.line, err.column) == (8, 20) and "`exp` grows that large here" in err.message, str(err)
     assert "its square overflows float64" in err.message and "not the problem" in err.hint
-    assert gradient_too_large(bil.compile(spec()), LAM, 1e-10) is None    # an ordinary scale
+    ridge = bil.compile(spec())
+    assert gradient_too_large(ridge, LAM, 1e-10) is None                   # an ordinary scale
+    from bil.runtime.curvature import curvature_warnings
+
+    assert curvature_warnings(ridge, LAM, ridge.solve_lower()) == []       # convex: no warning
 
 
 def test_log_of_a_negative_lower_solution_in_a_def_is_located_in_the_def_body():
@@ -176,13 +180,6 @@ def test_a_nonconvex_lower_problem_gets_a_milder_warning_when_its_solution_is_a_
     assert (x["x"] < -1).all()
     (w,) = curvature_warnings(double_well, {"t": 0.3}, x)
     assert "initial values" in w.message and "local minimum" in w.message
-
-
-def test_a_convex_lower_problem_gets_no_curvature_warning():
-    from bil.runtime.curvature import curvature_warnings
-
-    prog = bil.compile(spec())
-    assert curvature_warnings(prog, LAM, prog.solve_lower()) == []
 
 
 def test_active_bounds_are_not_curvature():
