@@ -158,11 +158,11 @@ def not_positive_definite(program, theta: dict, prefix: str = "", solved=None) -
     if status == 2:
         return None
     lo, hi = lower_curvature(program, theta, x)
-    shape = (f"has a negative eigenvalue (about {lo:.3g})" if lo < 0 else
-             f"is singular or nearly so (smallest eigenvalue about {lo:.3g}, largest {hi:.3g})")
+    shape = (f"it has a negative eigenvalue (about {lo:.3g})" if lo < 0 else
+             f"it is singular or nearly so (smallest eigenvalue about {lo:.3g}, largest {hi:.3g})")
     return BilRuntimeError(
         f"{prefix}the adjoint solve met non-positive curvature (pᵀHp ≤ 0): the lower Hessian at the solution "
-        f"{shape}, so the lower problem (line {st.lower.goal.span.line}) has no isolated minimum there and the "
+        f"is not positive definite, {shape}, so the lower problem (line {st.lower.goal.span.line}) has no isolated minimum there and the "
         "implicit hypergradient is undefined", st.lower.goal.span,
         "make the lower objective strongly convex in the lower variables ("
         + (f"`+ c * sumsq({_var(st)})` with c above {-lo / 2:.3g}" if lo < 0 else f"e.g. `+ 1e-3 * sumsq({_var(st)})`")

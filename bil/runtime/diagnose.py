@@ -42,8 +42,6 @@ _HINTS = {
     "^": "a power of a value near 0 with a negative or fractional exponent is infinite (or its derivative "
          "is): add a margin, or bound the variable",
 }
-_GENERIC = ("check the domain of this expression over the values the lower variables and the hypers take "
-            "(log/sqrt of non-positive values, division by 0, overflow)")
 
 
 # ------------------------------------------------------------------ probing
@@ -170,7 +168,10 @@ def located(node: ir.Expr, order: int, what: str, objective: str, where: str, pr
         deriv = "first derivative" if order == 1 else "second derivative (the Hessian)"
         msg = (f"the {deriv} of {objective} is {what} {where}: {shown} has a {what} {deriv.split(' (')[0]} "
                f"here{_ranges(node, probe)}")
-    return BilRuntimeError(prefix + msg, node.span, _HINTS.get(name, _GENERIC))
+    hint = _HINTS.get(name)
+    domain = (f"check {objective.split(' (')[0]}'s domain over the values the lower variables and the hypers take "
+              "(log/sqrt of non-positive values, division by 0, overflow)")
+    return BilRuntimeError(prefix + msg, node.span, f"{hint}; {domain}" if hint else domain)
 
 
 # --------------------------------------------------------------- the entries
@@ -224,13 +225,15 @@ def gradient_too_large(program, theta: dict, residual: float, prefix: str = "",
     norm = top * float(np.linalg.norm(flat / top)) if top > 0 and math.isfinite(top) else top  # no overflow
     info = jnp.finfo(low.dtype)
     eps = float(info.eps)
-    if not (math.isfinite(norm) and norm * eps > max(residual, 0.0)):
+    # huge (beyond 1/√eps: 7e7 in float64) and too large for the residual asked for; an ordinary
+    # gradient with a residual below what the precision resolves is the engine's float32 message
+    if not (math.isfinite(norm) and norm > 1 / math.sqrt(eps) and norm * eps > max(residual, 0.0)):
         return None
     why = (f"its square overflows {low.dtype.__name__ if hasattr(low.dtype, '__name__') else low.dtype}, "
            "so the adjoint solve's inner products are Inf" if norm > math.sqrt(float(info.max)) else
            f"its roundoff alone ({norm * eps:.2g}) exceeds the residual {residual:.2g} the adjoint solve was "
            "asked for")
-    found = culprit(st.upper_expr, prober(low, theta, x), bad=_huge(residual / eps))
+    found = culprit(st.upper_expr, prober(low, theta, x), bad=_huge(max(residual / eps, 1 / math.sqrt(eps))))
     node = found[0] if found is not None else st.upper_expr
     here = f": `{_name(node)}` grows that large here" if found is not None and _name(node) else ""
     return BilRuntimeError(
