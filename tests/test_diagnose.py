@@ -47,6 +47,26 @@ def test_a_def_chain_in_a_data_statement_is_reported_at_that_statement():
     assert "^^^" in str(err) and err.hint
 
 
+# ------------------------------------------------------- data, compile time
+def test_division_by_zero_in_data_is_a_located_compile_time_error():
+    err = error_of("data s = randn(20, seed=1) / 0\n" + spec())
+    assert (err.line, err.column) == (1, 10) and "division by zero in `/` (20 of 20 entries)" in err.message
+    assert "evaluated at compile time" in err.hint
+
+
+def test_nan_in_a_loaded_npy_file_is_an_error_at_its_data_line(tmp_path):
+    import numpy as np
+
+    a = np.ones(20)
+    a[2] = np.nan
+    np.save(tmp_path / "y.npy", a)
+    with pytest.raises(bil.BilError) as info:
+        bil.compile(spec().replace("randn(20, seed=1)", 'load("y.npy")'), base_dir=tmp_path)
+    err = info.value
+    assert (err.line, err.column) == (2, 10) and "data `y` contains NaN at index (2,)" in err.message, str(err)
+    assert "clean the data" in err.hint
+
+
 # -------------------------------------------------------- Inf/NaN located
 # The cheap tests call the diagnosis at the hypers a run would fail at (one lower solve,
 # a few eager probes); the end-to-end runs that fail there are marked slow (each compiles

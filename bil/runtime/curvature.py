@@ -112,6 +112,15 @@ def lower_curvature(program, theta: dict, x: dict) -> tuple[float, float]:
 
 
 def curvature_warnings(program, hypers: dict, x: dict) -> list[Warning_]:
+    """:func:`nonconvexity` of a finished run, or no warning where the check cannot run
+    (it must never cost the run its result)."""
+    try:
+        return nonconvexity(program, hypers, x)
+    except Exception:  # noqa: BLE001 - best effort: a warning, never a failure
+        return []
+
+
+def nonconvexity(program, hypers: dict, x: dict) -> list[Warning_]:
     """Warnings for a lower problem that is not convex: the lower Hessian at the learned
     ``hypers`` (user coordinates) has clearly negative curvature at the returned solution
     ``x`` (not a minimum: the implicit hypergradient does not apply), or else at the lower
@@ -124,7 +133,13 @@ def curvature_warnings(program, hypers: dict, x: dict) -> list[Warning_]:
     x = {k: jnp.asarray(v, low.dtype) for k, v in x.items()}
     line = st.lower.goal.span
     tol = math.sqrt(float(jnp.finfo(low.dtype).eps))
-    for xv, at_solution in ((x, True), (program.engine.init_lower_user(theta), False)):
+    # the start, evaluated eagerly (a jitted x_init is one more compilation per run); a quadratic
+    # lower objective without bounds has one Hessian: the solution's check covers the start
+    points = [(x, True)]
+    if low.bounds is not None or not st.structure.get("lower_quadratic", False):
+        x0 = (jax.vmap(low.x_init, in_axes=(None, low.data_axes)) if low.batched else low.x_init)(theta, low.data)
+        points.append((x0, False))
+    for xv, at_solution in points:
         lo, hi = lower_curvature(program, theta, xv)
         if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= -tol * max(abs(hi), abs(lo)):
             continue

@@ -142,7 +142,7 @@ def _name(node: ir.Expr) -> str:
 
 
 def _ranges(node: ir.Expr, probe) -> str:
-    """' (its argument ranges over [a, b])' for the finite numeric operands of ``node``."""
+    """' (its argument is [a, b])' (min and max) for the finite numeric operands of ``node``."""
     parts = []
     for c in ir.children(node):
         r = probe(c)
@@ -260,8 +260,8 @@ def run_failure(program, res, prefix: str) -> BilRuntimeError | None:
             delta = [float(r.get("delta", math.nan)) for r in res.history[-1:]]
             requested = delta[0] if delta and delta[0] > 0 else float(program.state.options["lower"]["tol"])
             err = gradient_too_large(program, theta, requested, prefix)
-    except (BilError, FloatingPointError, ValueError, TypeError):
-        return None   # the diagnosis could not run: the stop reason's own message stands
+    except Exception:  # noqa: BLE001 - a diagnosis that cannot run leaves the stop reason's message
+        return None
     return err
 
 
@@ -287,6 +287,6 @@ def check(program, theta: dict, lower_status, grad_norm=None, cg_status=0, resid
         if better is None and c in (1, 2):
             tol = float(requested if requested is not None else program.state.options["lower"]["tol"])
             better = gradient_too_large(program, theta, tol, solved=solved)
-    except (BilError, FloatingPointError, ValueError, TypeError):
+    except Exception:  # noqa: BLE001 - a diagnosis that cannot run leaves the engine's message
         better = None
     raise better or err
