@@ -496,7 +496,7 @@ def _run_loop(args, program, spec, out, ckpt, state, overrides, sha, data_sha, s
     outdir.mark_outputs(out, int(result.state.get("iteration", 0)))   # all outputs are on disk
     if not args.quiet:
         print_summary(res, str(out))
-    for w in result.warnings:   # e.g. a nonconvex lower problem (bil.runtime.diagnose)
+    for w in result.warnings:   # e.g. a nonconvex lower problem (bil.runtime.curvature)
         print(w, file=sys.stderr)
     if result.error is not None:
         # The outputs above hold the last good point; the diagnostic says where and what to try.
