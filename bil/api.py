@@ -81,9 +81,10 @@ def compile(path_or_source: str | os.PathLike, data: Mapping[str, Any] | None = 
             return Program(check(text, file, data, overrides=overrides, base_dir=base_dir))
     except BilError:
         raise
-    except RecursionError:
-        raise BilError("the spec nests too deeply to compile", None,
-                       "split deep expressions with `def`s or intermediate `data` names") from None
+    except RecursionError as e:   # outside a pass (those locate their own): where the frames say
+        from bil.compiler.recursion import too_deep
+
+        raise too_deep(e, None) from None
     except Exception as e:  # noqa: BLE001 - the one place that turns a bug into a report
         raise BilInternalError.of(e, file) from e
     finally:

@@ -22,6 +22,8 @@ from bil.compiler.render.ir import dump_ir
 from bil.core.errors import BilError, BilRuntimeError, BilUsageError
 from bil.compiler.state import CompileState
 from bil.stdlib.methods import MethodOptions, Unroll
+from bil.diagnosis import numerics as diagnose
+from bil.diagnosis.curvature import curvature_warnings
 
 
 class Program:
@@ -141,7 +143,7 @@ class Program:
         theta = self._theta(hypers)
         X0 = eng.init_lower_user(theta)
         sol = eng.solve_lower(theta, X0, tol)
-        eng.check(sol.status, sol.grad_norm)
+        diagnose.check(self, theta, sol.status, sol.grad_norm, solved=(X0, sol.x))
         return {k: np.asarray(v) for k, v in sol.x.items()}
 
     def value_and_hypergrad(self, hypers: Mapping[str, Any] | None = None, tol: float | None = None,
@@ -163,7 +165,8 @@ class Program:
         theta = self._theta(hypers)
         X0 = eng.init_lower_user(theta)
         hg, (gn, res) = eng.hypergradient(theta, X0, eng.init_adjoint(X0), tol, tol, coords="theta", method=m)
-        eng.check(hg.lower_status, gn, hg.cg_status, res, method=m)
+        diagnose.check(self, theta, hg.lower_status, gn, hg.cg_status, res, requested=tol, solved=(X0, hg.x),
+                       method=m)
         return hg
 
     @functools.cached_property
@@ -276,7 +279,9 @@ class Program:
         lower = {k: np.asarray(v) for k, v in x.items()}
         return Result(hypers=res.hypers, lower=lower, upper=upper, history=list(res.history),
                       converged=bool(res.converged), reason=str(res.reason), state=res.state,
-                      error=self._failure(str(res.reason), hypers=getattr(res, "failed_at", None) or res.hypers))
+                      error=self._failure(str(res.reason), hypers=getattr(res, "failed_at", None) or res.hypers,
+                                          res=res),
+                      warnings=curvature_warnings(self, res.hypers, x) if np.isfinite(upper) else [])
 
     def result_from_state(self, state: dict, reason: str) -> "Result":
         """The :class:`Result` of a run that ended with the resumable ``state`` and stop
@@ -307,9 +312,11 @@ class Program:
             return f, v.x
         return upper, x
 
-    def _failure(self, reason: str, prefix: str = "the run stopped: ", hypers: dict | None = None):
+    def _failure(self, reason: str, prefix: str = "the run stopped: ", hypers: dict | None = None, res=None):
         """The spec-located error for an outer loop that stopped on a failed solve, else None;
-        its message names the (user-coordinate) ``hypers`` at which the solve failed, if given."""
+        its message names the (user-coordinate) ``hypers`` at which the solve failed, if given.
+        With the run's result ``res``, an Inf/NaN is traced to the sub-expression that made it
+        (:mod:`bil.diagnosis.numerics`)."""
         from bil.runtime.outer.stops import Stop
 
         stop = Stop.of(reason)
@@ -319,6 +326,9 @@ class Program:
             from bil.runtime.outer.floor import hypers_text
 
             prefix = f"{prefix.rstrip(': ')} at {hypers_text(hypers)}: "
+        located = diagnose.run_failure(self, res, prefix) if res is not None else None
+        if located is not None:
+            return located
         if stop is Stop.NONFINITE_HYPERGRAD:
             # the lower solve was finite (that stop has its own reason): the upper objective,
             # or its gradient, is not finite at the lower solution
@@ -352,10 +362,11 @@ class Result:
     iteration: ``iter, upper, grad_norm, omega, eps, delta, step, backtracks,
     lower_iters, cg_iters, lower_iters_total, cg_iters_total, wall_s,
     hyper.NAME...``), ``converged``, ``reason``, ``state`` (resumable),
-    ``error`` (a spec-located :class:`bil.BilRuntimeError` when a solve failed).
+    ``error`` (a spec-located :class:`bil.BilRuntimeError` when a solve failed),
+    ``warnings`` (e.g. a nonconvex lower problem).
     """
 
-    def __init__(self, *, hypers, lower, upper, history, converged, reason, state, error=None):
+    def __init__(self, *, hypers, lower, upper, history, converged, reason, state, error=None, warnings=None):
         self.hypers = {k: np.asarray(v) for k, v in hypers.items()}
         self.lower = lower
         self.upper = upper
@@ -366,6 +377,9 @@ class Result:
         #: a :class:`bil.BilRuntimeError` at the ``lower`` block when the run
         #: stopped on a failed solve (NaN, cap, non-PD Hessian), else None
         self.error = error
+        #: :class:`bil.core.errors.Warning_` about the result: a lower problem with negative
+        #: curvature at its solution or its start (:mod:`bil.diagnosis.numerics`)
+        self.warnings = list(warnings or [])
 
     def __repr__(self) -> str:
         hy = ", ".join(f"{k}={np.array2string(v, precision=4, threshold=4)}" for k, v in self.hypers.items())

@@ -279,6 +279,8 @@ def _run_loop(req: RunRequest, program, spec: bytes, out: Path, ckpt: Path, stat
     outdir.mark_outputs(out, int(result.state.get("iteration", 0)))   # all outputs are on disk
     if not req.quiet:
         print_summary(res, str(out))
+    for w in result.warnings:   # e.g. a nonconvex lower problem (bil.diagnosis.curvature)
+        print(w, file=sys.stderr)
     if result.error is not None:
         # The outputs above hold the last good point; the diagnostic says where and what to try.
         print(result.error, file=sys.stderr)

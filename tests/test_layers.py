@@ -11,7 +11,8 @@ Layers, bottom first (a layer may import only the layers listed for it, and itse
 * ``compiler`` (``bil/compiler/``): core, stdlib, grammar, and the runtime from
   ``bil.compiler.lower`` only (lowering targets the runtime's ``Lowered``; checking a spec
   never loads the runtime)
-* ``program``  (``bil/__init__.py``, ``bil/api.py``, ``bil/program.py``): everything below
+* ``program``  (``bil/__init__.py``, ``bil/api.py``, ``bil/program.py``, ``bil/diagnosis/``: diagnoses that
+  read the spec): everything below
 * ``run``      (``bil/run.py``: the ``bil run`` lifecycle): everything below
 * ``cli``      (``bil/cli.py``, ``bil/__main__.py``): everything
 
@@ -39,7 +40,7 @@ LAYERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "grammar": (("bil.grammar",), ("core",)),
     "runtime": (("bil.runtime",), ("core", "stdlib")),
     "compiler": (("bil.compiler",), ("core", "stdlib", "grammar", "runtime")),
-    "program": (("bil", "bil.api", "bil.program"), ("core", "stdlib", "grammar", "runtime", "compiler")),
+    "program": (("bil", "bil.api", "bil.program", "bil.diagnosis"), ("core", "stdlib", "grammar", "runtime", "compiler")),
     "run": (("bil.run",), ("core", "stdlib", "grammar", "runtime", "compiler", "program")),
     "cli": (("bil.cli", "bil.__main__"), ("core", "stdlib", "grammar", "runtime", "compiler", "program", "run")),
 }

@@ -1,4 +1,5 @@
-"""Runtime failures are reported at the `lower` block's line, with a hint."""
+"""Runtime failures are reported at the spec line responsible (the lower objective, the sub-expression
+where an Inf/NaN starts; the `lower` block otherwise), with a hint."""
 
 from __future__ import annotations
 
@@ -21,15 +22,17 @@ def _err(src):
 
 def test_singular_hessian_is_reported_at_lower_block():
     # x = 0 is stationary (the solver stops there) but a saddle: H = -2·lam·I.
+    # located at the lower objective's line (the `lower {` block before the curvature diagnosis)
     e = _err("lower {\n  x : real[5] = 0\n  minimize sum(x^4) - lam * sumsq(x)\n}\nupper minimize sumsq(x - y)\n")
-    assert e.line == 3 and e.column == 1
-    assert "not positive definite" in e.message
-    assert "unroll" in e.hint and str(e).startswith("<string>:3:1: error:")
+    assert e.line == 5 and e.column == 3
+    assert "not positive definite" in e.message and "negative eigenvalue (about -2)" in e.message
+    assert "unroll" in e.hint and str(e).startswith("<string>:5:3: error:")
 
 
 def test_nan_in_lower_solve():
+    # located at `log(x)` (the `lower {` block, "NaN or Inf", before the Inf/NaN diagnosis)
     e = _err("lower {\n  x : real[5] = 0\n  minimize sum(log(x)) + lam * sumsq(x)\n  solver: gd\n}\nupper minimize sumsq(x)\n")
-    assert e.line == 3 and "NaN" in e.message
+    assert (e.line, e.column) == (5, 16) and "is -Inf at the lower variables' initial values" in e.message
 
 
 def test_iteration_cap():
@@ -57,14 +60,14 @@ def test_failed_run_reports_the_lower_block(tmp_path, capsys):
 
     prog = bil.compile(SADDLE)
     result = prog.run(max_iter=3)
-    assert result.error is not None and result.error.line == 3
+    assert result.error is not None and result.error.line == 5   # the lower objective's line
     assert "not positive definite" in result.error.message
 
     spec = tmp_path / "saddle.bil"
     spec.write_text(SADDLE)
     assert main(["run", str(spec), "--out", str(tmp_path / "out"), "--quiet"]) == 1
     err = capsys.readouterr().err
-    assert f"{spec}:3:1: error: the run stopped" in err and "Traceback" not in err
+    assert f"{spec}:5:3: error: the run stopped" in err and "Traceback" not in err
     assert (tmp_path / "out" / "result.json").exists()
 
 

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from bil.core.errors import BilError
 from bil.compiler.passes import PIPELINE
+from bil.compiler.recursion import too_deep
 from bil.core.source import Source
 from bil.compiler.state import CompileState
 from bil.grammar import parse
@@ -79,10 +80,8 @@ def _check(text, file, data, timings, overrides, folder: Path) -> CompileState:
             stopped = False
         except BilError as e:
             st.diag.add(e)
-        except RecursionError:
-            st.diag.add(BilError("the spec nests too deeply to compile", st.source.span(1, 1),
-                                 "split long chains (of `def`s calling each other, or of nested calls) with "
-                                 "intermediate `def`s or `data` names"))
+        except RecursionError as e:   # located at the expression whose expansion ran out of stack
+            st.diag.add(too_deep(e, st.source, st.source.span(1, 1)))
         if stopped or p.name not in GOES_ON:
             st.diag.raise_any()
         if timings is not None:
