@@ -166,8 +166,22 @@ def _emit(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------- bil gradcheck
+def _add_no_cache(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-cache", action="store_true",
+                   help="do not use the compilation cache (by default compiled programs are kept in "
+                        "$BIL_CACHE_DIR, else ~/.cache/bil/jax, and a second run of a spec reuses them)")
+
+
+def _use_cache(args: argparse.Namespace) -> None:
+    if not getattr(args, "no_cache", False):
+        from bil.runtime import compile_cache
+
+        compile_cache.enable()
+
+
 def _gradcheck_args(p: argparse.ArgumentParser) -> None:
     _add_file(p)
+    _add_no_cache(p)
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
                    help="evaluate at other hypers or options, e.g. hyper.lam=3 (repeatable; see `bil run --help`)")
     p.add_argument("--tol", type=float, default=1e-5,
@@ -182,6 +196,8 @@ def _gradcheck_args(p: argparse.ArgumentParser) -> None:
 def _gradcheck(args: argparse.Namespace) -> int:
     from bil.compiler.overrides import parse_assignment
     from bil.runtime.gradcheck import gradcheck
+
+    _use_cache(args)
 
     if args.entries < 1:
         raise CliError(f"--entries must be at least 1, got {args.entries}")
@@ -209,6 +225,7 @@ def _gradcheck(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------- bil run
 def _run_args(p: argparse.ArgumentParser) -> None:
     _add_file(p)
+    _add_no_cache(p)
     p.add_argument("--out", metavar="DIR",
                    help="output folder (default: runs/<problem>/); bil marks it as its own (a .bil-run file), "
                         "locks it while it runs, and refuses /, the home folder, the spec's folder and a non-empty "
@@ -228,6 +245,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from bil.compiler.overrides import parse_assignment
+
+    _use_cache(args)
 
     req = RunRequest(args.file, tuple(parse_assignment(s) for s in args.overrides), out=args.out,
                      resume=args.resume, force=args.force, quiet=args.quiet, allow_paths=tuple(args.allow_paths))

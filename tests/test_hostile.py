@@ -139,7 +139,7 @@ def test_training_steps_are_capped():
                         "train sumsq(X @ w - y) + lam * sumsq(w) with sgd(lr=0.01) for 10^12 steps")
     located(spec, 6, 67, "steps are more than the 1,000,000,000")
     spec = spec.replace("10^12", "10") + "solve { hypergradient: unroll(steps=10^15) }\n"
-    located(spec, 9, 24, "`unroll(steps=...)` is")
+    located(spec, 9, 37, "`unroll(steps=...)` is")   # at the argument
 
 
 # -------------------------------------------------------------- line breaks

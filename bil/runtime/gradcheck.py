@@ -97,23 +97,9 @@ def _fd_points(decl, x: float, t: float) -> tuple[float, float]:
     return x + h, x - h
 
 
-def gradcheck(prog, hypers=None, *, tol: float = 1e-5, solve_tol: float = 1e-11,
-              rel_step: float = 1e-4, max_entries: int = 8) -> GradcheckReport:
-    """Compare hypergradient methods against central finite differences.
-
-    Finite differences use a step of ``rel_step·max(|θᵢ|, 1e-3)`` per entry
-    (at most ``max_entries`` entries: the largest-magnitude ones of the
-    reference gradient) with the lower problem solved to ``solve_tol`` (for an
-    argmin, of the adjoint-corrected value, accurate to second order).  The
-    reference is ``implicit`` for an argmin and ``unroll`` for a training
-    procedure (a spec's ``unroll(truncate=K)``, biased by design, gets a column
-    of its own and the reference is the full unroll); each column uses the
-    spec's own options when the spec names
-    that method, and the spec's ``neumann`` gets a column of its own.  An
-    entry where both the reference and the finite difference are within the
-    difference's roundoff (10·eps·|F|/2h) of zero agrees.
-    """
-    base = {k: np.array(v, dtype=float) for k, v in (hypers or prog.hypers).items()}
+def _columns(prog) -> tuple[list[str], dict, list[str]]:
+    """The methods compared (reference first), how each is asked for, and notes on the columns
+    shown for information only."""
     spec = prog.engine.method
     train = prog.state.is_train
     names = ["unroll"] if train else ["implicit", "direct", "unroll"]
@@ -137,6 +123,44 @@ def gradcheck(prog, hypers=None, *, tol: float = 1e-5, solve_tol: float = 1e-11,
         methods[spec.name] = spec
         notes.append(f"{spec.name} on a train goal differentiates the argmin of the training loss, not the "
                      "steps: shown for information (not checked)")
+    return names, methods, notes
+
+
+def _finite_differences(prog, base: dict, picked: list, rel_step: float, solve_tol: float, method):
+    """Central differences of F over ``picked`` entries, and each one's roundoff level."""
+    eps = float(np.finfo(prog.lowered.dtype).eps)
+    fd, noise = [], []
+    for n, idx in picked:
+        pts = _fd_points(prog.state.hypers[n], float(base[n][idx]), rel_step)
+        vals = []
+        for p in pts:
+            hyp = {k: v.copy() for k, v in base.items()}
+            hyp[n][idx] = p
+            vals.append(_value(prog, hyp, solve_tol, method))
+        width = pts[0] - pts[1]
+        fd.append((vals[0] - vals[1]) / width)
+        noise.append(10 * eps * max(abs(vals[0]), abs(vals[1])) / width)
+    return np.array(fd), np.array(noise)
+
+
+def gradcheck(prog, hypers=None, *, tol: float = 1e-5, solve_tol: float = 1e-11,
+              rel_step: float = 1e-4, max_entries: int = 8) -> GradcheckReport:
+    """Compare hypergradient methods against central finite differences.
+
+    Finite differences use a step of ``rel_step·max(|θᵢ|, 1e-3)`` per entry
+    (at most ``max_entries`` entries: the largest-magnitude ones of the
+    reference gradient) with the lower problem solved to ``solve_tol`` (for an
+    argmin, of the adjoint-corrected value, accurate to second order).  The
+    reference is ``implicit`` for an argmin and ``unroll`` for a training
+    procedure (a spec's ``unroll(truncate=K)``, biased by design, gets a column
+    of its own and the reference is the full unroll); each column uses the
+    spec's own options when the spec names
+    that method, and the spec's ``neumann`` gets a column of its own.  An
+    entry where both the reference and the finite difference are within the
+    difference's roundoff (10·eps·|F|/2h) of zero agrees.
+    """
+    base = {k: np.array(v, dtype=float) for k, v in (hypers or prog.hypers).items()}
+    names, methods, notes = _columns(prog)
     key = names[0]
     f_ref, ref = prog.value_and_hypergrad(base, tol=solve_tol, method=methods[key])
     if not (np.isfinite(f_ref) and all(np.all(np.isfinite(np.asarray(v))) for v in ref.values())):
@@ -158,19 +182,7 @@ def gradcheck(prog, hypers=None, *, tol: float = 1e-5, solve_tol: float = 1e-11,
     mags = [abs(float(np.asarray(ref[n])[idx])) for n, idx in entries]
     order = sorted(range(len(entries)), key=lambda i: -mags[i])[:max_entries]
     picked = [entries[i] for i in sorted(order)]
-    eps = float(np.finfo(prog.lowered.dtype).eps)
-    fd, noise = [], []
-    for n, idx in picked:
-        pts = _fd_points(prog.state.hypers[n], float(base[n][idx]), rel_step)
-        vals = []
-        for p in pts:
-            hyp = {k: v.copy() for k, v in base.items()}
-            hyp[n][idx] = p
-            vals.append(_value(prog, hyp, solve_tol, methods[key]))
-        width = pts[0] - pts[1]
-        fd.append((vals[0] - vals[1]) / width)
-        noise.append(10 * eps * max(abs(vals[0]), abs(vals[1])) / width)
-    fd, noise = np.array(fd), np.array(noise)
+    fd, noise = _finite_differences(prog, base, picked, rel_step, solve_tol, methods[key])
     if not np.all(np.isfinite(fd)):
         raise prog._failure(Stop.NONFINITE_HYPERGRAD, prefix="")
     label = [n + (f"[{', '.join(map(str, idx))}]" if idx else "") for n, idx in picked]
