@@ -21,7 +21,6 @@ seen by the run).  Per example:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import warnings
@@ -29,17 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gallery_baselines import _fmt, _psnr, load_run, spec_data  # noqa: E402  (the helpers both tables share)
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 GALLERY = ("kernel_ridge", "distill", "foe_denoise", "deblur", "mlp_decay")
-
-
-def spec_data(name: str, **compile_kw) -> dict:
-    """The arrays bound by ``data`` statements of ``examples/NAME.bil``, as numpy."""
-    import bil
-
-    prog = bil.compile(EXAMPLES / f"{name}.bil", **compile_kw)
-    return {k: np.asarray(v) for k, v in prog.state.data.items()}
 
 
 def _softmax_ce(logits, y) -> float:
@@ -50,12 +44,6 @@ def _softmax_ce(logits, y) -> float:
 
 def _classify(logits, y) -> dict:
     return {"test_acc": float((logits.argmax(axis=1) == y).mean()), "test_ce": _softmax_ce(logits, y)}
-
-
-def _psnr(clean, rec) -> float:
-    from skimage.metrics import peak_signal_noise_ratio
-
-    return float(peak_signal_noise_ratio(clean, rec, data_range=float(clean.max() - clean.min())))
 
 
 def _mean_psnr(clean, recs) -> float:
@@ -242,17 +230,6 @@ def outcome_mlp_decay(data, hypers, lower) -> dict:
 
 
 # ------------------------------------------------------------------ the table
-def load_run(folder: Path) -> tuple[dict, dict, dict]:
-    """(result.json, hypers, lower) of a ``bil run`` output folder."""
-    result = json.loads((folder / "result.json").read_text())
-    with np.load(folder / "hypers.npz") as h, np.load(folder / "lower.npz") as x:
-        return result, dict(h), dict(x)
-
-
-def _fmt(d: dict) -> str:
-    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in d.items())
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("names", nargs="*", default=list(GALLERY), help=f"examples (default: all of {', '.join(GALLERY)})")

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bil.core.errors import BilRuntimeError, Warning_
-from bil.diagnosis.solve_at import lower_at
+from bil.diagnosis.solve_at import solution_at
 
 
 def _var(st) -> str:
@@ -164,14 +164,11 @@ def nonconvexity(program, hypers: dict, x: dict) -> list[Warning_]:
 def not_positive_definite(program, theta: dict, prefix: str = "", solved=None) -> BilRuntimeError | None:
     """The error for an adjoint CG that met pᵀHp ≤ 0, at the lower objective's line, with the
     smallest eigenvalue of the lower Hessian (on the free variables) at the solution."""
-    st, low = program.state, program.lowered
-    if st.is_train:
+    st = program.state
+    at = solution_at(program, theta, solved)
+    if at is None:
         return None
-    theta = {k: jnp.asarray(v, low.dtype) for k, v in theta.items()}
-
-    _, x, status = lower_at(program, theta, solved)
-    if status == 2:
-        return None
+    theta, x = at
     lo, hi = lower_curvature(program, theta, x)
     shape = (f"it has a negative eigenvalue (about {lo:.3g})" if lo < 0 else
              f"it is singular or nearly so (smallest eigenvalue about {lo:.3g}, largest {hi:.3g})")

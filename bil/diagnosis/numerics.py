@@ -25,7 +25,7 @@ import numpy as np
 from bil.core import ir
 from bil.core.errors import BilError, BilRuntimeError
 from bil.compiler.evaluate import Evaluator
-from bil.diagnosis.solve_at import lower_at
+from bil.diagnosis.solve_at import lower_at, solution_at
 
 #: stop reasons whose message :func:`run_failure` may improve
 _NOT_PD = "adjoint solve failed: lower Hessian not positive definite"
@@ -202,12 +202,10 @@ def gradient_too_large(program, theta: dict, residual: float, prefix: str = "",
     """The error for an adjoint solve asked for a residual below the roundoff of its right-hand
     side ∇ₓf (an upper objective of astronomical scale), or None."""
     st, low, eng = program.state, program.lowered, program.engine
-    if st.is_train:
+    at = solution_at(program, theta, solved)
+    if at is None:
         return None
-    theta = {k: jnp.asarray(v, low.dtype) for k, v in theta.items()}
-    _, x, status = lower_at(program, theta, solved)
-    if status == 2:
-        return None
+    theta, x = at
     gx = jax.grad(lambda xx: jnp.sum(eng.F(xx, theta, low.data)))(x)
     flat = np.concatenate([np.ravel(np.asarray(g, np.float64)) for g in jax.tree.leaves(gx)])
     top = float(np.max(np.abs(flat))) if flat.size else 0.0
