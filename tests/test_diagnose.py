@@ -190,7 +190,7 @@ def test_a_lower_solution_at_a_maximum_gets_a_warning_at_the_lower_objective(dou
     assert lo == pytest.approx(-4.0) and hi == pytest.approx(-4.0)
     (w,) = curvature_warnings(double_well, {"t": 0.0}, x)
     assert w.span.line == 5 and "not a minimum" in w.message and "implicit hypergradient" in w.message
-    assert "sumsq(x)` with c above 2" in w.hint and str(w).startswith("<string>:5:5: warning: ")
+    assert "* sumsq(x)` (any weight above 2)" in w.hint and str(w).startswith("<string>:5:5: warning: ")
 
 
 def test_a_nonconvex_lower_problem_gets_a_milder_warning_when_its_solution_is_a_minimum(double_well):

@@ -28,6 +28,13 @@ from bil.core.errors import BilRuntimeError, Warning_
 from bil.diagnosis.solve_at import solution_at
 
 
+def _convexify(st, lo: float) -> str:
+    """A term that makes a Hessian with smallest eigenvalue ``lo`` < 0 positive definite, written
+    with numbers only (a letter could be one of the spec's own names)."""
+    need = -lo / 2
+    return f"`+ {1.1 * need:.2g} * sumsq({_var(st)})` (any weight above {need:.3g})"
+
+
 def _var(st) -> str:
     """The first lower variable's name (for hints such as `+ c * sumsq(w)`)."""
     return next(iter(st.lower_vars), "x")
@@ -150,14 +157,13 @@ def nonconvexity(program, hypers: dict, x: dict) -> list[Warning_]:
                 f"at the solution returned (about {lo:.3g}; the largest is {hi:.3g}), so that point is not a "
                 "minimum (a saddle point or a maximum), and the implicit hypergradient (which assumes a minimum "
                 "with a positive definite Hessian) is not valid there", line,
-                f"make the lower objective convex in the lower variables (e.g. `+ c * sumsq({_var(st)})` with c above "
-                f"{-lo / 2:.3g}), start the lower variables elsewhere, or use `hypergradient: unroll`")]
+                f"make the lower objective convex in the lower variables (e.g. {_convexify(st, lo)}), start the lower variables elsewhere, or use `hypergradient: unroll`")]
         return [Warning_(
-            f"the lower problem is not convex: at the learned hypers its Hessian has a negative eigenvalue at "
-            f"the lower variables' initial values (about {lo:.3g}), so the solution found may be a local "
+            f"the lower problem is not convex: at the learned hypers, its Hessian at the lower variables' "
+            f"initial values has a negative eigenvalue (about {lo:.3g}), so the solution found may be a local "
             "minimum only; the hypergradient is that of the minimum the solver reached", line,
             "check the result from other initial values of the lower variables, or make the lower objective "
-            f"convex (e.g. `+ c * sumsq({_var(st)})` with c above {-lo / 2:.3g})")]
+            f"convex (e.g. {_convexify(st, lo)})")]
     return []
 
 
@@ -177,5 +183,5 @@ def not_positive_definite(program, theta: dict, prefix: str = "", solved=None) -
         f"is not positive definite, {shape}, so the lower problem (line {st.lower.goal.span.line}) has no isolated minimum there and the "
         "implicit hypergradient is undefined", st.lower.goal.span,
         "make the lower objective strongly convex in the lower variables ("
-        + (f"`+ c * sumsq({_var(st)})` with c above {-lo / 2:.3g}" if lo < 0 else f"e.g. `+ 1e-3 * sumsq({_var(st)})`")
+        + (_convexify(st, lo) if lo < 0 else f"e.g. `+ 1e-3 * sumsq({_var(st)})`")
         + "), or use `hypergradient: unroll` in the solve block")
