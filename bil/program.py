@@ -302,8 +302,8 @@ class Program:
 
         upper, x = float(res.upper), res.x
         eng = self.engine
-        if self.state.is_train or not np.isfinite(upper):
-            return upper, x
+        if self.state.is_train or not all(np.all(np.isfinite(np.asarray(v))) for v in jax.tree.leaves(x)):
+            return upper, x   # (a run whose own upper was not finite may still end at a finite point: θ₀)
         # never below what the precision resolves (float32: the default tol may not be reachable)
         tol = max(float(self.state.options["lower"]["tol"]), eng.mu() * eng.accuracy_floor(res.u, res.x)[0])
         v = eng.value(res.u, res.x, tol / eng.mu())
