@@ -6,6 +6,7 @@ Each spec is small: every test runs in a couple of seconds.
 """
 
 import bil
+import numpy as np
 import pytest
 
 BASE = """data X = randn(20, 3, seed=0)
@@ -143,6 +144,14 @@ def test_the_culprit_search_descends_to_the_innermost_failing_node():
 
     node, order, what = culprit(prog.state.upper_expr, probe)   # not the `+` or the `sum` above it
     assert isinstance(node, ir.Call) and node.func == "log" and (order, what) == (0, "-Inf")
+
+
+def test_a_run_stopped_at_its_start_reports_the_finite_upper_value_there():
+    """The run fails at θ₀ (roundoff of a huge upper gradient), but F(θ₀) itself is finite: the
+    result's upper value is that, not the NaN of the failed iteration's record."""
+    res = bil.compile(spec(upper="sum(exp(1000 * w))")).run(max_iter=2)
+    assert res.error is not None and float(res.hypers["lam"]) == 1.0
+    assert np.isfinite(res.upper) and res.upper > 1e100, res.upper
 
 
 @pytest.mark.slow
