@@ -151,7 +151,7 @@ def test_a_run_stopped_at_its_start_reports_the_finite_upper_value_there():
     result's upper value is that, not the NaN of the failed iteration's record."""
     res = bil.compile(spec(upper="sum(exp(1000 * w))")).run(max_iter=2)
     assert res.error is not None and float(res.hypers["lam"]) == 1.0
-    assert np.isfinite(res.upper) and res.upper > 1e100, res.upper
+    assert np.isfinite(res.upper) and res.upper > 1e10, res.upper   # exp(1000 w) at the solution
 
 
 @pytest.mark.slow
