@@ -240,12 +240,12 @@ class Evaluator:
                 val = bound.arguments[pname]
                 if fn.kind != "meta" and not is_concrete(val):
                     raise BilError(f"argument `{pname}` of `{e.func}` must be a constant (it may not depend on "
-                                   "hypers or lower variables)", _arg_span(e, fn, pname),
+                                   "hypers or lower variables)", arg_span(e, fn, pname),
                                    f"write a number or an expression of data here; signature: {fn.describe()}")
                 if fn.kind != "meta":
                     bound.arguments[pname] = to_static(val)
                 if pname in ("shape", "n", "size") and fn.kind != "meta" and not _has_arrays(bound):
-                    check_size(_size_dims(pname, bound.arguments[pname]), _arg_span(e, fn, pname), f"`{e.func}`")
+                    check_size(_size_dims(pname, bound.arguments[pname]), arg_span(e, fn, pname), f"`{e.func}`")
         concrete = fn.kind == "array" and is_concrete([*bound.args, *bound.kwargs.values()])
         with _at(e, call=fn):
             if not concrete:
@@ -270,7 +270,9 @@ def _array_or_scalar(v: Any, e: ir.Expr):
     return v
 
 
-def _arg_span(e: ir.Call, fn, pname: str):
+def arg_span(e: ir.Call, fn, pname: str | None):
+    """The span of the argument named ``pname`` in the call ``e`` (by keyword or by position
+    in ``fn``'s signature); the call's own span when it is not given there."""
     for k in e.kwargs:
         if k.name == pname:
             return k.value.span
@@ -302,7 +304,7 @@ class _at:
         if isinstance(err, StdlibError):
             span = e.span
             if isinstance(e, ir.Call) and err.arg is not None:
-                span = _arg_span(e, self.call, err.arg) if isinstance(err.arg, str) else (
+                span = arg_span(e, self.call, err.arg) if isinstance(err.arg, str) else (
                     e.args[err.arg].span if isinstance(err.arg, int) and err.arg < len(e.args) else e.span)
             raise BilError(err.message, span, err.hint or self._signature()) from None
         if isinstance(err, (TypeError, ValueError, IndexError, ZeroDivisionError)):

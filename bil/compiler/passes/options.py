@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from bil.core import ir
 from bil.core.errors import BilError, Warning_
-from bil.compiler.evaluate import Evaluator, is_concrete, to_static
+from bil.compiler.evaluate import Evaluator, arg_span, is_concrete, to_static
 from bil.compiler.state import CompileState
 from bil.stdlib import closest, lookup, names
 from bil.stdlib.method_options import MAX_COUNT, MethodOptions, OptionError, check_count  # noqa: F401 (re-exported)
@@ -113,18 +113,7 @@ def method_value(e: ir.Expr, namespace: str, key: str) -> MethodOptions:
     try:
         return cls(*bound.args, **bound.kwargs).at(e.span)
     except OptionError as err:
-        raise BilError(err.message, _arg_span(e, fn, err.arg), err.hint or method_hint(cls)) from None
-
-
-def _arg_span(e: ir.Call, fn, arg: str | None):
-    """The span of the argument ``arg`` names in the call ``e`` (the call's when not given there)."""
-    for k in e.kwargs:
-        if k.name == arg:
-            return k.value.span
-    params = list(fn.signature.parameters)
-    if arg in params and params.index(arg) < len(e.args):
-        return e.args[params.index(arg)].span
-    return e.span
+        raise BilError(err.message, arg_span(e, fn, err.arg), err.hint or method_hint(cls)) from None
 
 
 def _static(const: Evaluator, e: ir.Expr):
