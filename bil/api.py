@@ -39,7 +39,8 @@ def compile(path_or_source: str | os.PathLike, data: Mapping[str, Any] | None = 
             overrides: Mapping[str, Any] | None = None,
             base_dir: str | os.PathLike | None = None,
             allow_paths: "list[str | os.PathLike] | None" = None, max_elements: int | None = None,
-            max_spec_elements: int | None = None) -> "Program":
+            max_spec_elements: int | None = None, distributed: bool = False, coordinator: str | None = None,
+            num_processes: int | None = None, process_id: int | None = None) -> "Program":
     """Parse, check and analyse a spec; return a :class:`Program`.
 
     ``data`` binds names to arrays supplied from Python, overriding the spec's
@@ -61,10 +62,17 @@ def compile(path_or_source: str | os.PathLike, data: Mapping[str, Any] | None = 
     time, ``max_spec_elements`` (default 2·10^9) those of all the spec's data together;
     sizes are inferred before anything is allocated.
 
+    ``distributed=True`` joins JAX's multi-process runtime first (``jax.distributed.initialize``
+    with ``coordinator="HOST:PORT"``, ``num_processes`` and ``process_id``, or, left out, what
+    JAX detects of the cluster); call it before anything else computes with JAX.  Every process
+    then runs the same program; write results from process 0 only
+    (``bil.runtime.distributed.is_writer()``).
+
     A spec with errors raises one :class:`BilError` whose ``errors`` lists every
     independent error found (at most 20); ``str(err)`` shows them all.  Nothing else
     escapes: an unexpected exception (a bug in bil) becomes a :class:`BilInternalError`.
     """
+    _start_distributed(distributed, coordinator, num_processes, process_id)
     text, file = read_spec(path_or_source)
     data = _check_data_arg(data)
     limits = _check_limit(max_elements, "max_elements"), _check_limit(max_spec_elements, "max_spec_elements")
@@ -89,6 +97,24 @@ def compile(path_or_source: str | os.PathLike, data: Mapping[str, Any] | None = 
         raise BilInternalError.of(e, file) from e
     finally:
         files.allowed_dirs.reset(token)
+
+
+def _start_distributed(distributed: bool, coordinator, num_processes, process_id) -> None:
+    """``distributed=True``: connect to the other processes (errors as :class:`BilUsageError`)."""
+    given = [k for k, v in (("coordinator", coordinator), ("num_processes", num_processes),
+                            ("process_id", process_id)) if v is not None]
+    if not distributed:
+        if given:
+            raise BilUsageError(f"`{given[0]}=` needs `distributed=True`", None,
+                                "e.g. `bil.compile(spec, distributed=True, coordinator=\"node0:1234\", ...)`")
+        return
+    from bil.runtime.distributed import API_NAMES, DistributedError, initialize
+
+    try:
+        initialize(coordinator, num_processes, process_id, names=API_NAMES)
+    except DistributedError as e:
+        raise BilUsageError(str(e), None, "every process calls bil.compile with the same spec; see the "
+                            "README, `Several hosts`") from None
 
 
 def _check_data_arg(data) -> Mapping[str, Any] | None:

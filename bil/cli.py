@@ -31,6 +31,7 @@ from bil.compiler.render.latex import standard_form_latex
 from bil.compiler.render.text import standard_form
 from bil.core.errors import BilError, BilInternalError, BilRuntimeError
 from bil.run import RunError, RunRequest, Terminated, compile_file, run_spec
+from bil.runtime.distributed import DistributedError
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERNAL = 0, 2, 3
 #: `bil run` stopped on a failed solve (results up to the last good point are written)
@@ -241,11 +242,37 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                    help="use an --out folder that is not empty and was not written by `bil run` (only bil's own "
                         "output names there are replaced)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display and no summary table")
+    _add_distributed(p)
+
+
+def _add_distributed(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("several processes (hosts)",
+                             "start the same command on every host; process 0 writes the output folder")
+    g.add_argument("--distributed", action="store_true",
+                   help="join JAX's multi-process runtime; without the three options below, JAX detects the "
+                        "cluster (SLURM, Open MPI, ...)")
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0 (the coordinator)")
+    g.add_argument("--num-processes", type=int, metavar="N", help="how many processes take part")
+    g.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 to N-1")
+
+
+def _start_distributed(args: argparse.Namespace) -> None:
+    """``--distributed``: connect to the other processes before JAX computes anything."""
+    given = [f for f, v in (("--coordinator", args.coordinator), ("--num-processes", args.num_processes),
+                            ("--process-id", args.process_id)) if v is not None]
+    if not args.distributed:
+        if given:
+            raise CliError(f"{given[0]} needs --distributed")
+        return
+    from bil.runtime import distributed
+
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
 
 
 def _run(args: argparse.Namespace) -> int:
     from bil.compiler.overrides import parse_assignment
 
+    _start_distributed(args)
     _use_cache(args)
 
     req = RunRequest(args.file, tuple(parse_assignment(s) for s in args.overrides), out=args.out,
@@ -316,7 +343,8 @@ COMMANDS: dict[str, Command] = {
         "  bil run examples/tv_denoise.bil --set 'lower.solver=fista(mu=1)' --set hyper.alpha=0.01\n"
         "  bil run examples/ridge.bil --set 'solve.outer=hoag(schedule=\"cubic\")' --set lower.max_iter=500\n"
         "  bil run examples/tv_denoise.bil --resume             # continue from runs/tv_denoise/checkpoint.npz\n"
-        "  bil run examples/ridge.bil --quiet && cat runs/ridge/result.json\n"),
+        "  bil run examples/ridge.bil --quiet && cat runs/ridge/result.json\n"
+        "  bil run spec.bil --distributed --coordinator node0:1234 --num-processes 2 --process-id 0   # on node0\n"),
     "plot": Command(
         "redraw the plots of a run folder from its history.csv (and images.npz)", _plot_args, _plot,
         "  bil plot runs/ridge                 # rewrites runs/ridge/plots/*.png\n"
@@ -366,7 +394,7 @@ def _max_elements(text: str) -> int:
 
 
 def _report(e: BaseException) -> None:
-    if isinstance(e, (CliError, RunError)):
+    if isinstance(e, (CliError, RunError, DistributedError)):
         print(f"bil: error: {e}", file=sys.stderr)
     else:
         print(e, file=sys.stderr)
@@ -390,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exception(e.__cause__)
         _report(e)
         return EXIT_INTERNAL
-    except (BilError, CliError, RunError) as e:
+    except (BilError, CliError, RunError, DistributedError) as e:
         _report(e)
         return EXIT_ERROR
     except Terminated:

@@ -14,6 +14,11 @@ parses them and reports errors); tests drive it in-process.  The steps:
    iterations and on Ctrl-C or SIGTERM;
 5. write result.json, history.csv, the arrays and the plots, then mark the folder current.
 
+With several processes (``--distributed``, :mod:`bil.runtime.distributed`) every process
+compiles and runs; only process 0 checks, locks and writes the folder and prints progress;
+a resumed run's processes all read process 0's checkpoint (a shared file system) and check
+that they read the same one.
+
 Problems outside the spec (the folder, the checkpoint) raise :class:`RunError`; errors in
 the spec raise :class:`bil.BilError`.
 """
@@ -30,6 +35,7 @@ from typing import TextIO
 
 import bil
 from bil.core.version import __version__
+from bil.runtime import distributed
 from bil.runtime.outer.stops import RESUMABLE, Stop
 
 #: a checkpoint may differ from the resuming command in these keys only (extending a run)
@@ -86,8 +92,9 @@ def compile_file(path: str, overrides=(), stderr: TextIO | None = None,
     except UnicodeDecodeError as e:
         raise RunError(f"`{path}` is not UTF-8 text (byte {e.start}); is it a .bil file?") from None
     program = bil.compile(p, overrides=list(overrides) or None, allow_paths=list(allow_paths or ()))
-    for w in program.warnings:
-        print(w, file=stderr or sys.stderr)
+    if distributed.is_writer():
+        for w in program.warnings:
+            print(w, file=stderr or sys.stderr)
     return program, spec
 
 
@@ -100,15 +107,24 @@ def run_spec(req: RunRequest) -> bool:
     # a resumed run's limits apply to the outer method its checkpoint was written with, which an
     # earlier `--set solve.outer=adam(...)` may have chosen: checked after merging, below
     first = [kv for kv in overrides if kv[0] not in _RESUME_FREE_KEYS] if req.resume else overrides
-    program, spec = compile_file(req.file, first, allow_paths=req.allow_paths)
+    with distributed.together("compiling the spec"):
+        program, spec = compile_file(req.file, first, allow_paths=req.allow_paths)
     if req.out is not None and not str(req.out).strip():
         raise RunError("--out needs a folder name (got an empty one)")
     out = Path(req.out) if req.out else Path("runs") / program.name
-    _prepare_folder(out, program, req)
+    # one run per folder, locked by process 0 only; released (and removed) when this one ends
+    lock = outdir.RunLock(out) if distributed.is_writer() else None
     try:
-        with outdir.RunLock(out):   # one run per folder; released (and removed) when this one ends
-            outdir.clean_stale_temps(out)   # left by a killed run: nobody else writes here now
+        try:
+            with distributed.together(f"preparing the output folder `{out}`"):
+                if lock is not None:
+                    _prepare_folder(out, program, req)
+                    lock.acquire()
+                    outdir.clean_stale_temps(out)   # left by a killed run: nobody else writes here now
             return _run_locked(req, program, spec, out, overrides, first)
+        finally:
+            if lock is not None:
+                lock.release()
     except outdir.OutDirError as e:
         raise RunError(str(e)) from None
 
@@ -146,11 +162,14 @@ def _run_locked(req: RunRequest, program, spec: bytes, out: Path, overrides, fir
 
     state = None
     if req.resume:
+        # every process reads process 0's checkpoint (the folder on a shared file system)
+        distributed.agree(ckpt.read_bytes() if ckpt.is_file() else b"", f"checkpoint `{ckpt}` (--resume "
+                          "across hosts needs the output folder on a file system they all share)")
         resumed = _resume(req, program, spec, out, ckpt, overrides, first, sha, data_sha)
         if isinstance(resumed, bool):   # nothing left to do
             return resumed
         program, spec, state, overrides = resumed
-    if state is None:  # a fresh run: nothing stale may survive from an earlier one
+    if state is None and distributed.is_writer():   # a fresh run: nothing stale may survive
         _clear_folder(out, ckpt)
 
     outer = program.state.options["solve"]["outer"]
@@ -180,8 +199,7 @@ def _resume(req: RunRequest, program, spec: bytes, out: Path, ckpt: Path, overri
 
     if not ckpt.is_file():
         # printed even with --quiet: the run's earlier --set values are not known here
-        print(f"bil: no checkpoint in `{out}`; starting from the beginning with this command's --set values",
-              file=sys.stderr)
+        _note(f"bil: no checkpoint in `{out}`; starting from the beginning with this command's --set values")
         if first != overrides:
             program, spec = compile_file(req.file, overrides, allow_paths=req.allow_paths)
         return program, spec, None, overrides
@@ -198,16 +216,16 @@ def _resume(req: RunRequest, program, spec: bytes, out: Path, ckpt: Path, overri
     overrides = _resume_overrides(overrides, meta, ckpt)
     if overrides != first:
         program, spec = compile_file(req.file, overrides, allow_paths=req.allow_paths)
-    if outdir.outputs_iteration(out) is None:
+    if outdir.outputs_iteration(out) is None and distributed.is_writer():
         outdir.write_marker(out)   # a folder an older bil wrote: ours from now on
     finished = meta.get("finished")
     if finished is not None and finished not in _RESUMABLE_STOPS:
         # nothing left to do (re-running would add an iteration); its outputs are on disk,
         # unless the run was killed between its last checkpoint and writing them
         wrote = _write_missing_outputs(program, out, state, finished, spec)
-        print(f"bil: the run in `{out}` already finished after iteration {meta.get('iteration')} "
+        _note(f"bil: the run in `{out}` already finished after iteration {meta.get('iteration')} "
               f"({finished}); its results are {'written now' if wrote else 'there'}. Run without "
-              "--resume to start over", file=sys.stderr)
+              "--resume to start over")
         # the run's own status: a script's `bil run --resume || ...` must see a failed run fail
         return program._failure(finished) is None
     reached = _limit_reached(program, state, meta)
@@ -215,10 +233,16 @@ def _resume(req: RunRequest, program, spec: bytes, out: Path, ckpt: Path, overri
         # a limit at or below what the run has done: resuming would only rewrite its outputs
         spent, why = reached
         wrote = _write_missing_outputs(program, out, state, why, spec)
-        print(f"bil: the run in `{out}` has already done {spent}; its results are "
-              f"{'written now' if wrote else 'there'}. Raise the limit to continue", file=sys.stderr)
+        _note(f"bil: the run in `{out}` has already done {spent}; its results are "
+              f"{'written now' if wrote else 'there'}. Raise the limit to continue")
         return True
     return program, spec, state, overrides
+
+
+def _note(text: str) -> None:
+    """A message on stderr, from process 0 only (the others print errors only)."""
+    if distributed.is_writer():
+        print(text, file=sys.stderr)
 
 
 def _clear_folder(out: Path, ckpt: Path) -> None:
@@ -247,12 +271,15 @@ def _run_loop(req: RunRequest, program, spec: bytes, out: Path, ckpt: Path, stat
     total = outer.kwargs.get("max_iter", outer.kwargs.get("steps"))
     sleep = float(os.environ.get(_SLEEP_ENV, "0") or 0)
     last: dict = {}
-    with RunProgress(program.name, outer.name, total, start=start, quiet=req.quiet) as progress:
+    writer = distributed.is_writer()
+    with RunProgress(program.name, outer.name, total, start=start, quiet=req.quiet or not writer) as progress:
         def callback(record: dict, st: dict) -> None:
             last["state"], last["iter"] = st, int(record["iter"])
             progress.update(record)
             if record["iter"] % every == 0:
-                checkpoint.save(ckpt, st, {**meta, "iteration": int(record["iter"])})
+                st = distributed.to_host(st)   # (every process: gathering is collective)
+                if writer:
+                    checkpoint.save(ckpt, st, {**meta, "iteration": int(record["iter"])})
                 last["saved"] = int(record["iter"])
             if sleep:
                 time.sleep(sleep)
@@ -260,7 +287,7 @@ def _run_loop(req: RunRequest, program, spec: bytes, out: Path, ckpt: Path, stat
         try:
             result = program.run(callback=callback, state=state)
         except KeyboardInterrupt:
-            if "state" in last and last.get("saved") != last["iter"]:
+            if "state" in last and last.get("saved") != last["iter"] and writer and not distributed.active():
                 checkpoint.save(ckpt, last["state"], {**meta, "iteration": last["iter"]})
             if "state" in last:
                 progress.note(f"interrupted after iteration {last['iter']}; checkpoint in `{ckpt}`; continue "
@@ -273,9 +300,12 @@ def _run_loop(req: RunRequest, program, spec: bytes, out: Path, ckpt: Path, stat
             raise RunError(f"cannot resume from `{ckpt}`: {what}; run without --resume to start over") from None
 
     # the final state, so that --resume continues from here (raised limits) or knows it is done
-    checkpoint.save(ckpt, result.state, {**meta, "iteration": int(result.state.get("iteration", 0)),
-                                         "finished": result.reason})
+    final = distributed.to_host(result.state)
+    if writer:
+        checkpoint.save(ckpt, final, {**meta, "iteration": int(final.get("iteration", 0)), "finished": result.reason})
     res = _write_outputs(out, program, result, spec)
+    if not writer:
+        return result.error is None   # (process 0 prints the run's diagnostic)
     outdir.mark_outputs(out, int(result.state.get("iteration", 0)))   # all outputs are on disk
     if not req.quiet:
         print_summary(res, str(out))
@@ -341,19 +371,31 @@ def _write_missing_outputs(program, out: Path, state: dict, reason: str, spec: b
 
     if _outputs_current(out, int(state.get("iteration", 0))):
         return False
-    _write_outputs(out, program, program.result_from_state(state, reason), spec)
-    outdir.mark_outputs(out, int(state.get("iteration", 0)))
+    _write_outputs(out, program, program.result_from_state(state, reason), spec)   # (every process computes)
+    if distributed.is_writer():
+        outdir.mark_outputs(out, int(state.get("iteration", 0)))
     return True
 
 
 def _write_outputs(out: Path, program, result, spec: bytes) -> dict:
-    """result.json, history.csv, the npz files and the plots of a run; the result.json dict."""
+    """result.json, history.csv, the npz files and the plots of a run (process 0 writes; every
+    process calls it, since gathering arrays laid out over other processes is collective); the
+    result.json dict (empty on the other processes)."""
     from bil.runtime import plots, results
 
+    if distributed.active():
+        import copy
+
+        result = copy.copy(result)
+        for name in ("hypers", "lower", "state"):
+            setattr(result, name, distributed.to_host(getattr(result, name)))
+    start = distributed.to_host(plots.start_point(program))   # iteration 0 of the plots (a solve)
+    if not distributed.is_writer():
+        return {}
     res = results.write_all(out, problem=program.name, result=result, spec_bytes=spec)
     panels = plots.image_panels(program, result.lower)
     if panels is not None:
         plots.write_images(out, panels)
-    plots.write_start(out, plots.start_point(program))   # iteration 0 of the plots
+    plots.write_start(out, start)
     plots.plot_run_dir(out, history=result.history, problem=program.name)
     return res
