@@ -113,8 +113,8 @@ def _start_distributed(distributed: bool, coordinator, num_processes, process_id
     try:
         initialize(coordinator, num_processes, process_id, names=API_NAMES)
     except DistributedError as e:
-        raise BilUsageError(str(e), None, "every process calls bil.compile with the same spec; see the "
-                            "README, `Several hosts`") from None
+        raise BilUsageError(str(e), None, "every process calls bil.compile with the same spec and its own "
+                            "`process_id=`; see the README, `Several hosts`") from None
 
 
 def _check_data_arg(data) -> Mapping[str, Any] | None:

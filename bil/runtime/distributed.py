@@ -74,10 +74,12 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                    process_id=process_id)
     except ValueError as e:
-        # JAX's cluster detection found no cluster and not every argument was given
+        # JAX's cluster detection found no cluster and not every setting was given
+        missing = str(e).strip().rstrip(".")
         raise DistributedError(
-            f"cannot start the distributed runtime: {e} (no cluster (SLURM, Open MPI, ...) was detected); "
-            f"pass {names['coordinator']} HOST:PORT, {names['num_processes']} N and {names['process_id']} I") from None
+            f"cannot start the distributed runtime: no cluster (SLURM, Open MPI, ...) detected and not every "
+            f"setting given ({missing[0].lower() + missing[1:]}); pass {names['coordinator']} HOST:PORT, "
+            f"{names['num_processes']} N and {names['process_id']} I") from None
     except RuntimeError as e:
         if "should only be called once" in str(e):
             return
@@ -118,7 +120,39 @@ def _gather(row: np.ndarray) -> np.ndarray:
     """``row`` of every process, stacked in process order (a collective: all must call it)."""
     from jax.experimental import multihost_utils
 
-    return np.asarray(multihost_utils.process_allgather(row))
+    with _quiet_stdout():   # the first collective connects gloo, which prints "[Gloo] Rank ..." to stdout
+        return np.asarray(multihost_utils.process_allgather(row))
+
+
+def _flush_c_stdout() -> None:
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """File descriptor 1 to /dev/null for the block (what a C++ library prints there included)."""
+    import os
+    import sys
+
+    sys.stdout.flush()
+    try:
+        saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        yield
+        return
+    os.dup2(null, 1)
+    try:
+        yield
+    finally:
+        _flush_c_stdout()   # (C's stdout buffers what C++ printed: into /dev/null with it)
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,156 @@
+"""`bil run --distributed`: two processes on localhost (CPU, gloo collectives, two forced
+devices each) run the same spec through JAX's multi-process runtime.
+
+The result must be the single-process run's; only process 0 writes the output folder or
+prints; a resumed run's processes read the same checkpoint (and stop, all of them, with an
+error when they do not).  Every subprocess has a timeout, so a hung collective fails the
+test instead of blocking the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bil
+from bil.cli import main
+from bil.runtime import distributed
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = REPO / "tests" / "problems" / "fewshot_ridge.bil"
+TIMEOUT = 240
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    return env
+
+
+def _start(outs: list[Path], *args: str) -> list[subprocess.Popen]:
+    """``bil run SPEC --distributed ...`` as processes 0..len(outs)-1, process i writing to
+    ``outs[i]`` (the same folder for all in a real cluster)."""
+    port, n = _free_port(), len(outs)
+    return [subprocess.Popen([sys.executable, "-m", "bil", "run", str(SPEC), "-q", "--out", str(out), *args,
+                              "--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n),
+                              "--process-id", str(i)],
+                             cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i, out in enumerate(outs)]
+
+
+def _finish(procs: list[subprocess.Popen]) -> list[tuple[int, str, str]]:
+    """``(exit code, stdout, stderr)`` of every process; all killed if one outlives the timeout."""
+    done = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=TIMEOUT)
+            done.append((p.returncode, out, err))
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail(f"a distributed run did not finish in {TIMEOUT} s: " + "\n".join(p.stderr.read() for p in procs))
+    return done
+
+
+def _own_lines(text: str) -> list[str]:
+    """``text`` without the gloo library's connection lines (its C++ code prints them on stdout;
+    bil silences those of its own collectives, but a library may connect again later)."""
+    return [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("[Gloo]")]
+
+
+def _reference(max_iter: int):
+    return bil.compile(SPEC, overrides={"solve.outer.max_iter": max_iter}).run()
+
+
+def _assert_same_result(res: dict, ref) -> None:
+    """The distributed run's result.json against the single-process run.  Each process runs
+    the whole problem on its own devices, the same jitted programs on the same data: the same
+    floating-point operations in the same order, so 1e-10 (not roundoff) is the bound."""
+    assert res["iterations"] == len(ref.history)
+    np.testing.assert_allclose(res["upper"], ref.upper, rtol=1e-10)
+    for name, v in ref.hypers.items():
+        np.testing.assert_allclose(np.asarray(res["hypers"][name]), np.asarray(v), rtol=1e-10, atol=0)
+
+
+def test_two_processes_give_the_single_process_result_and_only_process_0_writes(tmp_path):
+    out0, out1 = tmp_path / "run", tmp_path / "run_of_process_1"
+    procs = _start([out0, out1], "--set", "solve.outer.max_iter=2")
+    ref = _reference(2)                                   # (while the two run)
+    (rc0, so0, se0), (rc1, so1, se1) = _finish(procs)
+    assert (rc0, rc1) == (0, 0), se0 + se1
+    res = json.loads((out0 / "result.json").read_text())
+    _assert_same_result(res, ref)
+    assert (out0 / "checkpoint.npz").is_file() and (out0 / "history.csv").is_file()
+    # process 1 computed the same run but wrote nothing (not even its --out folder) and printed nothing
+    assert not out1.exists()
+    assert _own_lines(so1) == [] and _own_lines(se1) == []
+    assert _own_lines(so0) == [] and _own_lines(se0) == []   # (-q: process 0 prints nothing either)
+
+
+@pytest.mark.slow
+def test_resume_across_processes_continues_from_process_0s_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    first = _finish(_start([out, out], "--set", "solve.outer.max_iter=2"))
+    assert [r[0] for r in first] == [0, 0], first
+    resumed = _finish(_start([out, out], "--resume", "--set", "solve.outer.max_iter=3"))
+    assert [r[0] for r in resumed] == [0, 0], resumed
+    _assert_same_result(json.loads((out / "result.json").read_text()), _reference(3))
+    assert len((out / "history.csv").read_text().splitlines()) == 1 + 3
+
+
+@pytest.mark.slow
+def test_processes_that_see_different_checkpoints_all_stop_with_an_error(tmp_path):
+    out = tmp_path / "run"
+    assert [r[0] for r in _finish(_start([out, out], "--set", "solve.outer.max_iter=1"))] == [0, 0]
+    other = tmp_path / "not_shared"        # process 1's "file system" has no checkpoint
+    runs = _finish(_start([out, other], "--resume", "--set", "solve.outer.max_iter=2"))
+    assert [r[0] for r in runs] == [2, 2], runs
+    for _, _, err in runs:
+        assert "process 1 sees another checkpoint" in err and "share" in err
+        assert "Traceback" not in err
+
+
+# ------------------------------------------------------------ settings (no processes started)
+@pytest.mark.parametrize("args, message", [
+    (["--coordinator", "h:1"], "--coordinator needs --distributed"),
+    (["--distributed", "--coordinator", "h"], "--coordinator must be HOST:PORT"),
+    (["--distributed", "--coordinator", "h:1", "--num-processes", "0"], "--num-processes must be at least 1"),
+    (["--distributed", "--num-processes", "2", "--process-id", "2"], "--process-id must be below --num-processes"),
+])
+def test_bad_distributed_flags_are_errors_not_tracebacks(args, message, capsys):
+    assert main(["run", str(SPEC), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_distributed_without_settings_or_cluster_says_what_to_pass(monkeypatch, capsys):
+    # nothing for JAX's cluster detection to find (it reads these variables; mpi4py is opt-in only)
+    for var in ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri", "KUBERNETES_SERVICE_HOST"):
+        monkeypatch.delenv(var, raising=False)
+    # (JAX refuses to start the runtime once it has computed; this process has, in other tests)
+    monkeypatch.setattr("jax._src.xla_bridge.backends_are_initialized", lambda: False)
+    assert main(["run", str(SPEC), "--distributed"]) == 2
+    err = capsys.readouterr().err
+    assert "no cluster (SLURM, Open MPI, ...) detected" in err and "--coordinator HOST:PORT" in err
+    assert not distributed.active()
+
+
+def test_the_python_api_checks_its_distributed_keywords():
+    with pytest.raises(bil.BilUsageError, match="`process_id=` needs `distributed=True`"):
+        bil.compile(SPEC, process_id=1)
+    with pytest.raises(bil.BilUsageError, match="`num_processes=` must be a whole number"):
+        bil.compile(SPEC, distributed=True, num_processes="2")
