@@ -56,7 +56,12 @@ class Batching:
         return jnp.sum(jax.vmap(self.low.g, in_axes=(0, None, self.low.data_axes))(X, theta, d))
 
     def X_init(self, theta, d):
-        return self._vmap(self.low.x_init, (None, self.low.data_axes))(theta, d)
+        return self._laid(self._vmap(self.low.x_init, (None, self.low.data_axes))(theta, d))
+
+    def _laid(self, x):
+        """Lower variables (or adjoints) of a problem whose data is split by rows, laid out alike
+        on every call (:func:`bil.runtime.sharding.constrain`); as they are otherwise."""
+        return sharding.constrain(x, self.low.layout)
 
     def _sum(self, v):
         return jnp.sum(v) if self.low.batched else v

@@ -143,6 +143,20 @@ def map_samples(fn, in_axes, layout: Optional[Layout]):
     return jax.shard_map(vm, mesh=layout.mesh, in_specs=specs, out_specs=P(AXIS), check_vma=False)
 
 
+def constrain(tree, layout: Optional[Layout]):
+    """Lower variables (or adjoints) laid out like the data: split along axis 0 where they have
+    the split length, else replicated.  Inside jit, so every call's outputs lie alike and the next
+    call, which takes them back, never meets new input shardings (no recompiles)."""
+    if layout is None or layout.samples:   # (per-sample outputs: map_samples's out_specs lay them out)
+        return tree
+
+    def one(a):
+        split = layout.rows is not None and np.ndim(a) >= 1 and np.shape(a)[0] == layout.rows
+        return jax.lax.with_sharding_constraint(a, NamedSharding(layout.mesh, spec(split)))
+
+    return jax.tree.map(one, tree)
+
+
 def describe(layout: Optional[Layout]) -> Optional[str]:
     """The layout's line for ``bil run`` and ``bil show`` (None on one device)."""
     return None if layout is None else layout.note
