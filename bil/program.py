@@ -52,8 +52,10 @@ class Program:
     @functools.cached_property
     def lowered(self):
         from bil.compiler.lower import lower
+        from bil.runtime.sharding import place
 
-        return lower(self.state)
+        # with several devices, the data laid out over them (bil.runtime.sharding); else as lowered
+        return place(lower(self.state))
 
     @functools.cached_property
     def engine(self):

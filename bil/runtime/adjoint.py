@@ -80,7 +80,7 @@ class Adjoint:
             return r.x, r.iters, r.residual, st
 
         q, it, res, stt = self._vmap(one, (None, low.data_axes, 0, 0, 0, 0))(theta, d, X, B, Q0, factor)
-        return q, self._sum(it), self._rss(res), self._max(stt)
+        return self._laid(q), self._sum(it), self._rss(res), self._max(stt)
 
     @staticmethod
     def _neumann(hv, b, method: Neumann):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from bil.runtime import sharding
+
 
 class Batching:
     """Mixin of :class:`bil.runtime.engine.Engine`: needs ``self.low`` and ``self._jitted``."""
@@ -18,8 +20,9 @@ class Batching:
         return self.low.transform.to_user(p) if coords == "u" else p
 
     def _vmap(self, fn, in_axes):
-        """Map ``fn`` over samples when the problem is per sample."""
-        return jax.vmap(fn, in_axes=in_axes) if self.low.batched else fn
+        """Map ``fn`` over samples when the problem is per sample (each device its own samples
+        when they are split over devices, :mod:`bil.runtime.sharding`)."""
+        return sharding.map_samples(fn, in_axes, self.low.layout) if self.low.batched else fn
 
     def _g1(self, x, params):
         theta, d = params
@@ -53,7 +56,12 @@ class Batching:
         return jnp.sum(jax.vmap(self.low.g, in_axes=(0, None, self.low.data_axes))(X, theta, d))
 
     def X_init(self, theta, d):
-        return self._vmap(self.low.x_init, (None, self.low.data_axes))(theta, d)
+        return self._laid(self._vmap(self.low.x_init, (None, self.low.data_axes))(theta, d))
+
+    def _laid(self, x):
+        """Lower variables (or adjoints) of a problem whose data is split by rows, laid out alike
+        on every call (:func:`bil.runtime.sharding.constrain`); as they are otherwise."""
+        return sharding.constrain(x, self.low.layout)
 
     def _sum(self, v):
         return jnp.sum(v) if self.low.batched else v

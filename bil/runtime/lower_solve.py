@@ -75,7 +75,7 @@ class LowerSolve:
             return r.x, r.iters, r.grad_norm, st, r.factor
 
         x, it, gn, stt, fac = self._vmap(one, (None, low.data_axes, 0))(theta, d, X0)
-        return Solved(x, self._sum(it), self._rss(gn), self._max(stt), fac)
+        return Solved(self._laid(x), self._sum(it), self._rss(gn), self._max(stt), fac)
 
     def solve_lower(self, theta: dict, X0, tol: float) -> Solved:
         fn = self._jit("solve", lambda th, X0, tol, d: self._solve(th, d, X0, tol))

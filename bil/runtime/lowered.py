@@ -89,6 +89,8 @@ class Lowered:
     #: terms h (then ``nonsmooth`` is their :class:`bil.runtime.prox.Nonsmooth`); else None
     g_smooth: Optional[Callable] = None
     nonsmooth: Any = None
+    #: how the data lies over several devices (:class:`bil.runtime.sharding.Layout`); None on one device
+    layout: Any = None
 
     @property
     def batched(self) -> bool:

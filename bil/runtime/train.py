@@ -161,4 +161,4 @@ class Training:
         # procedure being differentiated); X0 is ignored.
         X0 = self.X_init(theta, d)
         x, it, gn, stt = self._vmap(one, (None, low.data_axes, 0))(theta, d, X0)
-        return Solved(x, self._sum(it), self._rss(gn), self._max(stt))
+        return Solved(self._laid(x), self._sum(it), self._rss(gn), self._max(stt))

@@ -100,4 +100,4 @@ class Unrolling:
             return x, jnp.int32(steps) + ref.iters, gn, jnp.where(jnp.isfinite(gn), 0, 2).astype(jnp.int32)
 
         x, it, gn, stt = self._vmap(one, (None, low.data_axes))(theta, d)
-        return Solved(x, self._sum(it), self._rss(gn), self._max(stt))
+        return Solved(self._laid(x), self._sum(it), self._rss(gn), self._max(stt))
