@@ -267,6 +267,7 @@ def _start_distributed(args: argparse.Namespace) -> None:
     from bil.runtime import distributed
 
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    distributed.keep_native_stdout_quiet()
 
 
 def _run(args: argparse.Namespace) -> int:

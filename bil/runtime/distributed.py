@@ -116,43 +116,32 @@ def is_writer() -> bool:
     return process_index() == 0
 
 
-def _gather(row: np.ndarray) -> np.ndarray:
-    """``row`` of every process, stacked in process order (a collective: all must call it)."""
-    from jax.experimental import multihost_utils
-
-    with _quiet_stdout():   # the first collective connects gloo, which prints "[Gloo] Rank ..." to stdout
-        return np.asarray(multihost_utils.process_allgather(row))
-
-
-def _flush_c_stdout() -> None:
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).fflush(None)
-    except (OSError, AttributeError):
-        pass
-
-
-@contextlib.contextmanager
-def _quiet_stdout():
-    """File descriptor 1 to /dev/null for the block (what a C++ library prints there included)."""
+def keep_native_stdout_quiet() -> None:
+    """Send what native code prints on stdout (the gloo collectives' "[Gloo] Rank 0 is connected to
+    3 peer ranks" lines, one per group of devices that first computes together) to /dev/null, while
+    Python's ``sys.stdout`` keeps the real stdout.  For the ``bil`` command (its stdout is its
+    own); the Python API leaves the caller's file descriptors alone."""
+    import io
     import os
     import sys
 
     sys.stdout.flush()
     try:
-        saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+        real = os.dup(1)
+        null = os.open(os.devnull, os.O_WRONLY)
     except OSError:
-        yield
         return
     os.dup2(null, 1)
-    try:
-        yield
-    finally:
-        _flush_c_stdout()   # (C's stdout buffers what C++ printed: into /dev/null with it)
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(null)
+    os.close(null)
+    sys.stdout = io.TextIOWrapper(os.fdopen(real, "wb", buffering=0), encoding=sys.stdout.encoding,
+                                  errors=sys.stdout.errors, line_buffering=True, write_through=True)
+
+
+def _gather(row: np.ndarray) -> np.ndarray:
+    """``row`` of every process, stacked in process order (a collective: all must call it)."""
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(row))
 
 
 @contextlib.contextmanager

@@ -146,15 +146,27 @@ def map_samples(fn, in_axes, layout: Optional[Layout]):
 def constrain(tree, layout: Optional[Layout]):
     """Lower variables (or adjoints) laid out like the data: split along axis 0 where they have
     the split length, else replicated.  Inside jit, so every call's outputs lie alike and the next
-    call, which takes them back, never meets new input shardings (no recompiles)."""
-    if layout is None or layout.samples:   # (per-sample outputs: map_samples's out_specs lay them out)
+    call, which takes them back, never meets new input shardings (no recompiles).
+
+    When the devices belong to several processes (``bil run --distributed``), replicated: each
+    solve ends with an all-gather, so every process holds the whole iterate, which the outer
+    loop reads on the host (a process can read only arrays it holds in full)."""
+    if layout is None:
+        return tree
+    several = spans_processes(layout)
+    if layout.samples and not several:   # (per-sample outputs: map_samples's out_specs lay them out)
         return tree
 
     def one(a):
-        split = layout.rows is not None and np.ndim(a) >= 1 and np.shape(a)[0] == layout.rows
+        split = not several and layout.rows is not None and np.ndim(a) >= 1 and np.shape(a)[0] == layout.rows
         return jax.lax.with_sharding_constraint(a, NamedSharding(layout.mesh, spec(split)))
 
     return jax.tree.map(one, tree)
+
+
+def spans_processes(layout: Optional[Layout]) -> bool:
+    """Does the layout use devices of more than one process (a multi-process run)?"""
+    return layout is not None and len({d.process_index for d in layout.mesh.devices.flat}) > 1
 
 
 def describe(layout: Optional[Layout]) -> Optional[str]:
