@@ -163,8 +163,8 @@ def _run_locked(req: RunRequest, program, spec: bytes, out: Path, overrides, fir
     state = None
     if req.resume:
         # every process reads process 0's checkpoint (the folder on a shared file system)
-        distributed.agree(ckpt.read_bytes() if ckpt.is_file() else b"", f"checkpoint `{ckpt}` (--resume "
-                          "across hosts needs the output folder on a file system they all share)")
+        distributed.agree(ckpt.read_bytes() if ckpt.is_file() else b"", f"checkpoint `{ckpt}`",
+                          "--resume across hosts needs the output folder on a file system they all share")
         resumed = _resume(req, program, spec, out, ckpt, overrides, first, sha, data_sha)
         if isinstance(resumed, bool):   # nothing left to do
             return resumed

@@ -165,7 +165,7 @@ def together(what: str):
         raise DistributedError(f"process {who} stopped while {what} (see its error); every process stops")
 
 
-def agree(data: bytes, what: str) -> None:
+def agree(data: bytes, what: str, hint: str = "") -> None:
     """Check that every process holds the same ``data`` (by its SHA-256); a
     :class:`DistributedError` naming the processes that differ from process 0 if not."""
     if not active():
@@ -174,13 +174,18 @@ def agree(data: bytes, what: str) -> None:
     rows = _gather(digest)
     differ = [i for i in range(rows.shape[0]) if not np.array_equal(rows[i], rows[0])]
     if differ:
-        raise DistributedError(f"process {', '.join(map(str, differ))} sees another {what} than process 0")
+        raise DistributedError(f"process {', '.join(map(str, differ))} sees another {what} than process 0"
+                               + (f"; {hint}" if hint else ""))
 
 
 def to_host(tree):
     """``tree`` with every array as a NumPy array; arrays laid out over other processes' devices
-    are gathered first (a collective: every process must call it with the same tree)."""
+    are gathered first (a collective: every process must call it with the same tree).  In a
+    one-process run, ``tree`` itself."""
     import jax
+
+    if not active():
+        return tree
 
     def one(v):
         if isinstance(v, jax.Array) and not v.is_fully_addressable:
