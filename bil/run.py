@@ -248,6 +248,11 @@ def _run_loop(req: RunRequest, program, spec: bytes, out: Path, ckpt: Path, stat
     sleep = float(os.environ.get(_SLEEP_ENV, "0") or 0)
     last: dict = {}
     with RunProgress(program.name, outer.name, total, start=start, quiet=req.quiet) as progress:
+        from bil.runtime.sharding import describe
+
+        devices = describe(program.lowered.layout)   # several devices: what is split over them
+        if devices is not None:
+            progress.note(devices)
         def callback(record: dict, st: dict) -> None:
             last["state"], last["iter"] = st, int(record["iter"])
             progress.update(record)
