@@ -138,6 +138,11 @@ def _show_args(p: argparse.ArgumentParser) -> None:
 def _show(args: argparse.Namespace) -> int:
     program = load(args.file, allow_paths=args.allow_paths)
     text = standard_form_latex(program.state) if args.latex else standard_form(program.state)
+    if not args.latex:
+        from bil.runtime.sharding import describe
+
+        devices = describe(program.lowered.layout)   # several devices: what is split over them
+        text = text if devices is None else text.rstrip("\n") + "\n" + devices + "\n"
     write_output(text, args.output)
     return EXIT_OK
 

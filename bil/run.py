@@ -273,6 +273,11 @@ def _run_loop(req: RunRequest, program, spec: bytes, out: Path, ckpt: Path, stat
     last: dict = {}
     writer = distributed.is_writer()
     with RunProgress(program.name, outer.name, total, start=start, quiet=req.quiet or not writer) as progress:
+        from bil.runtime.sharding import describe
+
+        devices = describe(program.lowered.layout)   # several devices: what is split over them
+        if devices is not None:
+            progress.note(devices)
         def callback(record: dict, st: dict) -> None:
             last["state"], last["iter"] = st, int(record["iter"])
             progress.update(record)
