@@ -42,11 +42,13 @@ def _env() -> dict:
     return env
 
 
-def _start(outs: list[Path], *args: str) -> list[subprocess.Popen]:
+def _start(outs: list[Path], *args: str, only: dict | None = None) -> list[subprocess.Popen]:
     """``bil run SPEC --distributed ...`` as processes 0..len(outs)-1, process i writing to
-    ``outs[i]`` (the same folder for all in a real cluster)."""
+    ``outs[i]`` (the same folder for all in a real cluster), with ``only[i]`` (a list of
+    arguments) added for process i alone."""
     port, n = _free_port(), len(outs)
     return [subprocess.Popen([sys.executable, "-m", "bil", "run", str(SPEC), "--out", str(out), *args,
+                              *(only or {}).get(i, []),
                               "--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n),
                               "--process-id", str(i)],
                              cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -134,6 +136,17 @@ def test_processes_that_see_different_checkpoints_all_stop_with_an_error(tmp_pat
     for _, _, err in runs:
         assert "process 1 sees another checkpoint" in err and "share" in err
         assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_spec_error_on_one_process_stops_every_process(tmp_path):
+    out = tmp_path / "run"
+    runs = _finish(_start([out, out], "-q", only={1: ["--set", "hyper.lam=-1"]}))   # lam is `positive`
+    assert [r[0] for r in runs] == [2, 2], runs
+    assert "error" in runs[1][2] and "lam" in runs[1][2]                # process 1: the spec's diagnostic
+    assert "process 1 stopped while compiling the spec" in runs[0][2]
+    assert not (out / "result.json").exists()
+    assert all("Traceback" not in err for _, _, err in runs)
 
 
 _API_SCRIPT = """
