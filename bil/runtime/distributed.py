@@ -1,7 +1,8 @@
 """Several processes (hosts) on JAX's own multi-process runtime: ``bil run --distributed``.
 
-Every process runs the same program on its own devices; :func:`initialize` connects them
-through ``jax.distributed.initialize`` (a coordinator address, the number of processes and
+Every process runs the same program (the outer loop alike on each; a ``per sample`` problem's
+samples split over every process's devices by :mod:`bil.runtime.sharding`, which gathers the
+lower solutions to every process after each solve); :func:`initialize` connects them through ``jax.distributed.initialize`` (a coordinator address, the number of processes and
 this process's index, or, when none is given, JAX's own cluster detection: SLURM, Open MPI,
 Kubernetes, cloud TPU).  It must run before JAX computes anything: the backends are created
 at the first computation, and only then do they see the other processes' devices.
@@ -22,8 +23,8 @@ import re
 
 import numpy as np
 
-__all__ = ["DistributedError", "initialize", "active", "process_index", "process_count", "is_writer",
-           "together", "agree", "to_host"]
+__all__ = ["DistributedError", "CLI_NAMES", "API_NAMES", "initialize", "active", "process_index", "process_count",
+           "is_writer", "keep_native_stdout_quiet", "together", "agree", "to_host"]
 
 
 class DistributedError(Exception):
