@@ -18,8 +18,7 @@ import pytest
 
 from bil.runtime import sharding
 
-sys.path.insert(0, str(Path(__file__).parent))
-from sharding_cases import run_case  # noqa: E402
+from sharding_cases import run_case
 
 ROOT = Path(__file__).resolve().parents[1]
 
