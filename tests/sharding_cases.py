@@ -2,7 +2,8 @@
 ``python tests/sharding_cases.py CASE FOLDER`` with 4 forced CPU devices prints the case's JSON).
 
 Each case returns the upper value and hypergradient at θ₀ (solves to 1e-11), a short run's
-learned hypers and upper values (``tasks``: the value and hypergradient at other hypers instead), the lower solution, how many devices it lies on, and the jit cache
+learned hypers and upper values (``tasks``: the value, and under ``grad2`` the hypergradient,
+at λ = 2 instead), the lower solution, how many devices it lies on, and the jit cache
 sizes after the run's first iteration and at its end (equal: nothing recompiled)."""
 
 from __future__ import annotations
@@ -97,11 +98,13 @@ def run_case(case: str, folder: str) -> dict:
         sizes["first"] = count()
         v2, g2 = prog.value_and_hypergrad({"lam": 2.0}, tol=1e-11)
         sizes["last"] = count()
-        history, hypers, upper = [v2], {k: np.asarray(a).tolist() for k, a in g2.items()}, v2
+        history, hypers, upper = [v2], {"lam": 2.0}, v2
+        extra = {"grad2": {k: np.asarray(a).tolist() for k, a in g2.items()}}
     else:
         res = prog.run(callback=lambda record, state: sizes.setdefault("first", count()) and None)
         sizes["last"] = count()
         history, hypers, upper = [r["upper"] for r in res.history], res.hypers, res.upper
+        extra = {}
     theta = {k: np.asarray(a) for k, a in prog.lowered.theta0.items()}
     x = next(iter(eng.solve_lower(theta, eng.init_lower_user(theta), 1e-11).x.values()))
     layout = prog.lowered.layout
@@ -111,7 +114,7 @@ def run_case(case: str, folder: str) -> dict:
             "x_devices": len(x.sharding.device_set),
             "data_split": sorted(k for k, a in prog.lowered.data["names"].items()
                                  if len(getattr(a.sharding, "spec", ()))),
-            "note": None if layout is None else layout.note, "sizes": sizes}
+            "note": None if layout is None else layout.note, "sizes": sizes, **extra}
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, Optional
 
 import jax
@@ -172,7 +171,3 @@ def spans_processes(layout: Optional[Layout]) -> bool:
 def describe(layout: Optional[Layout]) -> Optional[str]:
     """The layout's line for ``bil run`` and ``bil show`` (None on one device)."""
     return None if layout is None else layout.note
-
-
-def device_count(layout: Optional[Layout]) -> int:
-    return 1 if layout is None else math.prod(layout.mesh.devices.shape)
