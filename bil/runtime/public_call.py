@@ -3,9 +3,9 @@
 On a small problem (ridge, 10 features) the solves take a few hundred microseconds, so
 the Python around them decides the time per call.  A call here is: the hypers checked
 (scalars given as numbers by a few comparisons, anything else by
-:meth:`bil.program.Program._theta`), one jitted function that makes the lower start,
-solves the lower problem and the adjoint and forms z, with everything the caller needs
-packed into one flat array, and one transfer of that array to the host.  A call whose
+:meth:`bil.program.Program._theta`, which raises the usage errors), one jitted function that makes the lower start, solves the lower problem and the
+adjoint and forms z, with everything the caller needs packed into one flat array, and one
+transfer of that array to the host.  A call whose
 statuses are not both 0 is handed back to the program's general path, which repeats
 the solves and raises its located error with the same diagnosis as before.
 """
@@ -54,42 +54,45 @@ class PublicCall:
         self.slices = [(k, int(i), int(j), shape) for (k, shape, _), i, j in zip(self.layout, ends[:-1], ends[1:])]
         self._fns: dict = {}
         self._methods: dict = {}
-        self._seen: dict = {}   # tuple(hypers.items()) -> checked theta
-        self._tols: dict = {}   # tol -> device scalar of the program's dtype
+        self._seen: dict = {}   # ((name, value), ...) -> checked theta
+        self._tols: dict = {}   # tol -> numpy scalar of the program's dtype
 
     # ---------------------------------------------------------------- inputs
     def theta(self, hypers: Mapping[str, Any] | None) -> dict | None:
-        """Hypers as the jitted call takes them, or None where the general path must check them
-        (anything but numbers for scalar hypers: arrays, tracers, unknown names, bad values,
-        which that path reports).  The last few checked dicts are remembered by value."""
+        """Hypers as the jitted call takes them (numpy arrays), checked; None for traced
+        values, which only the general path takes.  Numbers for scalar hypers are checked by
+        a few comparisons and the last few such dicts remembered by value; anything else
+        goes through :meth:`bil.program.Program._theta`, which raises the usage errors."""
         if hypers is None:
             hypers = {}
         if type(hypers) is not dict:
-            return None
-        try:
-            key = tuple(hypers.items())
-            hit = self._seen.get(key)
-        except TypeError:   # unhashable values (arrays): the general path
-            return None
-        if hit is not None:
-            return hit
-        theta = dict(self.theta0)
+            return self._checked(hypers)
         dt = self.dtype.type
+        key = []
         for k, v in hypers.items():
             bounds = self.scalar.get(k)
-            if bounds is None or type(v) not in _NUMBERS:
-                return None
+            if bounds is None or not (type(v) in _NUMBERS or (type(v) is np.ndarray and v.shape == ())):
+                return self._checked(hypers)
             try:
                 x = dt(v)
-            except OverflowError:
-                return None
+            except (OverflowError, TypeError, ValueError):
+                return self._checked(hypers)
             if not (bounds[0] < x < bounds[1]) or not math.isfinite(x):
-                return None
-            theta[k] = np.asarray(x)
-        if len(self._seen) >= _SEEN:
-            self._seen.clear()
-        # on the device once (numpy arguments are copied on every call: ~15 µs on ridge)
-        theta = self._seen[key] = jax.device_put(theta)
+                return self._checked(hypers)
+            key.append((k, x))
+        key = tuple(key)
+        hit = self._seen.get(key)
+        if hit is None:
+            if len(self._seen) >= _SEEN:
+                self._seen.clear()
+            # numpy, as every call passes (numpy and device arrays are separate entries of jit's cache)
+            hit = self._seen[key] = {**self.theta0, **{k: np.asarray(x) for k, x in key}}
+        return hit
+
+    def _checked(self, hypers) -> dict | None:
+        theta = self.program._theta(hypers)
+        if any(isinstance(v, jax.core.Tracer) for v in theta.values()):
+            return None
         return theta
 
     def method(self, method):
@@ -120,8 +123,8 @@ class PublicCall:
         return fn
 
     def __call__(self, hypers, tol: float, method=None):
-        """``(f, {hyper: gradient})``, or None where the general path must answer (hypers it
-        has to check, or a failed solve it has to diagnose)."""
+        """``(f, {hyper: gradient})``, or None where the general path must answer (traced
+        hypers, or a failed solve it has to diagnose)."""
         theta = self.theta(hypers)
         if theta is None:
             return None
@@ -130,7 +133,7 @@ class PublicCall:
         if t is None:
             if len(self._tols) >= _SEEN:
                 self._tols.clear()
-            t = self._tols[tol] = jax.device_put(np.asarray(tol, self.dtype))
+            t = self._tols[tol] = np.asarray(tol, self.dtype)
         out = np.asarray(self._fn(m, key)(theta, t, self.program.lowered.data))
         f, lower_status, _, cg_status, _ = out[:_HEAD].tolist()
         if lower_status != 0 or cg_status != 0:
