@@ -11,7 +11,7 @@ Hessian-vector products for the adjoint (absolute residual δ, per sample δ/√
 * digits (``lbfgs`` in bil): ``jaxopt.LBFGS`` (zoom line search, history 10, stop at
   ‖∇g‖ ≤ ε); ``optimistix.LBFGS`` (history 10, Armijo backtracking, its Cauchy stop on the
   changes of x and g tightened until ‖∇g‖ ≤ ε);
-* TV (``fista(mu=1)`` in bil): ``jaxopt.ProximalGradient(accelerated=True)`` (FISTA with
+* TV (``fista(mu=1)`` in bil): ``jaxopt.ProximalGradient(acceleration=True)`` (FISTA with
   backtracking, no prox), vmapped over images; optimistix has no FISTA: its row is
   ``optimistix.NonlinearCG`` (the nearest first-order method it has).
 
@@ -160,7 +160,7 @@ def tv(kind, d, X0, eps, delta, max_iter):
         jaxopt = _jaxopt()
         if jaxopt is None:
             return None
-        solver = jaxopt.ProximalGradient(g, maxiter=max_iter, tol=eps_i, accelerated=True,
+        solver = jaxopt.ProximalGradient(g, maxiter=max_iter, tol=eps_i, acceleration=True,
                                          implicit_diff_solve=_cg_jaxopt(jaxopt, delta_i))
 
         def one(x0, y, th):

@@ -88,7 +88,7 @@ class Program:
                 # dispatches (~0.3 ms per value_and_hypergrad call on ridge) for a value jit copies anyway
                 theta[k] = (jnp.broadcast_to(jnp.asarray(v, self.lowered.dtype), theta[k].shape) if tracer else
                             np.broadcast_to(np.asarray(v, self.lowered.dtype), theta[k].shape))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):   # (OverflowError: an int beyond float range)
                 raise BilUsageError(f"hyper `{k}` must be a number or an array broadcastable to shape "
                                     f"{tuple(theta[k].shape)}", h.node.span,
                                     f"its spec line declares it; got {v!r:.60}") from None
