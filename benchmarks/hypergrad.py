@@ -1,21 +1,32 @@
-"""Time per hypergradient: bil's engine against a hand-written JAX implementation.
+"""Time per hypergradient: bil against jaxopt, optimistix and a hand-written JAX implementation.
 
-    python benchmarks/hypergrad.py            # TV 64x64, TV 128x128, digits
-    python benchmarks/hypergrad.py --quick    # CI smoke: fewer repeats, TV 64x64 and digits
+    pip install -e .[bench]                   # jaxopt, optimistix (benchmark extras only)
+    python benchmarks/hypergrad.py            # ridge, TV 64x64, TV 128x128, digits
+    python benchmarks/hypergrad.py --quick    # CI smoke: fewer repeats, TV 64x64 only
+    python benchmarks/hypergrad.py --problems ridge,digits --repeats 100
 
-Problems (issue 3, "Measured"):
+Problems (issues 3 and 15, "Measured"):
 
+* ``ridge``: ``examples/ridge.bil`` (diabetes, 10 features, ``direct()``);
 * ``tv``: ``examples/tv_denoise.bil`` (3 images, per sample, ``fista(mu=1)``),
   compiled with ``size=`` set to 64 and 128;
 * ``digits``: ``examples/digits_penalties.bil`` (multinomial logistic
   regression, 640 hypers, default ``lbfgs``).
 
-Both sides compute, in one jitted call, the hypergradient with respect to the
+The first table is the time per hypergradient of bil (its engine's jitted oracle, what
+the outer loops call, and the public ``prog.value_and_hypergrad``) and of the peers
+(``benchmarks/hypergrad_peers.py``: jaxopt and optimistix given the same problem,
+tolerances and solver family, each one ``jax.jit(jax.value_and_grad(...))``), with
+bil / best peer, and each side's hypergradient error against bil at 1e-10.  The second
+compares bil's engine with the hand-written implementation below (TV and digits).
+
+All sides compute, in one jitted call, the hypergradient with respect to the
 hypers in user coordinates at ε = δ = 1e-6: lower solve until ‖∇ₓg‖ ≤ 1e-6
 (per sample ‖∇ₓgᵢ‖ ≤ 1e-6/√N), CG on Hessian-vector products until the
 absolute residual is ≤ 1e-6 (per sample 1e-6/√N), then z = ∇θf − Jᵀq.
 
-bil:  ``prog.engine.hypergradient(theta, X0, Q0, 1e-6, 1e-6, coords="theta")``.
+bil:  ``prog.engine.hypergradient(theta, X0, Q0, 1e-6, 1e-6, coords="theta")`` (engine), and
+``prog.value_and_hypergrad(hypers, tol=1e-6)`` (API: checks the hypers and the statuses).
 hand: written directly with jnp below: the same objectives, the same lower
 solver as bil uses for the spec (FISTA with backtracking, μ-momentum and
 adaptive restart for TV; ``optax.lbfgs`` in a ``lax.while_loop`` for digits),
@@ -24,7 +35,7 @@ iteration plus one for the warm-start residual) on ``jax.jvp`` of
 ``jax.grad``, and z through one ``jax.vjp``.
 
 Every timed run starts from the same cold point (the lower variables' initial
-values, zero adjoint), so every run does identical work.  Runs of bil and hand
+values, zero adjoint), so every run does identical work.  Runs of all sides
 alternate (so load drift on a shared machine hits both alike) and the table
 reports medians.  "compile" is the first call's time minus the warm median.
 The script also checks that both sides give the same hypergradient (relative
