@@ -363,6 +363,9 @@ def digits_case(repeats):
     peers = {k: hp.digits(k, d, W0, EPS, DELTA, MAX_ITER) for k in PEERS}
     row = bench_case(f"digits logistic ({n_hypers} hypers)", "64x10", prog, hand, repeats, peers)
     row["front"] = t_front
+    counts = hp.lbfgs_evaluations(d, W0, jnp.asarray(prog.lowered.theta0["theta"]), EPS, MAX_ITER)
+    print("digits lower solve, (iterations, value-and-gradient evaluations) with the initial one:",
+          ", ".join(f"{k} {v}" for k, v in counts.items()))
     return row
 
 

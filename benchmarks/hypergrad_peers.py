@@ -177,3 +177,39 @@ def tv(kind, d, X0, eps, delta, max_iter):
                                  throw=False, adjoint=_adjoint_optx(optx, lx, delta_i), tags=_tags(lx)).value
 
     return jax.jit(jax.value_and_grad(lambda th: upper(jax.vmap(one, (0, 0, None))(X0, noisy, th))))
+
+
+def lbfgs_evaluations(d, W0, theta, eps, max_iter):
+    """Iterations and value-and-gradient evaluations of digits' lower solve to ‖∇g‖ ≤ ε:
+    optax's L-BFGS (bil's ``lbfgs``, counted from its line search's state) and jaxopt's
+    (its own counters); None for jaxopt when it is not installed."""
+    import optax
+    import optax.tree_utils as otu
+
+    def g(W):
+        return _xent(d["Xtr"] @ W, d["ytr"]) + 0.5 * jnp.sum(jnp.exp(theta) * W * W)
+
+    opt = optax.lbfgs(memory_size=10)
+
+    @jax.jit
+    def run_optax():
+        f0, g0 = jax.value_and_grad(g)(W0)
+
+        def cond(c):
+            return (jnp.linalg.norm(c[2]) > eps) & (c[4] < max_iter)
+
+        def body(c):
+            x, f, gr, st, k, n = c
+            u, st = opt.update(gr, st, x, value=f, grad=gr, value_fn=g)
+            n = n + otu.tree_get(st, "num_linesearch_steps")
+            return optax.apply_updates(x, u), otu.tree_get(st, "value"), otu.tree_get(st, "grad"), st, k + 1, n
+
+        c = jax.lax.while_loop(cond, body, (W0, f0, g0, opt.init(W0), 0, 1))
+        return c[4], c[5]
+
+    out = {"optax (bil)": tuple(int(v) for v in run_optax())}
+    jaxopt = _jaxopt()
+    if jaxopt is not None:
+        s = jax.jit(jaxopt.LBFGS(g, maxiter=max_iter, tol=eps, history_size=10, linesearch="zoom").run)(W0).state
+        out["jaxopt"] = int(s.iter_num), int(s.num_fun_eval)
+    return out
