@@ -383,24 +383,6 @@ def ridge_case(repeats):
     return row
 
 
-def print_peers(rows):
-    """The peers table: ms per hypergradient and bil / best peer; each side's error vs the reference."""
-    names = sorted({k for r in rows for k in r["peers"]}, key=PEERS.index)
-    print(f"| problem | size | bil engine ms | bil API ms | {' | '.join(k + ' ms' for k in names)} "
-          f"| engine / best peer | API / best peer |")
-    print("|" + " --- |" * (6 + len(names)))
-    for r in rows:
-        ms = [r["peers"][k]["ms"] if k in r["peers"] else math.nan for k in names]
-        best = min((m for m in ms if m == m), default=math.nan)
-        print(f"| {r['problem']} | {r['size']} | {r['bil_ms']:.3f} | {r['api_ms']:.3f} | "
-              + " | ".join(f"{m:.3f}" for m in ms) + f" | {r['bil_ms'] / best:.2f} | {r['api_ms'] / best:.2f} |")
-    print(f"\nmedian of {rows[0]['repeats']} warm calls each, compile excluded, ε = δ = {EPS:g}; "
-          "hypergradient error relative to bil at 1e-10:")
-    for r in rows:
-        errs = "; ".join(f"{k} {v['err']:.1e}" for k, v in r["peers"].items())
-        print(f"  {r['problem']} {r['size']}: bil {r['bil_err']:.1e} (API {r['api_err']:.1e}); {errs}")
-
-
 def print_table(rows):
     rows = [r for r in rows if "hand_ms" in r]
     hdr = (f"{'problem':<28} {'size':>8} {'bil ms':>8} {'hand ms':>8} {'bil/hand':>8} "
@@ -447,7 +429,7 @@ def main(argv=None):
     rows = [ridge_case(repeats)] if "ridge" in which else []
     rows += [tv_case(s, repeats) for s in sizes] if "tv" in which else []
     rows += [digits_case(repeats)] if "digits" in which else []
-    print_peers(rows)
+    hp.print_peers(rows, PEERS, EPS)
     print()
     ok = print_table(rows) if any("hand_ms" in r for r in rows) else True
     if not ok:

@@ -56,8 +56,6 @@ def _adjoint_optx(optx, lx, delta):
     return optx.ImplicitAdjoint(linear_solver=cg)
 
 
-_PSD = "psd"
-
 
 def _tags(lx):
     return frozenset({lx.symmetric_tag, lx.positive_semidefinite_tag})
@@ -213,3 +211,21 @@ def lbfgs_evaluations(d, W0, theta, eps, max_iter):
         s = jax.jit(jaxopt.LBFGS(g, maxiter=max_iter, tol=eps, history_size=10, linesearch="zoom").run)(W0).state
         out["jaxopt"] = int(s.iter_num), int(s.num_fun_eval)
     return out
+
+
+def print_peers(rows, peers, eps):
+    """The peers table: ms per hypergradient and bil / best peer; each side's error vs the reference."""
+    names = sorted({k for r in rows for k in r["peers"]}, key=peers.index)
+    print(f"| problem | size | bil engine ms | bil API ms | {' | '.join(k + ' ms' for k in names)} "
+          f"| engine / best peer | API / best peer |")
+    print("|" + " --- |" * (6 + len(names)))
+    for r in rows:
+        ms = [r["peers"][k]["ms"] if k in r["peers"] else math.nan for k in names]
+        best = min((m for m in ms if m == m), default=math.nan)
+        print(f"| {r['problem']} | {r['size']} | {r['bil_ms']:.3f} | {r['api_ms']:.3f} | "
+              + " | ".join(f"{m:.3f}" for m in ms) + f" | {r['bil_ms'] / best:.2f} | {r['api_ms'] / best:.2f} |")
+    print(f"\nmedian of {rows[0]['repeats']} warm calls each, compile excluded, ε = δ = {eps:g}; "
+          "hypergradient error relative to bil at 1e-10:")
+    for r in rows:
+        errs = "; ".join(f"{k} {v['err']:.1e}" for k, v in r["peers"].items())
+        print(f"  {r['problem']} {r['size']}: bil {r['bil_err']:.1e} (API {r['api_err']:.1e}); {errs}")
