@@ -1,21 +1,32 @@
-"""Time per hypergradient: bil's engine against a hand-written JAX implementation.
+"""Time per hypergradient: bil against jaxopt, optimistix and a hand-written JAX implementation.
 
-    python benchmarks/hypergrad.py            # TV 64x64, TV 128x128, digits
-    python benchmarks/hypergrad.py --quick    # CI smoke: fewer repeats, TV 64x64 and digits
+    pip install -e .[bench]                   # jaxopt, optimistix (benchmark extras only)
+    python benchmarks/hypergrad.py            # ridge, TV 64x64, TV 128x128, digits
+    python benchmarks/hypergrad.py --quick    # CI smoke: fewer repeats, TV 64x64 only
+    python benchmarks/hypergrad.py --problems ridge,digits --repeats 100
 
-Problems (issue 3, "Measured"):
+Problems (issues 3 and 15, "Measured"):
 
+* ``ridge``: ``examples/ridge.bil`` (diabetes, 10 features, ``direct()``);
 * ``tv``: ``examples/tv_denoise.bil`` (3 images, per sample, ``fista(mu=1)``),
   compiled with ``size=`` set to 64 and 128;
 * ``digits``: ``examples/digits_penalties.bil`` (multinomial logistic
   regression, 640 hypers, default ``lbfgs``).
 
-Both sides compute, in one jitted call, the hypergradient with respect to the
+The first table is the time per hypergradient of bil (its engine's jitted oracle, what
+the outer loops call, and the public ``prog.value_and_hypergrad``) and of the peers
+(``benchmarks/hypergrad_peers.py``: jaxopt and optimistix given the same problem,
+tolerances and solver family, each one ``jax.jit(jax.value_and_grad(...))``), with
+bil / best peer, and each side's hypergradient error against bil at 1e-10.  The second
+compares bil's engine with the hand-written implementation below (TV and digits).
+
+All sides compute, in one jitted call, the hypergradient with respect to the
 hypers in user coordinates at ε = δ = 1e-6: lower solve until ‖∇ₓg‖ ≤ 1e-6
 (per sample ‖∇ₓgᵢ‖ ≤ 1e-6/√N), CG on Hessian-vector products until the
 absolute residual is ≤ 1e-6 (per sample 1e-6/√N), then z = ∇θf − Jᵀq.
 
-bil:  ``prog.engine.hypergradient(theta, X0, Q0, 1e-6, 1e-6, coords="theta")``.
+bil:  ``prog.engine.hypergradient(theta, X0, Q0, 1e-6, 1e-6, coords="theta")`` (engine), and
+``prog.value_and_hypergrad(hypers, tol=1e-6)`` (API: checks the hypers and the statuses).
 hand: written directly with jnp below: the same objectives, the same lower
 solver as bil uses for the spec (FISTA with backtracking, μ-momentum and
 adaptive restart for TV; ``optax.lbfgs`` in a ``lax.while_loop`` for digits),
@@ -24,7 +35,7 @@ iteration plus one for the warm-start residual) on ``jax.jvp`` of
 ``jax.grad``, and z through one ``jax.vjp``.
 
 Every timed run starts from the same cold point (the lower variables' initial
-values, zero adjoint), so every run does identical work.  Runs of bil and hand
+values, zero adjoint), so every run does identical work.  Runs of all sides
 alternate (so load drift on a shared machine hits both alike) and the table
 reports medians.  "compile" is the first call's time minus the warm median.
 The script also checks that both sides give the same hypergradient (relative
@@ -49,8 +60,12 @@ import optax.tree_utils as otu
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bil  # noqa: E402  (enables float64)
+import hypergrad_peers as hp  # noqa: E402
+
+PEERS = ("jaxopt", "optimistix")
 
 EPS = DELTA = 1e-6
 MAX_ITER = 10_000      # the specs' lower max_iter (bil's default)
@@ -243,13 +258,15 @@ def _rel(a, b):
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
 
 
-def bench_case(name, size, prog, hand_call, repeats):
-    """Time both sides; return a result row (dict)."""
+def bench_case(name, size, prog, hand_call, repeats, peers=None):
+    """Time bil, the hand-written side (if any) and the ``peers`` (name -> ``call(theta) -> (f, z)``,
+    jitted); return a result row (dict)."""
     eng = prog.engine
     theta = prog._theta(None)
     X0 = eng.X_init(theta, prog.lowered.data)
     Q0 = eng.init_adjoint(X0)
     _block((X0, Q0))
+    peers = {k: v for k, v in (peers or {}).items() if v is not None}
 
     def run_bil(eps=EPS, delta=DELTA):
         return _block(eng.hypergradient(theta, X0, Q0, eps, delta, coords="theta"))
@@ -257,40 +274,57 @@ def bench_case(name, size, prog, hand_call, repeats):
     def run_hand(eps=EPS, delta=DELTA):
         return _block(hand_call(theta, X0, Q0, eps, delta))
 
-    t = time.perf_counter()
-    hb, (gn_b, res_b) = run_bil()
-    first_bil = time.perf_counter() - t
-    t = time.perf_counter()
-    hh = run_hand()
-    first_hand = time.perf_counter() - t
+    # as a user writes them: numbers for scalar hypers
+    user = {k: float(v) if np.ndim(v) == 0 else np.asarray(v) for k, v in theta.items()}
+    sides = {"bil": run_bil, "api": lambda: prog.value_and_hypergrad(user, tol=EPS)}
+    if hand_call is not None:
+        sides["hand"] = run_hand
+    jtheta = jax.device_put(theta)
+    for k, call in peers.items():
+        sides[k] = (lambda call: lambda: _block(call(jtheta)))(call)
+    first = {}
+    for k, fn in sides.items():
+        t = time.perf_counter()
+        out = fn()
+        first[k] = (time.perf_counter() - t, out)
 
-    tb, th = [], []
+    times = {k: [] for k in sides}
+    order = list(sides)
     for i in range(repeats):  # alternate, and alternate who goes first
-        for who in ((run_bil, tb), (run_hand, th))[:: 1 if i % 2 == 0 else -1]:
+        for k in order[:: 1 if i % 2 == 0 else -1]:
             t = time.perf_counter()
-            who[0]()
-            who[1].append(time.perf_counter() - t)
-    mb, mh = float(np.median(tb)), float(np.median(th))
+            sides[k]()
+            times[k].append(time.perf_counter() - t)
+    med = {k: float(np.median(v)) for k, v in times.items()}
 
-    # Accuracy: same hypergradient, and each side's error against a tight reference.
+    # Accuracy: each side's hypergradient against a tight reference.
     ref, _ = run_bil(1e-10, 1e-10)
-    zb, zh, zr = _flat(hb.z), _flat(hh[1]), _flat(ref.z)
-    agree = _rel(zb, zh)
+    zr = _flat(ref.z)
+    hb, (gn_b, res_b) = first["bil"][1]
+    zb = _flat(hb.z)
+    row = dict(problem=name, size=size, bil_ms=1e3 * med["bil"], api_ms=1e3 * med["api"],
+               bil_compile=first["bil"][0] - med["bil"], bil_lower=int(hb.lower_iters), bil_cg=int(hb.cg_iters),
+               bil_gn=float(gn_b), bil_res=float(res_b), bil_err=_rel(zb, zr), api_err=_rel(_flat(first["api"][1][1]), zr),
+               bil_status=(int(hb.lower_status), int(hb.cg_status)), repeats=repeats,
+               bil_iqr=1e3 * (np.percentile(times["bil"], 75) - np.percentile(times["bil"], 25)),
+               peers={k: dict(ms=1e3 * med[k], err=_rel(_flat(first[k][1][1]), zr),
+                              compile=first[k][0] - med[k]) for k in peers})
+    if hand_call is None:
+        return row
+    hh = first["hand"][1]
+    mb, mh = med["bil"], med["hand"]
+    zh = _flat(hh[1])
     lit_h, cit_h, gn_h, res_h = hh[4]
-    return dict(
-        problem=name, size=size, bil_ms=1e3 * mb, hand_ms=1e3 * mh, ratio=mb / mh,
-        bil_iqr=1e3 * (np.percentile(tb, 75) - np.percentile(tb, 25)),
-        hand_iqr=1e3 * (np.percentile(th, 75) - np.percentile(th, 25)),
-        ratio_p10=float(np.percentile(tb, 10) / np.percentile(th, 10)),
-        bil_compile=first_bil - mb, hand_compile=first_hand - mh,
-        bil_lower=int(hb.lower_iters), hand_lower=int(np.sum(lit_h)),
-        hand_lower_per=np.atleast_1d(np.asarray(lit_h)).tolist(),
-        bil_cg=int(hb.cg_iters), hand_cg=int(np.sum(cit_h)),
-        hand_cg_per=np.atleast_1d(np.asarray(cit_h)).tolist(),
-        bil_gn=float(gn_b), hand_gn=float(gn_h), bil_res=float(res_b), hand_res=float(res_h),
-        agree=agree, bil_err=_rel(zb, zr), hand_err=_rel(zh, zr),
-        bil_status=(int(hb.lower_status), int(hb.cg_status)), repeats=repeats,
+    row.update(
+        hand_ms=1e3 * mh, ratio=mb / mh,
+        hand_iqr=1e3 * (np.percentile(times["hand"], 75) - np.percentile(times["hand"], 25)),
+        ratio_p10=float(np.percentile(times["bil"], 10) / np.percentile(times["hand"], 10)),
+        hand_compile=first["hand"][0] - mh,
+        hand_lower=int(np.sum(lit_h)), hand_lower_per=np.atleast_1d(np.asarray(lit_h)).tolist(),
+        hand_cg=int(np.sum(cit_h)), hand_cg_per=np.atleast_1d(np.asarray(cit_h)).tolist(),
+        hand_gn=float(gn_h), hand_res=float(res_h), agree=_rel(zb, zh), hand_err=_rel(zh, zr),
     )
+    return row
 
 
 def tv_case(size, repeats):
@@ -307,7 +341,9 @@ def tv_case(size, repeats):
     def hand(theta, X0, Q0, eps, delta):
         return tv_hand(theta, X0["x"], Q0["x"], eps, delta, noisy, clean)
 
-    row = bench_case("tv_denoise (3 images)", f"{size}x{size}", prog, hand, repeats)
+    X0 = prog.engine.X_init(prog._theta(None), prog.lowered.data)["x"]
+    peers = {k: hp.tv(k, d, X0, EPS, DELTA, MAX_ITER) for k in PEERS}
+    row = bench_case("tv_denoise (3 images)", f"{size}x{size}", prog, hand, repeats, peers)
     row["front"] = t_front
     return row
 
@@ -323,12 +359,32 @@ def digits_case(repeats):
         return dig_hand(theta, X0["W"], Q0["W"], eps, delta, d["Xtr"], d["ytr"], d["Xval"], d["yval"])
 
     n_hypers = int(np.size(prog.lowered.theta0["theta"]))
-    row = bench_case(f"digits logistic ({n_hypers} hypers)", "64x10", prog, hand, repeats)
+    W0 = prog.engine.X_init(prog._theta(None), prog.lowered.data)["W"]
+    peers = {k: hp.digits(k, d, W0, EPS, DELTA, MAX_ITER) for k in PEERS}
+    row = bench_case(f"digits logistic ({n_hypers} hypers)", "64x10", prog, hand, repeats, peers)
+    row["front"] = t_front
+    counts = hp.lbfgs_evaluations(d, W0, jnp.asarray(prog.lowered.theta0["theta"]), EPS, MAX_ITER)
+    print("digits lower solve, (iterations, value-and-gradient evaluations) with the initial one:",
+          ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return row
+
+
+def ridge_case(repeats):
+    """ridge.bil (diabetes, 10 features, ``direct()``): peers only (benchmarks/ridge_peers.py has
+    the hand-written closed form)."""
+    t = time.perf_counter()
+    prog = bil.compile(ROOT / "examples" / "ridge.bil")
+    prog.engine  # noqa: B018
+    t_front = time.perf_counter() - t
+    d = prog.lowered.data["names"]
+    peers = {k: hp.ridge(k, d, EPS, DELTA) for k in PEERS}
+    row = bench_case("ridge (diabetes)", "221x10", prog, None, repeats, peers)
     row["front"] = t_front
     return row
 
 
 def print_table(rows):
+    rows = [r for r in rows if "hand_ms" in r]
     hdr = (f"{'problem':<28} {'size':>8} {'bil ms':>8} {'hand ms':>8} {'bil/hand':>8} "
            f"{'compile bil s':>13} {'compile hand s':>14} {'lower it bil/hand':>18} {'CG it bil/hand':>15}")
     print(hdr)
@@ -362,15 +418,20 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="CI smoke: fewer repeats, TV at 64x64 only (plus digits)")
     ap.add_argument("--repeats", type=int, default=None, help="warm runs per side (default 50, --quick 5)")
+    ap.add_argument("--problems", default="ridge,tv,digits", help="comma-separated subset of ridge,tv,digits")
     args = ap.parse_args(argv)
     repeats = args.repeats or (5 if args.quick else 50)
     if repeats < 5:
         ap.error("--repeats must be at least 5")
     sizes = (64,) if args.quick else (64, 128)
+    which = set(args.problems.split(","))
 
-    rows = [tv_case(s, repeats) for s in sizes]
-    rows.append(digits_case(repeats))
-    ok = print_table(rows)
+    rows = [ridge_case(repeats)] if "ridge" in which else []
+    rows += [tv_case(s, repeats) for s in sizes] if "tv" in which else []
+    rows += [digits_case(repeats)] if "digits" in which else []
+    hp.print_peers(rows, PEERS, EPS)
+    print()
+    ok = print_table(rows) if any("hand_ms" in r for r in rows) else True
     if not ok:
         print(f"FAIL: a solve missed its tolerance, or bil and the hand-written hypergradients differ by "
               f"more than {AGREE:g} relative")

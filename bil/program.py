@@ -90,7 +90,7 @@ class Program:
                 # dispatches (~0.3 ms per value_and_hypergrad call on ridge) for a value jit copies anyway
                 theta[k] = (jnp.broadcast_to(jnp.asarray(v, self.lowered.dtype), theta[k].shape) if tracer else
                             np.broadcast_to(np.asarray(v, self.lowered.dtype), theta[k].shape))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):   # (OverflowError: an int beyond float range)
                 raise BilUsageError(f"hyper `{k}` must be a number or an array broadcastable to shape "
                                     f"{tuple(theta[k].shape)}", h.node.span,
                                     f"its spec line declares it; got {v!r:.60}") from None
@@ -157,8 +157,18 @@ class Program:
         runs its k terms whatever the residual).  ``method`` overrides the spec's ``hypergradient:``
         (``"implicit"``, ``"direct"``, ``"neumann"``, ``"unroll"``, ``"unroll(truncate=5)"``).
         """
-        hg = self._hypergrad(hypers, self._api_tol(tol), self._method(method))
+        tol = self._api_tol(tol)
+        fast = self._public_call(hypers, tol, method)   # one jitted call (bil.runtime.public_call)
+        if fast is not None:
+            return fast
+        hg = self._hypergrad(hypers, tol, self._method(method))
         return float(hg.f), {k: np.asarray(v) for k, v in hg.z.items()}
+
+    @functools.cached_property
+    def _public_call(self):
+        from bil.runtime.public_call import PublicCall
+
+        return PublicCall(self)
 
     def _hypergrad(self, hypers, tol: float, m: MethodOptions):
         """The engine's :class:`HyperGrad` at ``hypers`` (user coordinates) from the initial

@@ -1,0 +1,79 @@
+"""``value_and_hypergrad`` as one jitted call (bil/runtime/public_call.py): same answers as the
+general path, one compiled function whatever form the hypers take, every usage error kept."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import bil
+from bil.core.errors import BilRuntimeError, BilUsageError
+
+SPEC = """data X = randn(20, 3, seed=0)
+data y = randn(20, seed=1)
+data Xv = randn(15, 3, seed=2)
+data yv = randn(15, seed=3)
+hyper lam : positive = 1.0
+hyper b : real in [-1, 1] = 0.2
+hyper s : real[3] = 0
+lower {
+    w = zeros(3)
+    minimize 0.5 * sumsq(X @ w - y) + 0.5 * lam * sumsq(w) - b * sum(w) - sum(s * w)
+}
+upper minimize 0.5 * sumsq(Xv @ w - yv)
+"""
+
+
+@pytest.fixture(scope="module")
+def prog():
+    return bil.compile(SPEC)
+
+
+def _reference(prog, lam, b, s):
+    d = prog.state.data
+    X, y, Xv, yv = (np.asarray(d[k]) for k in ("X", "y", "Xv", "yv"))
+    A = X.T @ X + lam * np.eye(3)
+    w = np.linalg.solve(A, X.T @ y + b + s)
+    r = Xv @ w - yv
+    q = np.linalg.solve(A, Xv.T @ r)          # adjoint: A q = ∇_w f
+    return 0.5 * r @ r, {"lam": -q @ w, "b": q.sum(), "s": q}
+
+
+def test_fast_call_matches_the_closed_form_in_every_input_form(prog):
+    """Numbers, numpy scalars, 0-d and full arrays, hypers left out: all give the closed form,
+    and all run the one compiled function."""
+    f0, g0 = _reference(prog, 2.0, -0.5, np.array([0.1, 0.0, -0.3]))
+    forms = [{"lam": 2.0, "b": -0.5, "s": [0.1, 0.0, -0.3]},
+             {"lam": np.float64(2.0), "b": np.asarray(-0.5), "s": np.array([0.1, 0.0, -0.3])},
+             {"lam": 2, "b": -0.5, "s": np.array([0.1, 0.0, -0.3])}]
+    for hypers in forms:
+        f, g = prog.value_and_hypergrad(hypers, tol=1e-11)
+        assert abs(f - f0) <= 1e-9 * abs(f0)
+        for k in g0:
+            np.testing.assert_allclose(g[k], g0[k], rtol=1e-8, atol=1e-10)
+            assert np.shape(g[k]) == np.shape(g0[k])
+    f, g = prog.value_and_hypergrad(tol=1e-11)             # initial hypers
+    f1, g1 = _reference(prog, 1.0, 0.2, np.zeros(3))
+    assert abs(f - f1) <= 1e-9 * abs(f1) and abs(g["lam"] - g1["lam"]) <= 1e-8 * abs(g1["lam"])
+    f, g = prog.value_and_hypergrad({"lam": 2.0}, tol=1e-11)  # a cached dict of numbers, others initial
+    assert abs(f - _reference(prog, 2.0, 0.2, np.zeros(3))[0]) <= 1e-9 * f
+    fns = prog._public_call._fns
+    assert len(fns) == 1 and next(iter(fns.values()))._cache_size() == 1
+
+
+def test_bad_hypers_are_usage_errors_on_the_fast_path(prog):
+    for bad, match in [({"lam": -1.0}, "positive"), ({"lam": float("nan")}, "finite"), ({"b": 1.5}, "strictly inside"),
+                       ({"b": np.asarray(np.inf)}, "finite"), ({"lamb": 1.0}, "did you mean `lam`"),
+                       ({"s": [1.0, 2.0]}, "broadcastable"), ({"lam": 10 ** 400}, "hyper `lam`")]:
+        with pytest.raises(BilUsageError, match=match):
+            prog.value_and_hypergrad(bad)
+        # the same dict again (nothing bad is remembered)
+        with pytest.raises(BilUsageError, match=match):
+            prog.value_and_hypergrad(bad)
+
+
+def test_a_failed_solve_still_raises_its_located_error():
+    """Statuses come back in the packed output; a failure is diagnosed by the general path."""
+    prog = bil.compile(SPEC.replace("\n}\nupper", "\n    solver: lbfgs\n    max_iter: 2\n}\nupper"))
+    with pytest.raises(BilRuntimeError, match="did not reach its tolerance within max_iter=2"):
+        prog.value_and_hypergrad({"lam": 1.0})
