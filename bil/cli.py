@@ -138,7 +138,9 @@ def _show_args(p: argparse.ArgumentParser) -> None:
 def _show(args: argparse.Namespace) -> int:
     program = load(args.file, allow_paths=args.allow_paths)
     text = standard_form_latex(program.state) if args.latex else standard_form(program.state)
-    if not args.latex:
+    import jax
+
+    if not args.latex and jax.device_count() > 1:   # (one device: nothing to lower for this line)
         from bil.runtime.sharding import describe
 
         devices = describe(program.lowered.layout)   # several devices: what is split over them

@@ -278,6 +278,7 @@ def _run_loop(req: RunRequest, program, spec: bytes, out: Path, ckpt: Path, stat
         devices = describe(program.lowered.layout)   # several devices: what is split over them
         if devices is not None:
             progress.note(devices)
+
         def callback(record: dict, st: dict) -> None:
             last["state"], last["iter"] = st, int(record["iter"])
             progress.update(record)

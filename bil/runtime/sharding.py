@@ -1,6 +1,6 @@
 """Every device at once: a 1-D mesh over ``jax.devices()`` and how a program's arrays lie on it.
 
-With one device nothing here runs (:func:`place` returns the program unchanged).  With
+With one device nothing changes (:func:`place` returns the program as lowered).  With
 several (GPUs, TPUs, ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` on CPU, or
 every process's devices after ``jax.distributed.initialize``):
 
@@ -10,7 +10,7 @@ every process's devices after ``jax.distributed.initialize``):
   loop and stops when its own samples have converged); reductions over samples (the
   upper mean, iteration counts, residual norms) are XLA's all-reduces.  When N is not a
   multiple of the device count, the samples go on the largest number of devices that
-  divides N (one device per process at least in a multi-process run; see :func:`_devices_for`);
+  divides N (in a multi-process run, the same number from every process; :func:`_devices_for`);
 * otherwise, data with many rows (:data:`MIN_ELEMENTS_PER_DEVICE`) is split by rows over
   the devices and XLA (GSPMD) partitions the sums over rows, inserting the all-reduce;
 * everything else is replicated.
