@@ -89,6 +89,9 @@ class Lowered:
     #: terms h (then ``nonsmooth`` is their :class:`bil.runtime.prox.Nonsmooth`); else None
     g_smooth: Optional[Callable] = None
     nonsmooth: Any = None
+    #: the minibatch objectives of a program with ``sampled`` data
+    #: (:class:`bil.runtime.stochastic.rows.Rows`), else None; full-batch methods ignore it
+    rows: Any = None
 
     @property
     def batched(self) -> bool:

@@ -148,7 +148,7 @@ def _declarations(st: CompileState) -> list[str]:
     if st.data_stmts:
         lines.append("data (evaluated once)")
         for d in st.data_stmts:
-            per = "  per sample" if d.per_sample else ""
+            per = "  per sample" if d.per_sample else "  sampled" if d.sampled else ""
             lines.append(f"  {', '.join(d.names)} = {ir.show(d.expr)}{per}")
             for n in d.names:
                 a = st.data[n]
