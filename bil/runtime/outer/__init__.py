@@ -27,7 +27,7 @@ from typing import Callable
 __all__ = ["run_outer", "OuterResult", "METHODS", "FIELDS", "hyper_fields", "make_record", "outer_options",
            "make_loop"]
 
-METHODS = ("maid", "hoag", "gd", "adam")
+METHODS = ("maid", "hoag", "gd", "adam", "adaptive")
 #: loaded on first use, so that ``bil.runtime.outer.stops`` imports without JAX (the CLI's need)
 _LAZY = {"OuterResult": "history", "FIELDS": "history", "hyper_fields": "history", "make_record": "history"}
 
@@ -56,6 +56,10 @@ def make_loop(oracles, method: str, opts: dict):
         from bil.runtime.outer.maid import Maid
 
         return Maid.from_options(oracles, opts)
+    if method == "adaptive":   # minibatch oracles (bil.runtime.stochastic.oracles.StochasticOracles)
+        from bil.runtime.outer.adaptive_loop import AdaptiveLoop
+
+        return AdaptiveLoop.from_options(oracles, opts)
     if method == "hoag":
         from bil.runtime.outer.hoag import Hoag
 

@@ -23,6 +23,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from bil.runtime.outer.adaptive_ops import BatchOps, RowProblem
+from bil.runtime.outer.stops import Stop
 
 DEBUG = False
 
@@ -74,6 +75,10 @@ class AdaptiveRun:
     kappa: float = 0.5
     pairs: list = field(default_factory=list)
     samples: int = 0                        # sample gradients so far
+    lower_iters: int = 0                    # lower-solver iterations so far (replicates included)
+    cg_iters: int = 0                       # CG iterations so far
+    tol_x: float = math.nan                 # the last tolerances used (records' eps / delta)
+    tol_v: float = math.nan
     records: list = field(default_factory=list)
     reason: str | None = None
 
@@ -121,6 +126,7 @@ class Adaptive:
         if DEBUG:
             print(f"  solve b={b} tol={tol:.2e} it={int(it)} st={int(st)}")
         self.spend(s, int(it) * b + b)     # one gradient per iteration, and the stopping check
+        s.lower_iters += int(it)
         return x, int(st)
 
     def adjoint(self, s: AdaptiveRun, u, x, v, tol: float):
@@ -130,6 +136,7 @@ class Adaptive:
         if DEBUG:
             print(f"  adjoint b={b} tol={tol:.2e} it={int(it)} st={int(st)}")
         self.spend(s, int(it) * b + 2 * b + t)   # HVPs, the first residual, Jᵀv, the upper gradient
+        s.cg_iters += int(it)
         return float(f), np.asarray(ravel_pytree(z)[0]), v, int(st)
 
     def estimate(self, s: AdaptiveRun) -> None:
@@ -151,6 +158,8 @@ class Adaptive:
                 xk, li, _ = self.ops._solve(self.unravel(s.u), s.x, bi, tol_x)
                 _, zk, _, ci, _ = self.ops._adjoint(self.unravel(s.u), xk, s.v, bi, bo, tol_v)
                 self.spend(s, (int(li) + int(ci) + 3) * (b // k) + t // k)
+                s.lower_iters += int(li)
+                s.cg_iters += int(ci)
                 zs.append(np.asarray(ravel_pytree(zk)[0]))
             flat = np.stack(zs)
             var_sub = float(np.sum(np.var(flat, axis=0, ddof=1)))
@@ -170,12 +179,13 @@ class Adaptive:
     def evaluate(self, s: AdaptiveRun, znorm: float) -> str | None:
         """x, v, f and z at (s.u, current batch), warm-started; a stop reason on a failed solve."""
         tol_x, tol_v = self.tolerances(s, znorm)
+        s.tol_x, s.tol_v = tol_x, tol_v
         x, st = self.solve(s, s.u, s.x, tol_x)
         if st == 2:
-            return "non-finite lower values"
+            return Stop.LOWER_NONFINITE
         f, z, v, cst = self.adjoint(s, s.u, x, s.v, tol_v)
         if not (math.isfinite(f) and np.all(np.isfinite(z))):
-            return "non-finite hypergradient"
+            return Stop.NONFINITE_HYPERGRAD
         s.x, s.v, s.f, s.z = x, v, f, z
         return None
 
@@ -242,7 +252,7 @@ class Adaptive:
                 return self.record(s, 0.0, 0, t0)
         zn = float(np.linalg.norm(s.z))
         if s.level == len(self.sizes) - 1 and zn <= self.o.tol:
-            s.reason = "converged"
+            s.reason = Stop.CONVERGED
             return self.record(s, 0.0, 0, t0)
         d, qn = self.direction(s)
         slope = float(s.z @ d)
@@ -262,7 +272,7 @@ class Adaptive:
         else:
             s.kappa *= 0.1
             if s.kappa < 1e-8:
-                s.reason = "no decrease at the full batch"
+                s.reason = Stop.NO_DECREASE
             else:
                 s.reason = self.evaluate(s, zn)
         return self.record(s, 0.0, self.o.max_backtracks + 1, t0)
