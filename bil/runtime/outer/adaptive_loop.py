@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bil.runtime.outer.adaptive import Adaptive, AdaptiveOptions, AdaptiveRun
-from bil.runtime.outer.adaptive_ops import RowProblem
+from bil.runtime.outer.adaptive_ops import BatchOps, RowProblem
 from bil.runtime.outer.driver import Tracker
 from bil.runtime.outer.history import OuterResult, pack_tree, unpack_tree
 from bil.runtime.outer.stops import Stop
@@ -42,16 +42,28 @@ class AdaptiveLoop:
 
     name = "adaptive"
 
-    def __init__(self, oracles, opts: AdaptiveOptions, budget=None):
+    def __init__(self, oracles, opts: AdaptiveOptions, budget=None, problem: RowProblem | None = None,
+                 ops: BatchOps | None = None):
         self.oracles, self.opts, self.budget = oracles, opts, budget
         self.max_iter = opts.max_iter
-        self.core = Adaptive(rows_problem(oracles), opts)
+        self.core = Adaptive(problem if problem is not None else rows_problem(oracles), opts, ops)
 
     @classmethod
     def from_options(cls, oracles, o: dict) -> "AdaptiveLoop":
-        """The loop for the full ``adaptive(...)`` options."""
+        """The loop for the full ``adaptive(...)`` options; ``oracles`` are minibatch oracles, or a
+        full-batch engine whose program's minibatch oracles are built here."""
+        owner = oracles
+        cached = getattr(owner, "_adaptive_cache", None)   # compiled batch operations, reused by later runs
+        if cached is None:
+            if not hasattr(oracles, "lower_terms"):
+                from bil.runtime.stochastic.oracles import StochasticOracles
+
+                oracles = StochasticOracles(oracles.low)
+            problem = rows_problem(oracles)
+            cached = (oracles, problem, BatchOps(problem))
+            owner._adaptive_cache = cached
         opts = AdaptiveOptions(**{k: o[k] for k in _OPTION_NAMES})
-        return cls(oracles, opts, o.get("budget"))
+        return cls(cached[0], opts, o.get("budget"), cached[1], cached[2])
 
     def _spend(self, tr: Tracker, s: AdaptiveRun, before: tuple[int, int, int]) -> None:
         n, li, ci = s.samples - before[0], s.lower_iters - before[1], s.cg_iters - before[2]
@@ -88,6 +100,7 @@ class AdaptiveLoop:
     # ---- checkpoints: every entry a step reads
     def flatten(self, s: AdaptiveRun) -> dict:
         st = {"adaptive/u": np.asarray(s.u), "adaptive/z": np.asarray(s.z if s.z is not None else s.u * np.nan)}
+        pack_tree("u", self.core.unravel(jnp.asarray(s.u)), st)
         pack_tree("x", s.x, st)
         pack_tree("q", s.v, st)
         for k in ("f", "level", "sigma_z", "sigma_g", "sigma_r", "kappa", "samples", "lower_iters", "cg_iters",
