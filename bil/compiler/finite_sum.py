@@ -265,6 +265,9 @@ class FiniteSumPass:
     name: str = "finite-sum"
 
     def apply(self, st: CompileState) -> None:
+        outer = st.options["solve"]["outer"]
+        if getattr(outer, "stochastic", False):
+            _check_stochastic(st, outer)
         if not st.sampled:
             return
         if st.per_sample:
@@ -279,6 +282,21 @@ class FiniteSumPass:
             upper = analyse(st, st.upper_expr, "the upper objective")
         if lower is not None and upper is not None:
             st.structure["finite_sum"] = FiniteSumInfo(dict(st.row_counts), dict(st.sampled), lower, upper)
+
+
+def _check_stochastic(st: CompileState, outer) -> None:
+    """A stochastic outer method needs `sampled` data and a smooth, unbounded lower objective."""
+    span = outer.span or st.solve.span
+    if not st.sampled:
+        raise BilError(f"`{outer.name}` draws minibatches of rows, but no data is `sampled`", span,
+                       "declare the rows the objectives average over, e.g. `data X, y = ... sampled`, and write "
+                       "the lower objective as a mean over them")
+    if st.is_train:
+        raise BilError(f"`{outer.name}` needs a lower objective to minimise, not a `train` procedure", span,
+                       "write the lower problem as `minimize ...`")
+    if any(v.bounds is not None for v in st.lower_vars.values()):
+        raise BilError(f"`{outer.name}` takes plain gradient steps on the lower variables, which are bounded here",
+                       span, "drop the lower variables' bounds, or use a full-batch method (`maid`)")
 
 
 __all__ = ["FiniteSumPass", "FiniteSumInfo", "SumForm", "analyse", "REDUCTIONS", "ELEMENTWISE"]

@@ -405,3 +405,7 @@ class AdamOuter(_PlainOuter):
     `max_iter`."""
 
     lr: float = 0.05
+
+
+# the stochastic outer loops (SOBA, SABA) register themselves in their own module
+from bil.stdlib import stochastic_methods  # noqa: E402,F401

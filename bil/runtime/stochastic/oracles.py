@@ -35,6 +35,7 @@ replacement, from ``jax.random`` keys: the same key gives the same batch on ever
 
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import jax
@@ -57,11 +58,20 @@ class StochasticOracles:
         if why:
             raise NotFiniteSum(why)
         self.low = low
+        self.data = low.data
         self.rows_of = low.rows
         self.u0 = low.transform.from_user(low.theta0)
         self.row_counts = dict(low.rows.row_counts)
         self.lower_groups = tuple(low.rows.lower_groups)
         self.upper_groups = tuple(low.rows.upper_groups)
+
+    def at_data(self, d) -> "StochasticOracles":
+        """These oracles reading the data ``d`` (``Lowered.data``'s structure): pass the data as
+        an argument of a jitted function and call ``at_data`` inside, so that it is never baked
+        into the compiled code as a constant."""
+        other = copy.copy(self)
+        other.data = d
+        return other
 
     # ------------------------------------------------------------ coordinates
     def to_user(self, u: dict) -> dict:
@@ -69,7 +79,7 @@ class StochasticOracles:
 
     def x_init(self, u: dict):
         """The lower variables' initial values at ``u`` (full data)."""
-        return self.low.x_init(self.to_user(u), self.low.data)
+        return self.low.x_init(self.to_user(u), self.data)
 
     # ---------------------------------------------------------------- batches
     def all_rows(self) -> dict:
@@ -96,7 +106,7 @@ class StochasticOracles:
 
     # ---------------------------------------------------------------- oracles
     def lower_value(self, x, u, idx):
-        return self.rows_of.g(x, self.to_user(u), self.low.data, idx)
+        return self.rows_of.g(x, self.to_user(u), self.data, idx)
 
     def lower_grad(self, x, u, idx):
         return jax.grad(self.lower_value)(x, u, idx)
@@ -108,7 +118,7 @@ class StochasticOracles:
         return gx, hv, jv
 
     def upper_value(self, x, u, idx):
-        return self.rows_of.f(x, self.to_user(u), self.low.data, idx)
+        return self.rows_of.f(x, self.to_user(u), self.data, idx)
 
     def upper_grads(self, x, u, idx):
         """(∇ₓf_B, ∇_u f_B) at (x, u)."""
