@@ -14,8 +14,9 @@ a tight full-batch solve otherwise).
 (b) ``logreg``: L2 selection, one penalty exp(θₖ) per feature, logistic regression on
     n rows × 22 features (a planted sparse-ish model, correlated features), upper:
     validation logistic loss.
-(c) ``cleaning``: hyper-data-cleaning, one weight σ(θᵢ) per training row (30% of the
-    labels flipped), logistic regression, upper: validation logistic loss.
+(c) ``cleaning``: hyper-data-cleaning, one weight σ(θᵢ) ∈ [0, 1] per training row (30% of
+    the labels flipped), logistic regression, upper: validation logistic loss.  (θ is the
+    weight's unconstrained coordinate, the runtime's u.)
 """
 
 from __future__ import annotations
@@ -39,9 +40,14 @@ class Problem:
     name: str
     rows: RowProblem
     data: dict            # name -> np.ndarray (the .npz of the specs)
-    spec: str             # full-batch spec (bil), reading ``data.npz``
+    sampled_spec: str     # the spec (bil), reading ``data.npz``, its training and validation rows `sampled`
     true_F: Callable[[Any], float]
     F_star: float | None = None   # closed form where known
+
+    @property
+    def full_spec(self) -> str:
+        """The same spec without the `sampled` declarations (its full-batch twin)."""
+        return self.sampled_spec.replace(") sampled\n", ")\n")
 
 
 # ---------------------------------------------------------------- (a) quadratic
@@ -77,11 +83,8 @@ def quadratic(n: int = 32768, m: int = 1024, d: int = 100, p: int = 10, mu: floa
     rows = RowProblem.from_rows(g_row, f_row, {"a": jnp.asarray(A), "b": jnp.asarray(B), "y": jnp.asarray(y)},
                       {"c": jnp.asarray(C), "s": jnp.asarray(s)}, jnp.zeros(d), {"theta": jnp.zeros(p)})
     spec = f"""problem quadratic
-data A = load("data.npz", "A")
-data B = load("data.npz", "B")
-data y = load("data.npz", "y")
-data C = load("data.npz", "C")
-data s = load("data.npz", "s")
+data A, B, y = (load("data.npz", "A"), load("data.npz", "B"), load("data.npz", "y")) sampled
+data C, s = (load("data.npz", "C"), load("data.npz", "s")) sampled
 hyper theta : real[{p}] = 0
 lower {{
     x : real[{d}] = 0
@@ -138,10 +141,8 @@ def logreg(n: int = 200_000, m: int = 50_000, d: int = 22, seed: int = 0) -> Pro
                       {"X": jnp.asarray(Xv), "y": jnp.asarray(yv)}, jnp.zeros(d), {"theta": jnp.full(d, -3.0)})
     F = _logistic_F(X, y, Xv, yv, lambda u: 1.0, lambda w, u: 0.5 * jnp.sum(jnp.exp(u["theta"]) * w ** 2))
     spec = f"""problem logreg_penalties
-data X = load("data.npz", "X")
-data y = load("data.npz", "y")
-data Xv = load("data.npz", "Xv")
-data yv = load("data.npz", "yv")
+data X, y = (load("data.npz", "X"), load("data.npz", "y")) sampled
+data Xv, yv = (load("data.npz", "Xv"), load("data.npz", "yv")) sampled
 hyper theta : real[{d}] = -3
 lower {{
     w : real[{d}] = 0
@@ -172,14 +173,12 @@ def cleaning(n: int = 20_000, m: int = 5_000, d: int = 22, flip: float = 0.3, re
                       {"X": jnp.asarray(Xv), "y": jnp.asarray(yv)}, jnp.zeros(d), {"theta": jnp.zeros(n)})
     F = _logistic_F(X, y, Xv, yv, lambda u: jax.nn.sigmoid(u["theta"]), lambda w, u: 0.5 * reg * (w @ w))
     spec = f"""problem cleaning
-data X = load("data.npz", "X")
-data y = load("data.npz", "y")
-data Xv = load("data.npz", "Xv")
-data yv = load("data.npz", "yv")
-hyper theta : real[{n}] = 0
+data X, y = (load("data.npz", "X"), load("data.npz", "y")) sampled
+data Xv, yv = (load("data.npz", "Xv"), load("data.npz", "yv")) sampled
+hyper weight : real[rows(X)] in [0, 1] = 0.5
 lower {{
     w : real[{d}] = 0
-    minimize mean(sigmoid(theta) * log(1 + exp(-y * (X @ w)))) + 0.5 * {reg} * sumsq(w)
+    minimize mean(weight * log(1 + exp(-y * (X @ w)))) + 0.5 * {reg} * sumsq(w)
 }}
 upper minimize mean(log(1 + exp(-yv * (Xv @ w))))
 """

@@ -8,7 +8,7 @@ Registered like every method (:func:`bil.stdlib.methods.register_method`); the l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 from bil.stdlib.method_options import MethodOptions, OptionError, count, fraction, positive
 from bil.stdlib.methods import register_method
@@ -28,7 +28,9 @@ class AdaptiveOuter(MethodOptions):
     `c1`, `rho`, `max_backtracks`: the Armijo test and backtracking.  `step0`: length of the
     first step (unconstrained coordinates), `max_step` the trust region.  `tol`: stop when the
     batch is every row and ‖z‖ ≤ tol.  `seed`: the row permutation (same seed, same run).
-    `budget`: total lower + CG iterations, as in `maid`."""
+    `budget`: total sample gradients, as in `soba`."""
+
+    stochastic: ClassVar[bool] = True   # needs `sampled` data (checked by the compiler)
 
     batch0: int = 1024
     theta: float = 0.5

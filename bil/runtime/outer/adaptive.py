@@ -25,8 +25,6 @@ from jax.flatten_util import ravel_pytree
 from bil.runtime.outer.adaptive_ops import BatchOps, RowProblem
 from bil.runtime.outer.stops import Stop
 
-DEBUG = False
-
 __all__ = ["AdaptiveOptions", "AdaptiveRun", "run_adaptive", "batch_sizes"]
 
 
@@ -112,7 +110,7 @@ class Adaptive:
         """(tol on ‖∇ₓg_S‖, tol on the CG residual): kappa × max(sampling noise, what the norm test needs)."""
         sf = self.factor(s.level)
         need = self.o.theta * znorm / s.sigma_z if s.sigma_z > 0 and math.isfinite(znorm) else 0.0
-        rel = max(sf, need)
+        rel = max(sf, need, 1e-10)   # (the floor: a problem without sampling noise still stops)
         return s.kappa * s.sigma_g * rel, s.kappa * s.sigma_r * rel
 
     # ---- evaluations on the current batch
@@ -123,8 +121,6 @@ class Adaptive:
         b, _ = self.size(s.level)
         rows_in, _ = self.batch(s.level)
         x, it, st = self.ops._solve(self.unravel(u), x, rows_in, tol)
-        if DEBUG:
-            print(f"  solve b={b} tol={tol:.2e} it={int(it)} st={int(st)}")
         self.spend(s, int(it) * b + b)     # one gradient per iteration, and the stopping check
         s.lower_iters += int(it)
         return x, int(st)
@@ -133,8 +129,6 @@ class Adaptive:
         b, t = self.size(s.level)
         rows_in, rows_out = self.batch(s.level)
         f, z, v, it, st = self.ops._adjoint(self.unravel(u), x, v, rows_in, rows_out, tol)
-        if DEBUG:
-            print(f"  adjoint b={b} tol={tol:.2e} it={int(it)} st={int(st)}")
         self.spend(s, int(it) * b + 2 * b + t)   # HVPs, the first residual, Jᵀv, the upper gradient
         s.cg_iters += int(it)
         return float(f), np.asarray(ravel_pytree(z)[0]), v, int(st)
@@ -148,10 +142,8 @@ class Adaptive:
         s.sigma_g = math.sqrt(vg)
         s.sigma_r = math.sqrt(vhv + (vfx * self.p.n / self.p.m if self.p.m else 0.0))
         k = self.o.replicates
-        if b < self.p.n and b // k >= 2:
+        if (b < self.p.n or not s.sigma_z > 0) and b // k >= 2:
             tol_x, tol_v = self.tolerances(s, math.nan)
-            if DEBUG:
-                print(f"  replicates b={b} tol={tol_x:.2e},{tol_v:.2e} sg={s.sigma_g:.2e} sr={s.sigma_r:.2e}")
             frac, zs = self.sizes[s.level] / self.p.n, []
             for j in range(k):
                 bi, bo = self.ops.block(frac, j, k)
@@ -165,10 +157,6 @@ class Adaptive:
             var_sub = float(np.sum(np.var(flat, axis=0, ddof=1)))
             n = self.p.n
             s.sigma_z = math.sqrt(var_sub / max(k / b - 1.0 / n, 1e-300))
-            if DEBUG:
-                print(f"  -> sigma_z={s.sigma_z:.2e}")
-        elif b >= self.p.n:
-            s.sigma_z = s.sigma_z if math.isfinite(s.sigma_z) else 0.0
 
     def value(self, s: AdaptiveRun, u, x) -> float:
         _, t = self.size(s.level)

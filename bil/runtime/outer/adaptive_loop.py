@@ -44,7 +44,7 @@ class AdaptiveLoop:
 
     def __init__(self, oracles, opts: AdaptiveOptions, budget=None, problem: RowProblem | None = None,
                  ops: BatchOps | None = None):
-        self.oracles, self.opts, self.budget = oracles, opts, budget
+        self.oracles, self.opts, self.sample_budget = oracles, opts, budget
         self.max_iter = opts.max_iter
         self.core = Adaptive(problem if problem is not None else rows_problem(oracles), opts, ops)
 
@@ -56,14 +56,18 @@ class AdaptiveLoop:
         cached = getattr(owner, "_adaptive_cache", None)   # compiled batch operations, reused by later runs
         if cached is None:
             if not hasattr(oracles, "lower_terms"):
-                from bil.runtime.stochastic.oracles import StochasticOracles
+                from bil.runtime.stochastic.loop import _oracles
 
-                oracles = StochasticOracles(oracles.low)
+                oracles = _oracles(oracles.low, "adaptive")
             problem = rows_problem(oracles)
             cached = (oracles, problem, BatchOps(problem))
             owner._adaptive_cache = cached
         opts = AdaptiveOptions(**{k: o[k] for k in _OPTION_NAMES})
         return cls(cached[0], opts, o.get("budget"), cached[1], cached[2])
+
+    @property
+    def budget(self):   # the driver's budget counts lower + CG iterations; ours, sample gradients (step)
+        return None
 
     def _spend(self, tr: Tracker, s: AdaptiveRun, before: tuple[int, int, int]) -> None:
         n, li, ci = s.samples - before[0], s.lower_iters - before[1], s.cg_iters - before[2]
@@ -84,6 +88,8 @@ class AdaptiveLoop:
         rec = self.core.step(s)
         self._spend(tr, s, before)
         stop = s.reason
+        if stop is None and self.sample_budget is not None and s.samples >= self.sample_budget:
+            stop = s.reason = Stop.BUDGET
         if stop is not None and stop != Stop.CONVERGED and rec["step"] == 0.0:
             return s, None, stop
         return s, self._fields(s, rec["step"], rec["backtracks"]), stop
