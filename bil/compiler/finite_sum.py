@@ -134,6 +134,9 @@ class _Analysis:
     def combine(self, e: ir.Binary, out: ir.Expr, ka: _Kind, kb: _Kind) -> tuple[_Kind, ir.Expr]:
         """Linear combinations of closed reductions: ``R ± R``, ``R ± c``, ``c · R``, ``R · c``, ``R / c``."""
         tags = (ka.tag, kb.tag)
+        if "row" in tags:
+            raise self.error(e, "uses a mean (or sum) over rows inside a row-wise term: a minibatch estimate of "
+                                "it would be biased")
         linear = (e.op in "+-" and "row" not in tags) or (e.op == "*" and "const" in tags) or (
             e.op == "/" and kb.tag == "const")
         if not linear:

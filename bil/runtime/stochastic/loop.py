@@ -60,6 +60,38 @@ def _oracles(low, name: str) -> StochasticOracles:
     return so
 
 
+def _steps(rho, gamma, t, decay: bool):
+    """(ρ_t, γ_t): constant, or ρ/(t+1)^(2/5) and γ/(t+1)^(3/5) with ``decay`` (SOBA's schedule)."""
+    if not decay:
+        return rho, gamma
+    t1 = (t + 1).astype(rho.dtype)
+    return rho / t1 ** 0.4, gamma / t1 ** 0.6
+
+
+def _chunk(so: StochasticOracles, name: str, batch: int, decay: bool, u, z, v, mem, t0, rho, gamma, seed, d,
+           length: int):
+    """``length`` iterations from iteration ``t0``: (u, z, v, mem, ‖D_u‖, γ_t) after them."""
+    o = so.at_data(d)
+    key = jax.random.PRNGKey(seed)
+
+    def body(carry, k):
+        u, z, v, mem, _, _ = carry
+        t = t0 + k
+        idx = o.sample(jax.random.fold_in(key, t), batch)
+        if name == "saba":
+            (dz, dv, du), mem = saba_directions(o, u, z, v, idx, idx, mem)
+        else:
+            dz, dv, du = soba_directions(o, u, z, v, idx, idx)
+        rho_t, gamma_t = _steps(rho, gamma, t, decay)
+        norm = jnp.sqrt(sum(jnp.sum(a * a) for a in jax.tree.leaves(du)))
+        return (tree_axpy(u, gamma_t, du), tree_axpy(z, rho_t, dz), tree_axpy(v, rho_t, dv), mem, norm,
+                gamma_t.astype(norm.dtype)), None
+
+    zero = jnp.zeros((), jax.tree.leaves(z)[0].dtype)
+    out, _ = jax.lax.scan(body, (u, z, v, mem, zero, zero), jnp.arange(length))
+    return out
+
+
 class StochasticLoop:
     """``soba(...)`` / ``saba(...)`` (options: :mod:`bil.stdlib.stochastic_methods`)."""
 
@@ -72,40 +104,16 @@ class StochasticLoop:
         self.sample_budget = o.get("budget")
         self.budget = None                   # the driver's budget counts iterations; ours, sample gradients
         self.max_iter = math.ceil(self.total / self.chunk)   # driver iterations: one per chunk
-        self._run = jax.jit(self._chunk, static_argnames=("length",))
-        self._upper = jax.jit(lambda z, u, d: self.so.at_data(d).upper_value(z, u, self.so.all_rows()))
+        # compiled once per engine and (method, batch, decay): steps and seed are arguments
+        so, batch, decay = self.so, self.batch, self.decay
+        self._run = oracles._jit(("stochastic", name, batch, decay),
+                                 lambda *a, length: _chunk(so, name, batch, decay, *a, length=length),
+                                 static=("length",))
+        self._upper = oracles._jit(("stochastic-upper",),
+                                   lambda z, u, d: so.at_data(d).upper_value(z, u, so.all_rows()))
         idx = self.so.sample(jax.random.PRNGKey(0), self.batch)
         #: sample gradients of one iteration: 3 lower products and one upper gradient per row
         self.cost = 3 * self.so.rows(idx, "lower") + self.so.rows(idx, "upper")
-
-    # ------------------------------------------------------------ compiled
-    def _steps(self, t):
-        if not self.decay:
-            return self.rho, self.gamma
-        t1 = (t + 1).astype(jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
-        return self.rho / t1 ** 0.4, self.gamma / t1 ** 0.6
-
-    def _chunk(self, u, z, v, mem, t0, d, length: int):
-        """``length`` iterations from iteration ``t0``: (u, z, v, mem, ‖D_u‖, γ) after them."""
-        o = self.so.at_data(d)
-        key = jax.random.PRNGKey(self.seed)
-
-        def body(carry, k):
-            u, z, v, mem, _, _ = carry
-            t = t0 + k
-            idx = o.sample(jax.random.fold_in(key, t), self.batch)
-            if self.name == "saba":
-                (dz, dv, du), mem = saba_directions(o, u, z, v, idx, idx, mem)
-            else:
-                dz, dv, du = soba_directions(o, u, z, v, idx, idx)
-            rho, gamma = self._steps(t)
-            norm = jnp.sqrt(sum(jnp.sum(a * a) for a in jax.tree.leaves(du)))
-            return (tree_axpy(u, gamma, du), tree_axpy(z, rho, dz), tree_axpy(v, rho, dv), mem, norm,
-                    jnp.asarray(gamma, norm.dtype)), None
-
-        zero = jnp.zeros((), jax.tree.leaves(z)[0].dtype)
-        out, _ = jax.lax.scan(body, (u, z, v, mem, zero, zero), jnp.arange(length))
-        return out
 
     # ------------------------------------------------------------ the loop
     def _start(self, u, z, v, shapes_only: bool = False):
@@ -119,9 +127,11 @@ class StochasticLoop:
         if n > MAX_MEMORY:
             raise BilUsageError(f"saba's memories would hold {n:,} values (more than {MAX_MEMORY:,}): use soba, "
                                 "which keeps none", getattr(self.oracles.low.options["solve"]["outer"], "span", None))
+        so = self.so
+        fill = self.oracles._jit(("saba-memory",), lambda u, z, v, d: saba_memory(so.at_data(d), u, z, v))
         if shapes_only:
-            return jax.eval_shape(lambda: saba_memory(self.so, u, z, v))
-        return saba_memory(self.so, u, z, v)
+            return jax.eval_shape(fill, u, z, v, so.data)
+        return fill(u, z, v, so.data)
 
     def init(self, tr: Tracker):
         u = host_copy(self.oracles.u0)
@@ -141,8 +151,10 @@ class StochasticLoop:
                 return s, None, Stop.BUDGET
             left = min(left, max(1, (int(self.sample_budget) - spent) // self.cost))
         length = min(self.chunk, left)
-        u, z, v, mem, norm, gamma = self._run(s.u, s.z, s.v, s.mem, jnp.asarray(s.t, jnp.int32), self.so.data,
-                                              length=length)
+        dt = jax.tree.leaves(s.z)[0].dtype
+        u, z, v, mem, norm, gamma = self._run(s.u, s.z, s.v, s.mem, jnp.asarray(s.t, jnp.int32),
+                                              jnp.asarray(self.rho, dt), jnp.asarray(self.gamma, dt),
+                                              jnp.asarray(self.seed, jnp.uint32), self.so.data, length=length)
         f = float(self._upper(z, u, self.so.data))
         tr.spend_samples(length * self.cost + self.so.full_rows("upper"), lower=length, cg=length)
         s = StochasticState(to_host(u), to_host(z), to_host(v), mem, s.t + length, f, float(norm), float(gamma))
