@@ -9,7 +9,7 @@ import pytest
 
 import bil
 from bil.runtime.outer.adaptive import AdaptiveOptions, batch_sizes, run_adaptive
-from bil.runtime.outer.adaptive_ops import RowProblem
+from bil.runtime.outer.adaptive_ops import BatchOps, RowProblem
 
 
 def quadratic_rows(n=512, m=64, d=4, p=2, seed=0):
@@ -42,28 +42,37 @@ def test_batch_sizes_double_up_to_n():
     assert batch_sizes(100, 128) == [100]
 
 
-def test_adaptive_reaches_the_closed_form_optimum_and_grows_its_batch():
+@pytest.fixture(scope="module")
+def small():
+    """One small problem and its compiled batch operations, shared by the runs (2 batch sizes)."""
     rows, theta_star, F, _ = quadratic_rows(n=256)
-    run = run_adaptive(rows, AdaptiveOptions(batch0=64, max_iter=60, tol=1e-9))
+    return rows, theta_star, F, BatchOps(rows)
+
+
+@pytest.mark.slow   # ~15 s unloaded (compiles the solves at four row counts); the seed test below is the cheap sibling
+def test_adaptive_reaches_the_closed_form_optimum_and_grows_its_batch(small):
+    rows, theta_star, F, ops = small
+    run = run_adaptive(rows, AdaptiveOptions(batch0=128, replicates=2, max_iter=60, tol=1e-9), ops)
     theta = np.asarray(run.u)
     assert str(run.reason) == "gradient norm below tol"
-    assert run.level == len(batch_sizes(256, 64)) - 1          # it ended on every row
-    assert [r["batch"] for r in run.records][0] < 256           # and started on fewer
+    assert run.level == 1                                       # it ended on every row
+    assert run.records[0]["batch"] == 128                       # and started on half of them
     np.testing.assert_allclose(theta, theta_star, rtol=1e-5, atol=1e-6)
     assert F(theta) - F(theta_star) <= 1e-8 * F(theta_star)
-    # every record's sample-gradient count is cumulative
-    counts = [r["samples"] for r in run.records]
+    counts = [r["samples"] for r in run.records]                # cumulative sample gradients
     assert counts == sorted(counts) and counts[0] > 0
 
 
-def test_adaptive_same_seed_same_run_other_seed_other_batches():
-    rows, *_ = quadratic_rows(n=256)
-    opts = AdaptiveOptions(batch0=64, max_iter=5)
-    a, b = run_adaptive(rows, opts), run_adaptive(rows, opts)
+def test_adaptive_same_seed_same_run_other_seed_other_batches(small):
+    rows, _, _, ops = small
+    opts = AdaptiveOptions(batch0=128, replicates=2, max_iter=3)
+    a, b = run_adaptive(rows, opts, ops), run_adaptive(rows, opts, ops)
     assert np.array_equal(a.u, b.u)
     assert [r["samples"] for r in a.records] == [r["samples"] for r in b.records]
-    c = run_adaptive(rows, AdaptiveOptions(batch0=64, max_iter=5, seed=1))
+    c = run_adaptive(rows, AdaptiveOptions(batch0=128, replicates=2, max_iter=3, seed=1), ops)
     assert not np.array_equal(a.u, c.u)
+    _, theta_star, F, _ = small                                   # and the steps descend on the true F
+    assert F(np.asarray(a.u)) < F(np.zeros(2))
 
 
 SPEC = """problem q
