@@ -94,7 +94,7 @@ def best_of(traces: dict, fstar: float):
     return min(traces, key=lambda k: min(traces[k]["F"], default=math.inf))
 
 
-def bench(name: str, quick: bool, iters: int) -> tuple[list, dict]:
+def bench(name: str, quick: bool, iters: int, methods=("soba", "saba", "maid", "adaptive")) -> tuple[list, dict]:
     gen = getattr(sp, name)
     problem = gen(**(QUICK if quick else FULL)[name])
     folder = Path(tempfile.mkdtemp(prefix=f"bil_stoch_{name}_"))
@@ -108,20 +108,26 @@ def bench(name: str, quick: bool, iters: int) -> tuple[list, dict]:
     print(f"\n== {name}: n={n}, m={problem.rows.m}; soba/saba batch {batch}, rho {rhos} x gamma {gammas}, "
           f"{iters} epochs", flush=True)
     grid = {}
-    for method in ("soba", "saba"):
+    for method in [m for m in ("soba", "saba") if m in methods]:
         for rho in rhos:
             for gamma in gammas:
                 opts = dict(batch=batch, rho=rho, gamma=gamma, max_iter=iters * n // batch, chunk=chunk)
-                tr = run_method(prog, problem, method, opts)
+                try:
+                    tr = run_method(prog, problem, method, opts)
+                except Exception as e:   # e.g. saba's memory limit on a hyper per row
+                    print(f"  {method} rho={rho:g} gamma={gamma:g}: not run: {e}", flush=True)
+                    continue
                 grid[(method, rho, gamma)] = tr
                 print(f"  {method} rho={rho:g} gamma={gamma:g}: final F {tr['F'][-1] if tr['F'] else math.nan:.6g} "
                       f"({tr['reason']}, {tr['elapsed']:.1f} s)", flush=True)
-    traces["maid"] = run_method(prog, problem, "maid", dict(max_iter=200 if not quick else 60))
-    traces["adaptive"] = run_method(prog, problem, "adaptive", dict(max_iter=200 if not quick else 60))
+    for method in [m for m in ("maid", "adaptive") if m in methods]:
+        traces[method] = run_method(prog, problem, method, dict(max_iter=200 if not quick else 60))
     fstar = problem.F_star if problem.F_star is not None else min(
         min(t["F"]) for t in list(traces.values()) + list(grid.values()) if t["F"])
     for method in ("soba", "saba"):
         sub = {k: v for k, v in grid.items() if k[0] == method}
+        if not sub:
+            continue
         k = best_of(sub, fstar)
         traces[f"{method} (rho={k[1]:g}, gamma={k[2]:g})"] = sub[k]
     rows = []
@@ -170,11 +176,12 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes and short runs")
     ap.add_argument("--problems", default="quadratic,logreg,cleaning")
     ap.add_argument("--epochs", type=int, default=None, help="soba/saba length in passes over the rows")
+    ap.add_argument("--methods", default="soba,saba,maid,adaptive")
     a = ap.parse_args(argv)
     compile_cache.enable()
     rows = []
     for name in a.problems.split(","):
-        r, _ = bench(name, a.quick, a.epochs or (5 if a.quick else 30))
+        r, _ = bench(name, a.quick, a.epochs or (5 if a.quick else 30), tuple(a.methods.split(",")))
         rows += r
         print(table(r), flush=True)
     print("\n" + table(rows))

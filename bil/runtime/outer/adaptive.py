@@ -121,7 +121,7 @@ class Adaptive:
         b, _ = self.size(s.level)
         rows_in, _ = self.batch(s.level)
         x, it, st = self.ops._solve(self.unravel(u), x, rows_in, tol)
-        self.spend(s, int(it) * b + b)     # one gradient per iteration, and the stopping check
+        self.spend(s, int(it) * b)     # one gradient per iteration (the cost axis' convention)
         s.lower_iters += int(it)
         return x, int(st)
 
@@ -129,7 +129,7 @@ class Adaptive:
         b, t = self.size(s.level)
         rows_in, rows_out = self.batch(s.level)
         f, z, v, it, st = self.ops._adjoint(self.unravel(u), x, v, rows_in, rows_out, tol)
-        self.spend(s, int(it) * b + 2 * b + t)   # HVPs, the first residual, Jᵀv, the upper gradient
+        self.spend(s, int(it) * b + b + t)   # HVPs, the cross product Jᵀv, the upper gradient
         s.cg_iters += int(it)
         return float(f), np.asarray(ravel_pytree(z)[0]), v, int(st)
 
@@ -149,7 +149,7 @@ class Adaptive:
                 bi, bo = self.ops.block(frac, j, k)
                 xk, li, _ = self.ops._solve(self.unravel(s.u), s.x, bi, tol_x)
                 _, zk, _, ci, _ = self.ops._adjoint(self.unravel(s.u), xk, s.v, bi, bo, tol_v)
-                self.spend(s, (int(li) + int(ci) + 3) * (b // k) + t // k)
+                self.spend(s, (int(li) + int(ci) + 1) * (b // k) + t // k)
                 s.lower_iters += int(li)
                 s.cg_iters += int(ci)
                 zs.append(np.asarray(ravel_pytree(zk)[0]))
