@@ -116,6 +116,7 @@ upper minimize sumsq(w - 1)
 
 @pytest.mark.parametrize("goal, shown, start, words", [
     ("mean(X @ w - y)^2 + lam * sumsq(w)", "mean(X @ w - y) ^ 2", "mean(X", "not linear in a mean"),
+    ("log(mean((X @ w - y)^2)) + lam * sumsq(w)", "log(mean((X @ w - y) ^ 2))", "log(", "nonlinear function of a mean"),
     ("mean((X @ w - mean(y))^2) + lam * sumsq(w)", "X @ w - mean(y)", "X @ w - mean", "inside a row-wise term"),
     ("logsumexp(X @ w) + lam * sumsq(w)", "logsumexp(X @ w)", "logsumexp", "not known to act row by row"),
     ("sumsq(transpose(X) @ y - w) + lam * sumsq(w)", "transpose(X)", "transpose", "not known to act row by row"),

@@ -147,6 +147,9 @@ class _Analysis:
     def broadcast(self, e: ir.Expr, parts, rebuild) -> tuple[_Kind, ir.Expr]:
         """Element-wise operands: row-wise ones of one group, the others broadcast over the rows."""
         groups = {k.group for k, _, _ in parts if k.tag == "row"}
+        if any(k.tag == "sum" for k, _, _ in parts) and not groups:
+            raise self.error(e, "is a nonlinear function of a mean (or sum) over rows of `sampled` data: a "
+                                "minibatch estimate of it would be biased")
         if any(k.tag == "sum" for k, _, _ in parts):
             raise self.error(e, "uses a mean (or sum) over rows inside a row-wise term: a minibatch estimate of "
                                 "it would be biased")
