@@ -21,11 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional
 
-import jax.numpy as jnp
+import jax
+import numpy as np
 
 from bil.core import ir
 from bil.core.errors import BilError
 from bil.compiler.evaluate import Evaluator
+from bil.compiler.passes.shapes import eval_abstract, sds
 from bil.compiler.state import CompileState
 from bil.stdlib import lookup
 
@@ -79,17 +81,15 @@ class FiniteSumInfo:
 class _Analysis:
     def __init__(self, st: CompileState):
         self.st = st
-        self.env = {**st.data, **{h.name: jnp.zeros(h.shape) for h in st.hypers.values()},
-                    **{v.name: jnp.zeros(v.shape) for v in st.lower_vars.values()}}
+        #: abstract values of every name (data on all rows) for :meth:`shape`
+        self.env = {**{n: sds(np.shape(a), np.asarray(a).dtype) for n, a in st.data.items()},
+                    **{h.name: sds(h.shape) for h in st.hypers.values()},
+                    **{v.name: sds(v.shape) for v in st.lower_vars.values()}}
         self.row_hypers: set[tuple[str, str]] = set()
 
     def shape(self, e: ir.Expr) -> tuple:
-        import jax
-
-        from bil.compiler.passes.shapes import eval_abstract, sds
-
-        env = {k: sds(jnp.shape(v), getattr(v, "dtype", float)) for k, v in self.env.items()}
-        return tuple(jax.tree.leaves(eval_abstract(e, env, concrete=self.st.data))[0].shape)
+        """The shape of ``e`` on all rows."""
+        return tuple(jax.tree.leaves(eval_abstract(e, self.env, concrete=self.st.data))[0].shape)
 
     def error(self, e: ir.Expr, what: str, hint: str = _HINT) -> BilError:
         return BilError(f"`{ir.show(e)}` {what}", e.span, hint)
