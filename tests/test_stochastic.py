@@ -51,8 +51,11 @@ def gap(res, f_star: float) -> float:
 # ------------------------------------------------------------------ methods
 @pytest.mark.slow
 def test_saba_reaches_the_closed_form_optimum(f_star):
+    """SABA and full-batch MAID on specs differing only in `solve` reach the same F*."""
     res = bil.compile(spec("saba(batch=10, rho=0.1, gamma=0.01, max_iter=4000, chunk=1000)")).run()
+    full = bil.compile(spec("maid()")).run()
     assert res.reason == "max_iter reached" and 0 <= gap(res, f_star) < 1e-8
+    assert abs(full.upper - f_star) < 1e-10 and abs(res.upper - full.upper) < 1e-3 * full.upper
 
 
 @pytest.mark.slow

@@ -183,9 +183,12 @@ class _Analysis:
     def index(self, e: ir.Index) -> tuple[_Kind, ir.Expr]:
         k, base = self(e.base)
         idx = [self(i) for i in e.indices]
-        if any(ki.tag != "const" for ki, _ in idx):
-            raise self.error(e, "indexes with `sampled` data")
         out = replace(e, base=base, indices=tuple(i for _, i in idx))
+        if k.tag == "const" and len(idx) == 1 and idx[0][0].tag == "row":
+            return idx[0][0], out        # `c[y]`: a value looked up by each row's label
+        if any(ki.tag != "const" for ki, _ in idx):
+            raise self.error(e, "indexes with `sampled` data", "a value may be looked up by one sampled index "
+                                                               "(`c[y]`); anything else mixes rows")
         if k.tag == "const":
             return CONST, out
         first = e.indices[0] if e.indices else None
