@@ -79,6 +79,10 @@ def test_saba_short_run_same_seed_same_result_and_resume(twins, f_star):
     assert gap(a, f_star) < 0.01 * (float(start) - f_star) / f_star
     other = prog.run(seed=4)
     assert not np.array_equal(a.hypers["theta"], other.hypers["theta"])
+    # cost: SABA's full pass 3·200 + 100, 300 iterations of 3·10 + 10, the record's upper value 100
+    assert first.history[0]["sample_grads"] == 700 + 300 * 40 + 100 == a.history[0]["sample_grads"]
+    capped = prog.run(budget=12800)       # exactly one chunk fits: the run stops there, never above
+    assert capped.reason == "budget exhausted" and [r["sample_grads"] for r in capped.history] == [12800]
 
 
 def test_sampled_is_ignored_by_full_batch_methods(twins):
