@@ -21,11 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional
 
-import jax.numpy as jnp
+import jax
+import numpy as np
 
 from bil.core import ir
 from bil.core.errors import BilError
 from bil.compiler.evaluate import Evaluator
+from bil.compiler.passes.shapes import eval_abstract, sds
 from bil.compiler.state import CompileState
 from bil.stdlib import lookup
 
@@ -79,17 +81,15 @@ class FiniteSumInfo:
 class _Analysis:
     def __init__(self, st: CompileState):
         self.st = st
-        self.env = {**st.data, **{h.name: jnp.zeros(h.shape) for h in st.hypers.values()},
-                    **{v.name: jnp.zeros(v.shape) for v in st.lower_vars.values()}}
+        #: abstract values of every name (data on all rows) for :meth:`shape`
+        self.env = {**{n: sds(np.shape(a), np.asarray(a).dtype) for n, a in st.data.items()},
+                    **{h.name: sds(h.shape) for h in st.hypers.values()},
+                    **{v.name: sds(v.shape) for v in st.lower_vars.values()}}
         self.row_hypers: set[tuple[str, str]] = set()
 
     def shape(self, e: ir.Expr) -> tuple:
-        import jax
-
-        from bil.compiler.passes.shapes import eval_abstract, sds
-
-        env = {k: sds(jnp.shape(v), getattr(v, "dtype", float)) for k, v in self.env.items()}
-        return tuple(jax.tree.leaves(eval_abstract(e, env, concrete=self.st.data))[0].shape)
+        """The shape of ``e`` on all rows."""
+        return tuple(jax.tree.leaves(eval_abstract(e, self.env, concrete=self.st.data))[0].shape)
 
     def error(self, e: ir.Expr, what: str, hint: str = _HINT) -> BilError:
         return BilError(f"`{ir.show(e)}` {what}", e.span, hint)
@@ -147,6 +147,9 @@ class _Analysis:
     def broadcast(self, e: ir.Expr, parts, rebuild) -> tuple[_Kind, ir.Expr]:
         """Element-wise operands: row-wise ones of one group, the others broadcast over the rows."""
         groups = {k.group for k, _, _ in parts if k.tag == "row"}
+        if any(k.tag == "sum" for k, _, _ in parts) and not groups:
+            raise self.error(e, "is a nonlinear function of a mean (or sum) over rows of `sampled` data: a "
+                                "minibatch estimate of it would be biased")
         if any(k.tag == "sum" for k, _, _ in parts):
             raise self.error(e, "uses a mean (or sum) over rows inside a row-wise term: a minibatch estimate of "
                                 "it would be biased")
@@ -180,9 +183,12 @@ class _Analysis:
     def index(self, e: ir.Index) -> tuple[_Kind, ir.Expr]:
         k, base = self(e.base)
         idx = [self(i) for i in e.indices]
-        if any(ki.tag != "const" for ki, _ in idx):
-            raise self.error(e, "indexes with `sampled` data")
         out = replace(e, base=base, indices=tuple(i for _, i in idx))
+        if k.tag == "const" and len(idx) == 1 and idx[0][0].tag == "row":
+            return idx[0][0], out        # `c[y]`: a value looked up by each row's label
+        if any(ki.tag != "const" for ki, _ in idx):
+            raise self.error(e, "indexes with `sampled` data", "a value may be looked up by one sampled index "
+                                                               "(`c[y]`); anything else mixes rows")
         if k.tag == "const":
             return CONST, out
         first = e.indices[0] if e.indices else None

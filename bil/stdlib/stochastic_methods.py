@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
-from bil.stdlib.method_options import MethodOptions, OptionError, count, flag, positive
-from bil.stdlib.methods import register_method
+from bil.stdlib.method_options import MethodOptions, OptionError, count, flag, positive, register_method
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ class OuterLoop(Protocol):
 def drive(loop: OuterLoop, callback: Callable | None = None, saved: dict | None = None) -> OuterResult:
     """Run ``loop`` to its stop, from the checkpoint ``saved`` when given."""
     tr = Tracker(loop.name, loop.budget, callback, saved)
-    tr.rows = row_costs(loop.oracles)
+    tr.rows = row_costs(getattr(loop, "oracles", None))
     if saved is None:
         state, reason = loop.init(tr)
     else:

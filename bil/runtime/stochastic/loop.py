@@ -145,11 +145,11 @@ class StochasticLoop:
 
     def step(self, s: StochasticState, tr: Tracker):
         left = self.total - s.t
-        if self.sample_budget is not None:
-            spent = tr.sample_total
-            if spent >= self.sample_budget:
+        if self.sample_budget is not None:   # strict: the iterations and the record's upper value fit
+            room = int(self.sample_budget) - tr.sample_total - self.so.full_rows("upper")
+            if room < self.cost:
                 return s, None, Stop.BUDGET
-            left = min(left, max(1, (int(self.sample_budget) - spent) // self.cost))
+            left = min(left, room // self.cost)
         length = min(self.chunk, left)
         dt = jax.tree.leaves(s.z)[0].dtype
         u, z, v, mem, norm, gamma = self._run(s.u, s.z, s.v, s.mem, jnp.asarray(s.t, jnp.int32),
@@ -159,8 +159,9 @@ class StochasticLoop:
         tr.spend_samples(length * self.cost + self.so.full_rows("upper"), lower=length, cg=length)
         s = StochasticState(to_host(u), to_host(z), to_host(v), mem, s.t + length, f, float(norm), float(gamma))
         why = None if math.isfinite(f) and is_finite_tree((s.u, s.z, s.v)) else Stop.NONFINITE_HYPERGRAD
-        stop = why or (Stop.BUDGET if self.sample_budget is not None and tr.sample_total >= self.sample_budget
-                       else None)
+        full = self.sample_budget is not None and (
+            int(self.sample_budget) - tr.sample_total - self.so.full_rows("upper") < self.cost)
+        stop = why or (Stop.BUDGET if full else None)
         return s, self.stop_record(s), stop
 
     def stop_record(self, s: StochasticState) -> dict:
