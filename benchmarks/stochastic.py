@@ -94,7 +94,8 @@ def best_of(traces: dict, fstar: float):
     return min(traces, key=lambda k: min(traces[k]["F"], default=math.inf))
 
 
-def bench(name: str, quick: bool, iters: int, methods=("soba", "saba", "maid", "adaptive")) -> tuple[list, dict]:
+def bench(name: str, quick: bool, iters: int, methods=("soba", "saba", "maid", "adaptive"), rhos=None,
+          gammas=None) -> tuple[list, dict]:
     gen = getattr(sp, name)
     problem = gen(**(QUICK if quick else FULL)[name])
     folder = Path(tempfile.mkdtemp(prefix=f"bil_stoch_{name}_"))
@@ -102,7 +103,8 @@ def bench(name: str, quick: bool, iters: int, methods=("soba", "saba", "maid", "
     (folder / "spec.bil").write_text(problem.sampled_spec)
     prog = bil.compile((folder / "spec.bil").read_text(), base_dir=str(folder))
     n = problem.rows.n
-    batch, rhos, gammas = GRID[name]
+    batch, grid_rhos, grid_gammas = GRID[name]
+    rhos, gammas = rhos or grid_rhos, gammas or grid_gammas
     chunk = max(10, n // batch // 4)
     traces = {}
     print(f"\n== {name}: n={n}, m={problem.rows.m}; soba/saba batch {batch}, rho {rhos} x gamma {gammas}, "
@@ -177,11 +179,15 @@ def main(argv=None) -> None:
     ap.add_argument("--problems", default="quadratic,logreg,cleaning")
     ap.add_argument("--epochs", type=int, default=None, help="soba/saba length in passes over the rows")
     ap.add_argument("--methods", default="soba,saba,maid,adaptive")
+    ap.add_argument("--rho", default=None, help="soba/saba rho values instead of the grid's (comma-separated)")
+    ap.add_argument("--gamma", default=None, help="soba/saba gamma values instead of the grid's")
     a = ap.parse_args(argv)
     compile_cache.enable()
     rows = []
     for name in a.problems.split(","):
-        r, _ = bench(name, a.quick, a.epochs or (5 if a.quick else 30), tuple(a.methods.split(",")))
+        floats = (lambda t: tuple(float(v) for v in t.split(",")) if t else None)
+        r, _ = bench(name, a.quick, a.epochs or (5 if a.quick else 30), tuple(a.methods.split(",")),
+                     floats(a.rho), floats(a.gamma))
         rows += r
         print(table(r), flush=True)
     print("\n" + table(rows))
