@@ -254,7 +254,9 @@ class Adaptive:
             if math.isfinite(f1) and f1 <= s.f - self.o.c1 * alpha * slope:
                 return self.accept(s, u1, x1, alpha, k, t0)
             alpha *= self.o.rho
-        # the batch's values cannot certify a decrease along d: more samples, or tighter solves at b = n
+        # the batch's values cannot certify a decrease along d: more samples, or tighter solves at b = n;
+        # the curvature pairs (possibly from smaller batches) are dropped: the next step is along −z
+        s.pairs = []
         if s.level < len(self.sizes) - 1:
             s.reason = self.grow(s, s.level + 1)
         else:
@@ -266,6 +268,7 @@ class Adaptive:
         return self.record(s, 0.0, self.o.max_backtracks + 1, t0)
 
     def accept(self, s: AdaptiveRun, u1, x1, alpha: float, backtracks: int, t0) -> dict:
+        s.kappa = min(self.o.kappa, 1.25 * s.kappa)   # a tightening is undone gradually after successes
         z0, u0 = s.z, s.u
         s.u, s.x = u1, x1
         s.reason = self.evaluate(s, float(np.linalg.norm(z0)))
