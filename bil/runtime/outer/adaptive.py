@@ -268,7 +268,6 @@ class Adaptive:
         return self.record(s, 0.0, self.o.max_backtracks + 1, t0)
 
     def accept(self, s: AdaptiveRun, u1, x1, alpha: float, backtracks: int, t0) -> dict:
-        s.kappa = min(self.o.kappa, 1.25 * s.kappa)   # a tightening is undone gradually after successes
         z0, u0 = s.z, s.u
         s.u, s.x = u1, x1
         s.reason = self.evaluate(s, float(np.linalg.norm(z0)))
