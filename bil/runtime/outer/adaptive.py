@@ -254,9 +254,7 @@ class Adaptive:
             if math.isfinite(f1) and f1 <= s.f - self.o.c1 * alpha * slope:
                 return self.accept(s, u1, x1, alpha, k, t0)
             alpha *= self.o.rho
-        # the batch's values cannot certify a decrease along d: more samples, or tighter solves at b = n;
-        # the curvature pairs (possibly from smaller batches) are dropped: the next step is along −z
-        s.pairs = []
+        # the batch's values cannot certify a decrease along d: more samples, or tighter solves at b = n
         if s.level < len(self.sizes) - 1:
             s.reason = self.grow(s, s.level + 1)
         else:
