@@ -373,7 +373,7 @@ class Result:
     solved to ``lower.tol``), ``history`` (one record per outer
     iteration: ``iter, upper, grad_norm, omega, eps, delta, step, backtracks,
     lower_iters, cg_iters, lower_iters_total, cg_iters_total, wall_s,
-    hyper.NAME...``), ``converged``, ``reason``, ``state`` (resumable),
+    sample_grads, hyper.NAME...``), ``converged``, ``reason``, ``state`` (resumable),
     ``error`` (a spec-located :class:`bil.BilRuntimeError` when a solve failed),
     ``warnings`` (e.g. a nonconvex lower problem).
     """

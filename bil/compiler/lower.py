@@ -83,7 +83,24 @@ def lower(st: CompileState) -> Lowered:
                    opt_kwargs=opt_kwargs, train_steps=st.train_steps,
                    optimizer=st.train_optimizer.name if st.is_train else None,
                    lower_span=st.lower.span, upper_span=st.upper.span, theta0=theta0,
-                   g_smooth=g_smooth, nonsmooth=nonsmooth)
+                   g_smooth=g_smooth, nonsmooth=nonsmooth, rows=_rows(st, dtype))
+
+
+def _rows(st: CompileState, dtype):
+    """The minibatch objectives of the finite-sum proof (:mod:`bil.compiler.finite_sum`), or None."""
+    info = st.structure.get("finite_sum")
+    if info is None:
+        return None
+    from bil.runtime.stochastic.rows import Rows, minibatch_fn
+
+    def fn(form):
+        def evaluate(env, consts):
+            return Evaluator(env, consts)(form.minibatch)
+
+        return minibatch_fn(evaluate, info.row_counts, info.sampled, form.row_hypers, dtype)
+
+    return Rows(dict(info.row_counts), dict(info.sampled), info.lower.groups, info.upper.groups,
+                fn(info.lower), fn(info.upper))
 
 
 def _split(st: CompileState, dtype):

@@ -85,6 +85,9 @@ class CompileState:
     data: dict[str, np.ndarray] = field(default_factory=dict)
     per_sample: set[str] = field(default_factory=set)
     n_samples: Optional[int] = None
+    #: ``sampled`` data: name -> its row group (the statement's first name); group -> row count N
+    sampled: dict[str, str] = field(default_factory=dict)
+    row_counts: dict[str, int] = field(default_factory=dict)
     hypers: dict[str, HyperInfo] = field(default_factory=dict)
     lower_vars: dict[str, VarInfo] = field(default_factory=dict)
     goal: Optional[ir.Expr] = None

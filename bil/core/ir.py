@@ -141,6 +141,8 @@ class Data:
     per_sample: bool = False
     span: Span = field(**_sspan)
     name_spans: tuple[Span, ...] = field(default=(), **_span)
+    #: ``sampled``: the leading axis of every name is a row axis the objectives are means over
+    sampled: bool = False
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ def _balanced(terms: list[lark.Tree]) -> lark.Tree:
 
 
 _STATEMENT_RULES = {"start", "problem_stmt", "data_stmt", "hyper_stmt", "def_stmt", "lower_stmt", "upper_simple",
-                    "upper_block", "solve_stmt", "option", "name_list", "per_sample", "params", "domain_opt",
+                    "upper_block", "solve_stmt", "option", "name_list", "per_sample", "sampled", "params", "domain_opt",
                     "domain", "shape", "bounds", "lower_name", "lower_var", "minimize", "train", "arguments",
                     "subscripts", "kwarg", "kwname"}
 

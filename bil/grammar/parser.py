@@ -227,15 +227,23 @@ class _ToIR(Transformer):
     @v_args(meta=True)
     def data_stmt(self, meta, c):
         names, expr = c[0], c[1]
-        per = len(c) > 2 and c[2] is not None
-        return ir.Data(tuple(str(n) for n in names), expr, per, span=self._sp(meta),
-                       name_spans=tuple(_tok_span(self.src, n) for n in names))
+        mod = c[2] if len(c) > 2 else None
+        return ir.Data(tuple(str(n) for n in names), expr, mod == "per sample", span=self._sp(meta),
+                       name_spans=tuple(_tok_span(self.src, n) for n in names), sampled=mod == "sampled")
 
     def per_sample(self, c):
         if (str(c[0]), str(c[1])) != ("per", "sample"):
             raise BilError(f"unexpected `{c[0]} {c[1]}` after the data expression", _tok_span(self.src, c[0]),
-                           "the only words allowed there are `per sample` (a leading sample axis)")
-        return True
+                           "the only words allowed there are `per sample` (a leading sample axis) or `sampled` "
+                           "(a leading row axis the objectives are means over)")
+        return "per sample"
+
+    def sampled(self, c):
+        if str(c[0]) != "sampled":
+            raise BilError(f"unexpected `{c[0]}` after the data expression", _tok_span(self.src, c[0]),
+                           "the only words allowed there are `sampled` (a leading row axis the objectives are "
+                           "means over) or `per sample` (a leading sample axis)")
+        return "sampled"
 
     def name_list(self, c):
         return list(c)

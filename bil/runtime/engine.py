@@ -76,5 +76,14 @@ class Engine(Batching, LowerSolve, Training, Adjoint, Hypergradients, Unrolling,
             cache[key] = jax.tree.map(jnp.zeros_like, x)
         return cache[key]
 
+    def row_costs(self) -> tuple[int, int]:
+        """Sample gradients of one full lower gradient and of one full upper gradient: the rows
+        of the ``sampled`` data each objective averages over (1 for one without)."""
+        rows = self.low.rows
+        if rows is None:
+            return 1, 1
+        return (sum(rows.row_counts[g] for g in rows.lower_groups) or 1,
+                sum(rows.row_counts[g] for g in rows.upper_groups) or 1)
+
     def log_hypers(self) -> dict:
         return {n: how == "exp" for n, (how, _) in self.low.transform.maps.items()}

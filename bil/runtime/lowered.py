@@ -91,6 +91,9 @@ class Lowered:
     nonsmooth: Any = None
     #: how the data lies over several devices (:class:`bil.runtime.sharding.Layout`); None on one device
     layout: Any = None
+    #: the minibatch objectives of a program with ``sampled`` data
+    #: (:class:`bil.runtime.stochastic.rows.Rows`), else None; full-batch methods ignore it
+    rows: Any = None
 
     @property
     def batched(self) -> bool:

@@ -40,7 +40,8 @@ __all__ = ["RESULT_KEYS", "spec_sha256", "result_dict", "write_result_json", "wr
 
 RESULT_KEYS = ("problem", "hypers", "upper", "iterations", "lower_iters", "cg_iters", "wall_s", "reason",
                "versions", "spec_sha256")
-INT_COLUMNS = frozenset({"iter", "backtracks", "lower_iters", "cg_iters", "lower_iters_total", "cg_iters_total"})
+INT_COLUMNS = frozenset({"iter", "backtracks", "lower_iters", "cg_iters", "lower_iters_total", "cg_iters_total",
+                         "sample_grads"})
 
 
 def spec_sha256(data: bytes | str) -> str:

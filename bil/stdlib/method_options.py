@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Mapping
 
 from bil.stdlib.errors import StdlibError
+from bil.stdlib.registry import register
 
 #: the most iterations, steps or terms any count may ask for: loops count in int32
 MAX_COUNT = 10**9
@@ -86,6 +87,16 @@ class MethodOptions:
 
     def _label(self, field: str) -> str:
         return f"`{self.name}({field}=...)`"
+
+
+def register_method(name: str, *, kind: str):
+    """Register an option class under ``name`` in the ``kind`` namespace ("solver", ...)."""
+    def deco(cls):
+        cls.name, cls.kind = name, kind
+        register(name, kind=kind)(cls)
+        return cls
+
+    return deco
 
 
 # ------------------------------------------------------------------ checks

@@ -16,20 +16,10 @@ from types import MappingProxyType
 from typing import Any, Optional
 
 from bil.stdlib.method_options import (MethodOptions, OptionError, alias, at_least_one, check_count, choice,
-                                       count, flag, fraction, is_number, positive)
-from bil.stdlib.registry import lookup, names, register
+                                       count, flag, fraction, is_number, positive, register_method)
+from bil.stdlib.registry import lookup, names
 
 __all__ = ["MethodOptions", "OptionError", "register_method", "method_class", "make_method", "option_table"]
-
-
-def register_method(name: str, *, kind: str):
-    """Register an option class under ``name`` in the ``kind`` namespace ("solver", ...)."""
-    def deco(cls):
-        cls.name, cls.kind = name, kind
-        register(name, kind=kind)(cls)
-        return cls
-
-    return deco
 
 
 def method_class(name: str, kind: str) -> type[MethodOptions] | None:
@@ -405,3 +395,7 @@ class AdamOuter(_PlainOuter):
     `max_iter`."""
 
     lr: float = 0.05
+
+
+# the stochastic outer loops (SOBA, SABA) register themselves in their own module
+from bil.stdlib import stochastic_methods  # noqa: E402,F401

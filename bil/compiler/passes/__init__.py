@@ -11,6 +11,7 @@ from bil.compiler.passes.levels import Levels
 from bil.compiler.passes.structure import DetectStructure
 from bil.compiler.passes.nonsmooth import SplitNonsmooth
 from bil.compiler.passes.solver_choice import ChooseSolver
+from bil.compiler.finite_sum import FiniteSumPass
 
 PIPELINE = (
     Collect(),
@@ -19,6 +20,7 @@ PIPELINE = (
     EvaluateData(),
     InferShapes(),
     CheckOptions(),
+    FiniteSumPass(),
     HoistConstants(),
     Levels(),
     SplitNonsmooth(),
@@ -27,4 +29,4 @@ PIPELINE = (
 )
 
 __all__ = ["PIPELINE", "Collect", "Resolve", "Inline", "EvaluateData", "InferShapes", "CheckOptions",
-           "HoistConstants", "Levels", "SplitNonsmooth", "DetectStructure", "ChooseSolver"]
+           "FiniteSumPass", "HoistConstants", "Levels", "SplitNonsmooth", "DetectStructure", "ChooseSolver"]

@@ -77,6 +77,8 @@ class EvaluateData:
             if n not in declared:  # a name given from Python only (see Collect)
                 st.data[n] = as_data_array(v, None, n)
         for d in st.data_stmts:
+            if d.sampled:
+                _rows(st, d)
             if d.per_sample:
                 for n, sp in zip(d.names, d.name_spans or (d.span,) * len(d.names)):
                     arr = st.data[n]
@@ -112,6 +114,22 @@ class EvaluateData:
             values = list(value)
         for n, v in zip(names, values):
             st.data[n] = as_data_array(st.data_override.get(n, v), d.expr.span, n)
+
+
+def _rows(st: CompileState, d: ir.Data) -> None:
+    """Record the names of a ``sampled`` statement as one row group: all share their leading size N."""
+    group = d.names[0]
+    for n, sp in zip(d.names, d.name_spans or (d.span,) * len(d.names)):
+        arr = st.data[n]
+        if arr.ndim == 0 or arr.shape[0] == 0:
+            raise BilError(f"`{n}` is `sampled` but {'is a scalar' if arr.ndim == 0 else 'has no rows'}", sp,
+                           "its leading axis must index rows (samples) that the objectives average over")
+        n_rows = st.row_counts.setdefault(group, arr.shape[0])
+        if arr.shape[0] != n_rows:
+            raise BilError(f"`{n}` has {arr.shape[0]} rows but `{group}` of the same `sampled` statement has "
+                           f"{n_rows}", sp, "every name of one `sampled` statement needs the same leading size; "
+                           "data with another row count goes in a statement of its own")
+        st.sampled[n] = group
 
 
 def _in_dependency_order(stmts: list, given: set) -> list:

@@ -31,7 +31,7 @@ def dump_ir(st: CompileState) -> str:
     """The IR after all passes, one line per fact, in a fixed order."""
     out = [f"problem {st.problem}"]
     for d in st.data_stmts:
-        per = " per sample" if d.per_sample else ""
+        per = " per sample" if d.per_sample else " sampled" if d.sampled else ""
         for n in d.names:
             a = st.data[n]
             out.append(f"data {n} : {a.dtype}{list(a.shape)}{per} = {ir.show(d.expr)}")

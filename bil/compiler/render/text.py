@@ -148,7 +148,7 @@ def _declarations(st: CompileState) -> list[str]:
     if st.data_stmts:
         lines.append("data (evaluated once)")
         for d in st.data_stmts:
-            per = "  per sample" if d.per_sample else ""
+            per = "  per sample" if d.per_sample else "  sampled" if d.sampled else ""
             lines.append(f"  {', '.join(d.names)} = {ir.show(d.expr)}{per}")
             for n in d.names:
                 a = st.data[n]
@@ -171,4 +171,11 @@ def _declarations(st: CompileState) -> list[str]:
                      "the upper objective is averaged over samples")
     else:
         lines.append("samples: 1 (no `per sample` data)")
+    fs = st.structure.get("finite_sum")
+    if fs is not None:
+        def over(groups):
+            return " + ".join(f"{fs.row_counts[g]} rows of {g}" for g in groups) or "no sampled data"
+
+        lines.append(f"sampled rows: lower objective proved a mean over {over(fs.lower.groups)}, upper over "
+                     f"{over(fs.upper.groups)} (minibatch methods: soba, saba)")
     return lines

@@ -1,9 +1,10 @@
-"""Outer loops over the compiled oracles: MAID (default), HOAG, gd, adam.
+"""Outer loops over the compiled oracles: MAID (default), HOAG, gd, adam; SOBA and SABA
+(:mod:`bil.runtime.stochastic`) over minibatches of ``sampled`` rows.
 
     run_outer(oracles, method, options, *, callback=None, state=None) -> OuterResult
 
 * ``oracles``: an :class:`bil.runtime.oracles.AbstractOracles`.
-* ``method``: ``"maid"`` | ``"hoag"`` | ``"gd"`` | ``"adam"``.
+* ``method``: ``"maid"`` | ``"hoag"`` | ``"gd"`` | ``"adam"`` | ``"soba"`` | ``"saba"``.
 * ``options``: the keyword dict of the registered outer method
   (``bil/stdlib/methods.py``); missing keys take the registered defaults,
   unknown keys are an error.
@@ -27,7 +28,7 @@ from typing import Callable
 __all__ = ["run_outer", "OuterResult", "METHODS", "FIELDS", "hyper_fields", "make_record", "outer_options",
            "make_loop"]
 
-METHODS = ("maid", "hoag", "gd", "adam")
+METHODS = ("maid", "hoag", "gd", "adam", "soba", "saba", "adaptive")
 #: loaded on first use, so that ``bil.runtime.outer.stops`` imports without JAX (the CLI's need)
 _LAZY = {"OuterResult": "history", "FIELDS": "history", "hyper_fields": "history", "make_record": "history"}
 
@@ -56,10 +57,18 @@ def make_loop(oracles, method: str, opts: dict):
         from bil.runtime.outer.maid import Maid
 
         return Maid.from_options(oracles, opts)
+    if method == "adaptive":   # minibatch oracles (bil.runtime.stochastic.oracles.StochasticOracles)
+        from bil.runtime.outer.adaptive_loop import AdaptiveLoop
+
+        return AdaptiveLoop.from_options(oracles, opts)
     if method == "hoag":
         from bil.runtime.outer.hoag import Hoag
 
         return Hoag.from_options(oracles, opts)
+    if method in ("soba", "saba"):
+        from bil.runtime.stochastic.loop import StochasticLoop
+
+        return StochasticLoop(oracles, method, opts)
     from bil.runtime.outer.plain import Plain
 
     return Plain.from_options(oracles, method, opts)

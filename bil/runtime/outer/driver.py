@@ -62,6 +62,7 @@ class OuterLoop(Protocol):
 def drive(loop: OuterLoop, callback: Callable | None = None, saved: dict | None = None) -> OuterResult:
     """Run ``loop`` to its stop, from the checkpoint ``saved`` when given."""
     tr = Tracker(loop.name, loop.budget, callback, saved)
+    tr.rows = row_costs(getattr(loop, "oracles", None))
     if saved is None:
         state, reason = loop.init(tr)
     else:
@@ -105,7 +106,7 @@ def hypergrad_step(oracles, tr: "Tracker", u, x, q, eps: float, delta: float):
     a lower or CG solve that hit its iteration cap: z is not at the accuracy asked for)."""
     hg = oracles.hypergrad(u, x, q, eps, delta, cap=tr.remaining())
     f, li, ci, ls, cs = jax.device_get((hg.f, hg.lower_iters, hg.cg_iters, hg.lower_status, hg.cg_status))
-    tr.spend(int(li), int(ci), ls, cs)
+    tr.spend(int(li), int(ci), ls, cs, upper=1, cross=1)
     f = float(f)
     z = to_host(hg.z)
     if tr.cut:
@@ -120,6 +121,13 @@ def hypergrad_step(oracles, tr: "Tracker", u, x, q, eps: float, delta: float):
     return hg, f, z, None if ok else Stop.NONFINITE_HYPERGRAD
 
 
+def row_costs(oracles) -> tuple[int, int]:
+    """(rows of one full lower gradient, rows of one full upper gradient) of ``oracles``: the
+    sample gradients a lower or CG iteration and an upper evaluation count (1, 1 when unknown)."""
+    fn = getattr(oracles, "row_costs", None)
+    return fn() if fn is not None else (1, 1)
+
+
 class Tracker:
     """Counters, wall time, history and the callback protocol of one run."""
 
@@ -129,6 +137,9 @@ class Tracker:
         self.callback = callback
         self.lower_total = 0
         self.cg_total = 0
+        self.sample_total = 0
+        #: (rows of a full lower gradient, of a full upper gradient): see :func:`row_costs`
+        self.rows = (1, 1)
         self.iteration = 0
         self.wall_prev = 0.0
         self.history: list[dict] = []
@@ -141,6 +152,7 @@ class Tracker:
                 raise ValueError(f"resume state belongs to outer method {got!r}, not {method!r}")
             self.lower_total = int(state["lower_iters_total"])
             self.cg_total = int(state["cg_iters_total"])
+            self.sample_total = int(state.get("sample_grads_total", 0))   # (states saved before the cost axis)
             self.iteration = int(state["iteration"])
             self.wall_prev = float(state["wall_s"])
             self.history = history_from_state(state)
@@ -159,12 +171,25 @@ class Tracker:
             self.it_lower = 0
             self.it_cg = 0
 
-    def spend(self, lower: int, cg: int = 0, *statuses) -> None:
+    def spend(self, lower: int, cg: int = 0, *statuses, upper: int = 0, cross: int = 0) -> None:
         """Count an oracle call's iterations; ``statuses`` are its lower/CG statuses:
-        one that says the budget cut the call short ends the run (:meth:`exhausted`)."""
+        one that says the budget cut the call short ends the run (:meth:`exhausted`).
+        ``upper``: upper values/gradients it computed, ``cross``: cross products Jᵀq; with
+        the lower and CG iterations they are counted in sample gradients (:attr:`rows`)."""
         self.begin()
+        self.sample_total += (int(lower) + int(cg) + int(cross)) * self.rows[0] + int(upper) * self.rows[1]
         if any(int(s) == Status.BUDGET for s in statuses):
             self.cut = True
+        self.it_lower += int(lower)
+        self.it_cg += int(cg)
+        self.lower_total += int(lower)
+        self.cg_total += int(cg)
+
+    def spend_samples(self, n: int, lower: int = 0, cg: int = 0) -> None:
+        """Count ``n`` sample gradients computed on minibatches (stochastic methods), with
+        ``lower`` / ``cg`` the iterations of the lower and linear-system variables they made."""
+        self.begin()
+        self.sample_total += int(n)
         self.it_lower += int(lower)
         self.it_cg += int(cg)
         self.lower_total += int(lower)
@@ -205,7 +230,8 @@ class Tracker:
         rec = make_record(iter=self.iteration, upper=upper, grad_norm=grad_norm, omega=omega, eps=eps,
                           delta=delta, step=step, backtracks=backtracks, lower_iters=self.it_lower,
                           cg_iters=self.it_cg, lower_iters_total=self.lower_total,
-                          cg_iters_total=self.cg_total, wall_s=self.wall(), hypers=hypers)
+                          cg_iters_total=self.cg_total, wall_s=self.wall(), hypers=hypers,
+                          sample_grads=self.sample_total)
         self.history.append(rec)
         self.in_iteration = False
         self.it_lower = 0
@@ -230,6 +256,7 @@ class Tracker:
             "iteration": int(self.iteration),
             "lower_iters_total": int(self.lower_total),
             "cg_iters_total": int(self.cg_total),
+            "sample_grads_total": int(self.sample_total),
             "wall_s": float(self.wall()),
         }
         if self.stop is not None and self.stop not in RESUMABLE:

@@ -30,6 +30,12 @@ iteration, with exactly these fields (the same names in the API and in
     the same, cumulative over the run (and over resumed runs).
 ``wall_s``
     cumulative wall time in seconds, excluding time spent in the callback.
+``sample_grads``
+    cumulative sample-gradient evaluations, counted per row of ``sampled`` data
+    (docs/ALGORITHMS.md, "Cost axis"): a lower gradient (one lower iteration), a
+    Hessian-vector product (one CG iteration), a cross product Jᵀq and an upper
+    value or gradient each count the rows they touch (N for a full-batch one, B for a
+    minibatch; 1 for an objective without ``sampled`` data); over resumed runs too.
 ``hyper.NAME`` / ``hyper.NAME[i]``
     the hypers in user coordinates: scalars as ``hyper.NAME``; arrays of up to
     16 elements flattened (C order) as ``hyper.NAME[i]``; larger arrays are left
@@ -60,8 +66,9 @@ __all__ = ["FIELDS", "INT_FIELDS", "MAX_FLAT_HYPER", "OuterResult", "hyper_field
            "history_from_state", "finished_result", "RESUMABLE_STOPS"]
 
 FIELDS = ("iter", "upper", "grad_norm", "omega", "eps", "delta", "step", "backtracks",
-          "lower_iters", "cg_iters", "lower_iters_total", "cg_iters_total", "wall_s")
-INT_FIELDS = frozenset({"iter", "backtracks", "lower_iters", "cg_iters", "lower_iters_total", "cg_iters_total"})
+          "lower_iters", "cg_iters", "lower_iters_total", "cg_iters_total", "wall_s", "sample_grads")
+INT_FIELDS = frozenset({"iter", "backtracks", "lower_iters", "cg_iters", "lower_iters_total", "cg_iters_total",
+                        "sample_grads"})
 #: arrays with more elements than this are left out of the record
 MAX_FLAT_HYPER = 16
 
@@ -100,12 +107,12 @@ def hyper_fields(hypers: dict, prefix: str = "hyper.") -> dict:
 
 
 def make_record(*, iter, upper, grad_norm, omega, eps, delta, step, backtracks, lower_iters, cg_iters,
-                lower_iters_total, cg_iters_total, wall_s, hypers) -> dict:
+                lower_iters_total, cg_iters_total, wall_s, hypers, sample_grads=0) -> dict:
     """One history record with exactly the fields of :data:`FIELDS` plus the hyper fields."""
     rec = dict(iter=int(iter), upper=float(upper), grad_norm=float(grad_norm), omega=float(omega),
                eps=float(eps), delta=float(delta), step=float(step), backtracks=int(backtracks),
                lower_iters=int(lower_iters), cg_iters=int(cg_iters), lower_iters_total=int(lower_iters_total),
-               cg_iters_total=int(cg_iters_total), wall_s=float(wall_s))
+               cg_iters_total=int(cg_iters_total), wall_s=float(wall_s), sample_grads=int(sample_grads))
     rec.update(hyper_fields(hypers))
     return rec
 

@@ -1,0 +1,300 @@
+"""``adaptive``: growing minibatches and a line search, no step-size grid.
+
+The run optimises the sample-average problem on a batch S (the first b rows of one
+seeded permutation: batches are nested) by L-BFGS steps with Armijo backtracking on
+the batch's upper value, and grows S when the estimated sampling error of the batch
+hypergradient exceeds a fraction ``theta`` of its norm (the norm test of adaptive
+sampling).  Lower and adjoint solves are warm-started and stopped at a fraction
+``kappa`` of the sampling noise of their own residuals, so their accuracy follows the
+batch size; at b = n the method is a deterministic inexact descent.  Derivation,
+assumptions and defaults: docs/ALGORITHMS.md, "adaptive: growing minibatches".
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from bil.runtime.outer.adaptive_ops import BatchOps, RowProblem
+from bil.runtime.outer.stops import Stop
+
+__all__ = ["AdaptiveOptions", "AdaptiveRun", "run_adaptive", "batch_sizes"]
+
+
+@dataclass(frozen=True)
+class AdaptiveOptions:
+    """The rule's constants (docs/ALGORITHMS.md gives their roles and why these values)."""
+
+    batch0: int = 1024         # first batch (rows of the lower set; the upper set in proportion)
+    theta: float = 0.5         # norm test: sampling sd of z ≤ theta·‖z‖
+    kappa: float = 0.5         # solves stop at kappa × the sampling noise of their residual
+    replicates: int = 4        # disjoint sub-batches that estimate the sampling variance of z
+    c1: float = 1e-4           # Armijo constant
+    rho: float = 0.5           # backtracking factor
+    max_backtracks: int = 8
+    step0: float = 1.0         # length of the first step (unconstrained coordinates)
+    max_step: float = 4.0      # trust region ‖αd‖ ≤ max_step
+    memory: int = 10           # L-BFGS pairs
+    tol: float = 1e-8          # stop when b = n and ‖z‖ ≤ tol
+    max_iter: int = 200
+    budget: float | None = None  # sample gradients
+    seed: int = 0
+
+
+def batch_sizes(n: int, b0: int) -> list[int]:
+    """The batch sizes a run may use: b₀·2ʲ below n, then n (one compilation each)."""
+    out, b = [], max(1, min(int(b0), n))
+    while b < n:
+        out.append(b)
+        b *= 2
+    return out + [n]
+
+
+@dataclass
+class AdaptiveRun:
+    """Everything the run has done: the iterate, the batch, the estimates and the records."""
+
+    u: Any
+    x: Any
+    v: Any
+    z: Any = None
+    f: float = math.nan
+    level: int = 0                          # index into batch_sizes
+    sigma_z: float = math.nan               # per-row sd of z (sd of z_S = sigma_z·s(b))
+    sigma_g: float = math.nan               # per-row sd of ∇ₓg_i
+    sigma_r: float = math.nan               # per-row sd of the adjoint residual's rows
+    kappa: float = 0.5
+    pairs: list = field(default_factory=list)
+    samples: int = 0                        # sample gradients so far
+    lower_iters: int = 0                    # lower-solver iterations so far (replicates included)
+    cg_iters: int = 0                       # CG iterations so far
+    tol_x: float = math.nan                 # the last tolerances used (records' eps / delta)
+    tol_v: float = math.nan
+    records: list = field(default_factory=list)
+    reason: str | None = None
+
+
+class Adaptive:
+    """The host loop over :class:`BatchOps` (one jitted call at a time)."""
+
+    def __init__(self, problem: RowProblem, opts: AdaptiveOptions = AdaptiveOptions(), ops: BatchOps | None = None):
+        self.p, self.o = problem, opts
+        self.ops = ops if ops is not None else BatchOps(problem)
+        self.ops.permute(opts.seed)
+        self.sizes = batch_sizes(problem.n, opts.batch0)
+        u0, self.unravel = ravel_pytree(problem.u0)
+        self.u0 = np.asarray(u0)
+
+    # ---- sizes and noise levels
+    def size(self, level: int) -> tuple[int, int]:
+        """(lower rows, upper rows) of the batch at ``level`` (the upper set in the same fraction)."""
+        b = self.sizes[level]
+        return b, (math.ceil(b / self.p.n * self.p.m - 1e-9) if self.p.m else 0)
+
+    def batch(self, level: int):
+        return self.ops.rows(self.sizes[level] / self.p.n)
+
+    def factor(self, level: int) -> float:
+        """s(b) = √(1/b − 1/n): the sd of a batch mean relative to the per-row sd (without replacement)."""
+        b, _ = self.size(level)
+        return math.sqrt(max(1.0 / b - 1.0 / self.p.n, 0.0))
+
+    def tolerances(self, s: AdaptiveRun, znorm: float) -> tuple[float, float]:
+        """(tol on ‖∇ₓg_S‖, tol on the CG residual): kappa × max(sampling noise, what the norm test needs)."""
+        sf = self.factor(s.level)
+        need = self.o.theta * znorm / s.sigma_z if s.sigma_z > 0 and math.isfinite(znorm) else 0.0
+        rel = max(sf, need, 1e-10)   # (the floor: a problem without sampling noise still stops)
+        return s.kappa * s.sigma_g * rel, s.kappa * s.sigma_r * rel
+
+    # ---- evaluations on the current batch
+    def spend(self, s: AdaptiveRun, n: int) -> None:
+        s.samples += int(n)
+
+    def solve(self, s: AdaptiveRun, u, x, tol: float):
+        b, _ = self.size(s.level)
+        rows_in, _ = self.batch(s.level)
+        x, it, st = self.ops._solve(self.unravel(u), x, rows_in, tol)
+        self.spend(s, int(it) * b)     # one gradient per iteration (the cost axis' convention)
+        s.lower_iters += int(it)
+        return x, int(st)
+
+    def adjoint(self, s: AdaptiveRun, u, x, v, tol: float):
+        b, t = self.size(s.level)
+        rows_in, rows_out = self.batch(s.level)
+        f, z, v, it, st = self.ops._adjoint(self.unravel(u), x, v, rows_in, rows_out, tol)
+        self.spend(s, int(it) * b + b + t)   # HVPs, the cross product Jᵀv, the upper gradient
+        s.cg_iters += int(it)
+        return float(f), np.asarray(ravel_pytree(z)[0]), v, int(st)
+
+    def estimate(self, s: AdaptiveRun) -> None:
+        """Per-row spreads at (x, v) and the replicate variance of z at the current batch."""
+        b, t = self.size(s.level)
+        rows_in, rows_out = self.batch(s.level)
+        vg, vhv, vfx = (float(a) for a in self.ops._spread(self.unravel(s.u), s.x, s.v, rows_in, rows_out))
+        self.spend(s, 2 * b + t)
+        s.sigma_g = math.sqrt(vg)
+        s.sigma_r = math.sqrt(vhv + (vfx * self.p.n / self.p.m if self.p.m else 0.0))
+        k = self.o.replicates
+        if (b < self.p.n or not s.sigma_z > 0) and b // k >= 2:
+            tol_x, tol_v = self.tolerances(s, math.nan)
+            frac, zs = self.sizes[s.level] / self.p.n, []
+            for j in range(k):
+                bi, bo = self.ops.block(frac, j, k)
+                xk, li, _ = self.ops._solve(self.unravel(s.u), s.x, bi, tol_x)
+                _, zk, _, ci, _ = self.ops._adjoint(self.unravel(s.u), xk, s.v, bi, bo, tol_v)
+                self.spend(s, (int(li) + int(ci) + 1) * (b // k) + t // k)
+                s.lower_iters += int(li)
+                s.cg_iters += int(ci)
+                zs.append(np.asarray(ravel_pytree(zk)[0]))
+            flat = np.stack(zs)
+            var_sub = float(np.sum(np.var(flat, axis=0, ddof=1)))
+            n = self.p.n
+            s.sigma_z = math.sqrt(var_sub / max(k / b - 1.0 / n, 1e-300))
+
+    def value(self, s: AdaptiveRun, u, x) -> float:
+        _, t = self.size(s.level)
+        _, rows_out = self.batch(s.level)
+        self.spend(s, t)
+        return float(self.ops._value(x, self.unravel(u), rows_out))
+
+    def evaluate(self, s: AdaptiveRun, znorm: float) -> str | None:
+        """x, v, f and z at (s.u, current batch), warm-started; a stop reason on a failed solve."""
+        tol_x, tol_v = self.tolerances(s, znorm)
+        s.tol_x, s.tol_v = tol_x, tol_v
+        x, st = self.solve(s, s.u, s.x, tol_x)
+        if st == 2:
+            return Stop.LOWER_NONFINITE
+        f, z, v, cst = self.adjoint(s, s.u, x, s.v, tol_v)
+        if not (math.isfinite(f) and np.all(np.isfinite(z))):
+            return Stop.NONFINITE_HYPERGRAD
+        s.x, s.v, s.f, s.z = x, v, f, z
+        return None
+
+    # ---- the loop
+    def init(self) -> AdaptiveRun:
+        x0 = self.p.x0
+        v0 = jax.tree_util.tree_map(jnp.zeros_like, x0)
+        s = AdaptiveRun(u=self.u0.copy(), x=x0, v=v0, kappa=self.o.kappa)
+        self.estimate_spreads_only(s)
+        s.reason = self.evaluate(s, math.nan)
+        if s.reason is None:
+            self.estimate(s)
+        return s
+
+    def estimate_spreads_only(self, s: AdaptiveRun) -> None:
+        b, t = self.size(s.level)
+        rows_in, rows_out = self.batch(s.level)
+        vg, vhv, vfx = (float(a) for a in self.ops._spread(self.unravel(s.u), s.x, s.v, rows_in, rows_out))
+        self.spend(s, 2 * b + t)
+        s.sigma_g = math.sqrt(vg)
+        s.sigma_r = math.sqrt(vhv + (vfx * self.p.n / self.p.m if self.p.m else 0.0))
+
+    def norm_test_level(self, s: AdaptiveRun) -> int:
+        """The smallest batch level whose sampling sd of z is ≤ theta·‖z‖ (at least the current one)."""
+        zn = float(np.linalg.norm(s.z))
+        lvl = s.level
+        while lvl < len(self.sizes) - 1 and s.sigma_z * self.factor(lvl) > self.o.theta * zn:
+            lvl += 1
+        return lvl
+
+    def grow(self, s: AdaptiveRun, level: int) -> str | None:
+        s.level = level
+        why = self.evaluate(s, float(np.linalg.norm(s.z)))
+        if why is None:
+            self.estimate(s)
+        return why
+
+    def direction(self, s: AdaptiveRun) -> tuple[np.ndarray, bool]:
+        """L-BFGS two-loop product H·z (scaled by the newest pair), or z when not a descent direction;
+        and whether it is the quasi-Newton product."""
+        q = s.z.copy()
+        if not s.pairs:
+            return q, False
+        alphas = []
+        for sv, yv in reversed(s.pairs):
+            a = float(sv @ q) / float(yv @ sv)
+            alphas.append(a)
+            q = q - a * yv
+        sv, yv = s.pairs[-1]
+        q = q * (float(sv @ yv) / float(yv @ yv))
+        for (sv, yv), a in zip(s.pairs, reversed(alphas)):
+            bcoef = float(yv @ q) / float(yv @ sv)
+            q = q + (a - bcoef) * sv
+        return (q, True) if float(q @ s.z) > 0 else (s.z.copy(), False)
+
+    def step(self, s: AdaptiveRun) -> dict:
+        """One iteration: grow the batch if the norm test says so, then one backtracking step."""
+        t0 = time.perf_counter()
+        grown = False
+        lvl = self.norm_test_level(s)
+        if lvl > s.level:
+            s.reason, grown = self.grow(s, lvl), True
+            if s.reason is not None:
+                return self.record(s, 0.0, 0, t0)
+        zn = float(np.linalg.norm(s.z))
+        if s.level == len(self.sizes) - 1 and zn <= self.o.tol:
+            s.reason = Stop.CONVERGED
+            return self.record(s, 0.0, 0, t0)
+        d, qn = self.direction(s)
+        slope = float(s.z @ d)
+        alpha = 1.0 if qn else self.o.step0 / max(zn, 1e-300)
+        alpha = min(alpha, self.o.max_step / max(float(np.linalg.norm(d)), 1e-300))
+        tol_x, _ = self.tolerances(s, zn)
+        for k in range(self.o.max_backtracks + 1):
+            u1 = s.u - alpha * d
+            x1, st = self.solve(s, u1, s.x, tol_x)
+            f1 = self.value(s, u1, x1) if st != 2 else math.inf
+            if math.isfinite(f1) and f1 <= s.f - self.o.c1 * alpha * slope:
+                return self.accept(s, u1, x1, alpha, k, t0)
+            alpha *= self.o.rho
+        # the batch's values cannot certify a decrease along d: more samples, or tighter solves at b = n
+        if s.level < len(self.sizes) - 1:
+            s.reason = self.grow(s, s.level + 1)
+        else:
+            s.kappa *= 0.1
+            if s.kappa < 1e-8:
+                s.reason = Stop.NO_DECREASE
+            else:
+                s.reason = self.evaluate(s, zn)
+        return self.record(s, 0.0, self.o.max_backtracks + 1, t0)
+
+    def accept(self, s: AdaptiveRun, u1, x1, alpha: float, backtracks: int, t0) -> dict:
+        z0, u0 = s.z, s.u
+        s.u, s.x = u1, x1
+        s.reason = self.evaluate(s, float(np.linalg.norm(z0)))
+        if s.reason is None:
+            sv, yv = s.u - u0, s.z - z0
+            if float(sv @ yv) > 1e-12 * float(np.linalg.norm(sv) * np.linalg.norm(yv)):
+                s.pairs = (s.pairs + [(sv, yv)])[-self.o.memory:]
+        return self.record(s, alpha, backtracks, t0)
+
+    def record(self, s: AdaptiveRun, alpha: float, backtracks: int, t0) -> dict:
+        b, t = self.size(s.level)
+        rec = dict(upper=s.f, grad_norm=float(np.linalg.norm(s.z)) if s.z is not None else math.nan,
+                   omega=s.sigma_z * self.factor(s.level), step=alpha, backtracks=backtracks, batch=b,
+                   samples=s.samples, u=s.u.copy())
+        s.records.append(rec)
+        return rec
+
+
+def run_adaptive(problem: RowProblem, opts: AdaptiveOptions = AdaptiveOptions(), ops: BatchOps | None = None,
+                 callback=None) -> AdaptiveRun:
+    """Run ``adaptive`` on a row problem to its stop (max_iter, budget, convergence, a failure)."""
+    loop = Adaptive(problem, opts, ops)
+    t0 = time.perf_counter()
+    s = loop.init()
+    for _ in range(opts.max_iter):
+        if s.reason is not None or (opts.budget is not None and s.samples >= opts.budget):
+            break
+        rec = loop.step(s)
+        rec["wall_s"] = time.perf_counter() - t0
+        if callback is not None and callback(rec):
+            break
+    return s

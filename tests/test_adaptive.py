@@ -1,0 +1,121 @@
+"""The ``adaptive`` outer method (growing minibatches): convergence to a closed-form optimum and
+reproducibility (docs/ALGORITHMS.md, "adaptive: growing minibatches")."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import bil
+from bil.runtime.outer.adaptive import AdaptiveOptions, batch_sizes, run_adaptive
+from bil.runtime.outer.adaptive_ops import BatchOps, RowProblem
+
+
+def quadratic_rows(n=512, m=64, d=4, p=2, seed=0):
+    """Lower rows ½(aᵢᵀx − bᵢᵀθ − yᵢ)² + ½·0.1‖x‖², upper rows ½(cⱼᵀx − sⱼ)²: x*(θ) = Pθ + q is
+    affine, so θ* solves a p×p least-squares problem (the closed form the tests compare with)."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((n, d))
+    B = A @ rng.standard_normal((d, p)) + 0.5 * rng.standard_normal((n, p))
+    y = A @ rng.standard_normal(d) + 0.3 * rng.standard_normal(n)
+    C = rng.standard_normal((m, d))
+    s = C @ rng.standard_normal(d)
+    H = A.T @ A / n + 0.1 * np.eye(d)
+    P, q = np.linalg.solve(H, A.T @ B / n), np.linalg.solve(H, A.T @ y / n)
+    Cm, cs = C.T @ C / m, C.T @ s / m
+    theta_star = np.linalg.solve(P.T @ Cm @ P, -P.T @ (Cm @ q - cs))
+
+    def F(theta):
+        return float(0.5 * np.mean((C @ (P @ theta + q) - s) ** 2))
+
+    rows = RowProblem.from_rows(
+        lambda x, u, r: 0.5 * (r["a"] @ x - r["b"] @ u["theta"] - r["y"]) ** 2 + 0.05 * (x @ x),
+        lambda x, u, r: 0.5 * (r["c"] @ x - r["s"]) ** 2,
+        {"a": jnp.asarray(A), "b": jnp.asarray(B), "y": jnp.asarray(y)}, {"c": jnp.asarray(C), "s": jnp.asarray(s)},
+        jnp.zeros(d), {"theta": jnp.zeros(p)})
+    return rows, theta_star, F, dict(A=A, B=B, y=y, C=C, s=s)
+
+
+def test_batch_sizes_double_up_to_n():
+    assert batch_sizes(1000, 128) == [128, 256, 512, 1000]
+    assert batch_sizes(100, 128) == [100]
+
+
+@pytest.fixture(scope="module")
+def small():
+    """One small problem and its compiled batch operations, shared by the runs (2 batch sizes)."""
+    rows, theta_star, F, _ = quadratic_rows(n=256)
+    return rows, theta_star, F, BatchOps(rows)
+
+
+@pytest.mark.slow   # ~15 s unloaded (compiles the solves at four row counts); the seed test below is the cheap sibling
+def test_adaptive_reaches_the_closed_form_optimum_and_grows_its_batch(small):
+    rows, theta_star, F, ops = small
+    run = run_adaptive(rows, AdaptiveOptions(batch0=128, replicates=2, max_iter=60, tol=1e-9), ops)
+    theta = np.asarray(run.u)
+    assert str(run.reason) == "gradient norm below tol"
+    assert run.level == 1                                       # it ended on every row
+    assert run.records[0]["batch"] == 128                       # and started on half of them
+    np.testing.assert_allclose(theta, theta_star, rtol=1e-5, atol=1e-6)
+    assert F(theta) - F(theta_star) <= 1e-8 * F(theta_star)
+    counts = [r["samples"] for r in run.records]                # cumulative sample gradients
+    assert counts == sorted(counts) and counts[0] > 0
+
+
+def test_adaptive_same_seed_same_run_other_seed_other_batches(small):
+    rows, _, _, ops = small
+    opts = AdaptiveOptions(batch0=128, replicates=2, max_iter=3)
+    a, b = run_adaptive(rows, opts, ops), run_adaptive(rows, opts, ops)
+    assert np.array_equal(a.u, b.u)
+    assert [r["samples"] for r in a.records] == [r["samples"] for r in b.records]
+    c = run_adaptive(rows, AdaptiveOptions(batch0=128, replicates=2, max_iter=3, seed=1), ops)
+    assert not np.array_equal(a.u, c.u)
+    _, theta_star, F, _ = small                                   # and the steps descend on the true F
+    assert F(np.asarray(a.u)) < F(np.zeros(2))
+
+
+SPEC = """problem q
+data A, B, y = (load("d.npz", "A"), load("d.npz", "B"), load("d.npz", "y")) sampled
+data C, s = (load("d.npz", "C"), load("d.npz", "s")) sampled
+hyper theta : real[2] = 0
+lower {
+    x : real[4] = 0
+    minimize 0.5 * mean((A @ x - B @ theta - y)^2) + 0.05 * sumsq(x)
+}
+upper minimize 0.5 * mean((C @ x - s)^2)
+solve { outer: adaptive(batch0=64, max_iter=40, seed=SEED) }
+"""
+
+
+@pytest.fixture(scope="module")
+def spec_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("adaptive")
+    _, theta_star, _, data = quadratic_rows()
+    np.savez(folder / "d.npz", **data)
+    return folder, theta_star
+
+
+@pytest.mark.slow   # compiles a program and the batch operations at several sizes
+def test_adaptive_outer_method_on_a_sampled_spec(spec_folder):
+    folder, theta_star = spec_folder
+    prog = bil.compile(SPEC.replace("SEED", "3"), base_dir=str(folder))
+    r1 = prog.run()
+    np.testing.assert_allclose(r1.hypers["theta"], theta_star, rtol=1e-4, atol=1e-5)
+    grads = [h["sample_grads"] for h in r1.history]
+    assert grads == sorted(grads) and grads[-1] > 0
+    r2 = prog.run()                                   # same seed: the same run
+    assert np.array_equal(r1.hypers["theta"], r2.hypers["theta"])
+    assert [h["upper"] for h in r1.history] == [h["upper"] for h in r2.history]
+
+
+@pytest.mark.slow
+def test_adaptive_resume_is_bit_identical(spec_folder):
+    folder, _ = spec_folder
+    prog = bil.compile(SPEC.replace("SEED", "0"), base_dir=str(folder))
+    full = prog.run(max_iter=6)
+    saved = {}
+    prog.run(max_iter=3, callback=lambda rec, st: saved.update(st) and False)
+    resumed = prog.run(max_iter=6, state=saved)
+    assert np.array_equal(full.hypers["theta"], resumed.hypers["theta"])
+    assert [h["upper"] for h in full.history] == [h["upper"] for h in resumed.history]
