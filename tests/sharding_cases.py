@@ -92,7 +92,8 @@ def run_case(case: str, folder: str) -> dict:
     sizes: dict = {}
 
     def count():
-        return {str(k): f._cache_size() for k, f in eng._jitted.items()}
+        jitted = {**eng._jitted, **{("public", k): f for k, f in prog._public_call._fns.items()}}
+        return {str(k): f._cache_size() for k, f in jitted.items()}
 
     if case == "tasks":   # (cheap: no outer run) a second hypergradient at other hypers
         sizes["first"] = count()
