@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 import bil
-from bil.compiler.limits import limited
-from bil.compiler.render.latex import standard_form_latex
-from bil.compiler.render.text import standard_form
 from bil.core.errors import BilError, BilInternalError, BilRuntimeError
+from bil.core.version import __version__
 from bil.run import RunError, RunRequest, Terminated, compile_file, run_spec
 from bil.runtime.distributed import DistributedError
+
+# The compiler and the runtime (JAX, NumPy, matplotlib) are imported by the handlers that use
+# them (`import bil` and `bil.run` load neither), so `bil --help` and a usage error start fast.
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERNAL = 0, 2, 3
 #: `bil run` stopped on a failed solve (results up to the last good point are written)
@@ -136,6 +137,9 @@ def _show_args(p: argparse.ArgumentParser) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from bil.compiler.render.latex import standard_form_latex
+    from bil.compiler.render.text import standard_form
+
     program = load(args.file, allow_paths=args.allow_paths)
     text = standard_form_latex(program.state) if args.latex else standard_form(program.state)
     import jax
@@ -377,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
                "Exit codes: 0 ok, 1 `bil run` stopped on a failed solve (results written), 2 error in the spec or\n"
                "the command line, 3 internal error.",
     )
-    parser.add_argument("--version", action="version", version=f"bil {bil.__version__}")
+    parser.add_argument("--version", action="version", version=f"bil {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help,
@@ -419,7 +423,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
     try:
-        with limited(getattr(args, "max_elements", None)):
+        if not hasattr(args, "max_elements"):  # `bil plot`: compiles nothing
+            return args.handler(args)
+        from bil.compiler.limits import limited
+
+        with limited(args.max_elements):
             return args.handler(args)
     except BilInternalError as e:  # a bug met while compiling: named spec, bug report, exit 3
         if os.environ.get("BIL_TRACEBACK") and e.__cause__ is not None:

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bil.core import ir
 from bil.compiler.evaluate import Evaluator
@@ -37,8 +39,12 @@ def lower(st: CompileState) -> Lowered:
     dtype = jnp.float32 if st.options["solve"]["precision"] == "float32" else jnp.float64
 
     def cast(a):
-        a = jnp.asarray(a)
-        return a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+        if isinstance(a, jax.Array):
+            return a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+        # a host array: cast and copy on the host, then place it (jnp.asarray would compile a
+        # program per data shape; device_put compiles nothing)
+        a = np.array(a, dtype=dtype if np.issubdtype(np.asarray(a).dtype, np.floating) else None, copy=True)
+        return jax.device_put(a)
 
     names = {n: cast(v) for n, v in st.data.items()}
     consts = {k: cast(c.value) for k, c in st.consts.items() if not isinstance(c.value, (int, float, tuple, str))}

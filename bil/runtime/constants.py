@@ -6,6 +6,8 @@ lower tolerances ‖∇g‖ ≤ μ·ε use the current value."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax.tree_utils as otu
@@ -50,12 +52,58 @@ class ConstantEstimates:
         lower tolerances (‖∇g‖ ≤ μ·ε) use the new value from now on: strong convexity is a
         property of g(·, θ) at the current θ, and a hyper that moves it (a penalty weight)
         would make the estimate from θ₀ wrong either way, too small (needlessly tight
-        solves, an early "eps floor reached") or too large (‖x̃ − x*‖ ≤ ε no longer holds)."""
-        vals = self._jit("constants", self._constants_impl)(u, x, self.low.data)
-        L_f, J, L_H, L_J, L_ft = (float(v) for v in vals)
-        if self.mu_given is None and self.low.optimizer is None:
-            self._mu = self._mu_at(self.low.transform.to_user(u), x)
+        solves, an early "eps floor reached") or too large (‖x̃ − x*‖ ≤ ε no longer holds).
+        One program computes them with μ and the accuracy floor's norms (kept for the
+        :meth:`accuracy_floor` at the same point that follows)."""
+        L_f, J, L_H, L_J, L_ft = self._estimates(u, x, constants=True)
         return Constants(mu=self.mu(), L_f=L_f, J_norm=J, L_H=L_H, L_J=L_J, L_ftheta=L_ft)
+
+    def _estimates(self, u, x, *, constants: bool) -> tuple[float, ...]:
+        """Run the one estimates program at (u, x): the accuracy floor's norms (kept in
+        ``self._floor_at``), μ where it is estimated (at θ₀ and the start there while it is
+        unknown, else at (u, x) when ``constants``; stored), and the constants when asked (returned).
+        The parts not asked for are skipped at run time (``lax.cond``), not compiled apart."""
+        estimated = self.mu_given is None and self.low.optimizer is None
+        at_start = self._mu is None and not constants
+        want_mu = estimated and (constants or at_start)
+        full = constants or self._refreshes_constants()
+        fn = self._jit("estimates+constants" if full else "estimates",
+                       functools.partial(self._estimates_impl, full=full))
+        floor, mu, consts = jax.device_get(fn(u, x, self.low.theta0, self.low.data, want_mu, at_start, constants))
+        self._floor_at = (_leaves(u), _leaves(x), tuple(float(v) for v in floor))
+        if want_mu:
+            # Lanczos' smallest Ritz value is an upper bound: take a margin.
+            self._mu = max(0.5 * float(mu), 1e-8)
+            if at_start:
+                self._mu0 = self._mu
+        return tuple(float(v) for v in consts)
+
+    def _refreshes_constants(self) -> bool:
+        """Whether the spec's outer loop asks for the constants as θ moves (MAID, HOAG): then the
+        estimates program includes them from the start, and a run compiles one program, not two."""
+        outer = self.low.options.get("solve", {}).get("outer")
+        return getattr(outer, "name", outer) in ("maid", "hoag")
+
+    def _estimates_impl(self, u, X, theta0, d, want_mu, at_start, want_consts, *, full: bool):
+        """(floor norms, μ estimate, constants) at (u, X); μ at (θ₀, start) when ``at_start``."""
+        theta = self.low.transform.to_user(u)
+        floor = self._floor_impl(u, X, d)
+        zero = jnp.zeros((), self.low.dtype)
+        mu = zero
+        if self.mu_given is None and self.low.optimizer is None:
+            def mu_inputs_at_start():
+                return theta0, self.X_init(theta0, d)
+
+            def estimate():
+                th, Xm = jax.lax.cond(at_start, mu_inputs_at_start, lambda: (theta, X))
+                return self._mu_impl(th, Xm, d).astype(self.low.dtype)
+
+            mu = jax.lax.cond(want_mu, estimate, lambda: zero)
+        consts = (zero,) * 5
+        if full:
+            consts = jax.lax.cond(want_consts, lambda: tuple(c.astype(self.low.dtype) for c in
+                                                              self._constants_impl(u, X, d)), lambda: consts)
+        return floor, mu, consts
 
     def _constants_impl(self, u, X, d):
         """Power-iteration estimates of ‖∇²ₓₓF‖ and ‖J‖; directional third derivatives for L_H, L_J."""
@@ -120,24 +168,37 @@ class ConstantEstimates:
     def accuracy_floor(self, u, x) -> tuple[float, float]:
         if self.low.optimizer is not None:  # a training procedure has no tolerance
             return 0.0, 0.0
-
-        # the Hessian's norm only where it matters: in float64, ‖H‖·eps·‖x‖ is ~1e-12 and never
-        # binds, and its power iteration would add a compilation to every run
-        sensitive = self.low.dtype == jnp.float32
-
-        def impl(u, X, d):
-            theta = self.low.transform.to_user(u)
-            L = (_power_norm(lambda v: jax.jvp(lambda y: jax.grad(self.G)(y, theta, d), (X,), (v,))[1], X, 20)
-                 if sensitive else jnp.zeros((), self.low.dtype))
-            return _norm(jax.grad(self.G)(X, theta, d)), L, _norm(X), _norm(jax.grad(self.F)(X, theta, d))
-
-        gn, L, xn, fx = (float(v) for v in self._jit("floor", impl)(u, x, self.low.data))
+        kept, self._floor_at = getattr(self, "_floor_at", None), None
+        if kept is not None and _same(kept[0], _leaves(u)) and _same(kept[1], _leaves(x)):
+            gn, L, xn, fx = kept[2]   # computed with the constants at this very point
+        else:
+            self._estimates(u, x, constants=False)
+            gn, L, xn, fx = self._floor_at[2]
+            self._floor_at = None
         eps = float(jnp.finfo(self.low.dtype).eps)
         mu = self.mu()
         # ‖∇ₓg‖ cannot be resolved below what one rounding of x moves it by, ‖H‖·eps·‖x‖, nor
         # CG's residual below ‖H‖·eps·‖q‖ with ‖q‖ ≈ ‖∇ₓf‖/μ: on float32 TV denoising these are
         # ~1e-4 where eps·‖∇g‖ was 2e-7, and MAID tightened ε, δ into solves that ran to their cap
         return eps * max(gn, L * xn) / mu, eps * fx * max(1.0, L / mu)
+
+    def _floor_impl(self, u, X, d):
+        """‖∇ₓg‖, ‖∇²ₓₓg‖ (float32 only), ‖x‖, ‖∇ₓf‖ at (u, X): what :meth:`accuracy_floor` scales."""
+        # the Hessian's norm only where it matters: in float64, ‖H‖·eps·‖x‖ is ~1e-12 and never
+        # binds, and its power iteration would add to every run's compilation
+        theta = self.low.transform.to_user(u)
+        L = (_power_norm(lambda v: jax.jvp(lambda y: jax.grad(self.G)(y, theta, d), (X,), (v,))[1], X, 20)
+             if self.low.dtype == jnp.float32 else jnp.zeros((), self.low.dtype))
+        return _norm(jax.grad(self.G)(X, theta, d)), L, _norm(X), _norm(jax.grad(self.F)(X, theta, d))
+
+
+def _leaves(tree) -> list:
+    return jax.tree.leaves(tree)
+
+
+def _same(a: list, b: list) -> bool:
+    """The same arrays (the very objects: the floor kept by constants() is for this point only)."""
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
 
 def _random_like(key, tree):

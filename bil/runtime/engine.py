@@ -73,7 +73,7 @@ class Engine(Batching, LowerSolve, Training, Adjoint, Hypergradients, Unrolling,
         key = jax.tree.structure(x), tuple((jnp.shape(a), jnp.result_type(a)) for a in jax.tree.leaves(x))
         cache = self.__dict__.setdefault("_zeros", {})
         if key not in cache:
-            cache[key] = jax.tree.map(jnp.zeros_like, x)
+            cache[key] = jax.tree.map(_zeros_like, x)
         return cache[key]
 
     def row_costs(self) -> tuple[int, int]:
@@ -87,3 +87,16 @@ class Engine(Batching, LowerSolve, Training, Adjoint, Hypergradients, Unrolling,
 
     def log_hypers(self) -> dict:
         return {n: how == "exp" for n, (how, _) in self.low.transform.maps.items()}
+
+
+def _zeros_like(a):
+    """Zeros like ``a`` (its shape, dtype and placement), made on the host and placed: a
+    ``jnp.zeros_like`` compiles two small programs the first time."""
+    if isinstance(a, jax.core.Tracer):
+        return jnp.zeros_like(a)
+    sharding = getattr(a, "sharding", None)
+    # laid out over several devices: the same layout; else uncommitted, as zeros_like makes them
+    # (a committed argument is another jit cache entry: the oracles would compile twice)
+    if sharding is None or len(sharding.device_set) < 2:
+        sharding = None
+    return jax.device_put(np.zeros(jnp.shape(a), jnp.result_type(a)), sharding)
