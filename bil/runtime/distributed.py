@@ -21,8 +21,6 @@ import contextlib
 import hashlib
 import re
 
-import numpy as np
-
 __all__ = ["DistributedError", "CLI_NAMES", "API_NAMES", "initialize", "active", "process_index", "process_count",
            "is_writer", "keep_native_stdout_quiet", "together", "agree", "to_host"]
 
@@ -138,8 +136,9 @@ def keep_native_stdout_quiet() -> None:
                                   errors=sys.stdout.errors, line_buffering=True, write_through=True)
 
 
-def _gather(row: np.ndarray) -> np.ndarray:
+def _gather(row):
     """``row`` of every process, stacked in process order (a collective: all must call it)."""
+    import numpy as np
     from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(row))
@@ -152,6 +151,7 @@ def together(what: str):
     A failing process re-raises its own error; the others raise a :class:`DistributedError`
     naming it, instead of waiting for it in the next collective.  ``what`` says what the
     block does (``"compiling the spec"``)."""
+    import numpy as np
     if not active():
         yield
         return
@@ -169,6 +169,7 @@ def together(what: str):
 def agree(data: bytes, what: str, hint: str = "") -> None:
     """Check that every process holds the same ``data`` (by its SHA-256); a
     :class:`DistributedError` naming the processes that differ from process 0 if not."""
+    import numpy as np
     if not active():
         return
     digest = np.frombuffer(hashlib.sha256(data).digest(), dtype=np.uint8)
@@ -184,6 +185,7 @@ def to_host(tree):
     are gathered first (a collective: every process must call it with the same tree).  In a
     one-process run, ``tree`` itself."""
     import jax
+    import numpy as np
 
     if not active():
         return tree
