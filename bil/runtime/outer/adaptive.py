@@ -135,12 +135,8 @@ class Adaptive:
 
     def estimate(self, s: AdaptiveRun) -> None:
         """Per-row spreads at (x, v) and the replicate variance of z at the current batch."""
+        self.estimate_spreads_only(s)
         b, t = self.size(s.level)
-        rows_in, rows_out = self.batch(s.level)
-        vg, vhv, vfx = (float(a) for a in self.ops._spread(self.unravel(s.u), s.x, s.v, rows_in, rows_out))
-        self.spend(s, 2 * b + t)
-        s.sigma_g = math.sqrt(vg)
-        s.sigma_r = math.sqrt(vhv + (vfx * self.p.n / self.p.m if self.p.m else 0.0))
         k = self.o.replicates
         if (b < self.p.n or not s.sigma_z > 0) and b // k >= 2:
             tol_x, tol_v = self.tolerances(s, math.nan)
