@@ -24,6 +24,7 @@ from bil.compiler.state import CompileState
 from bil.stdlib.methods import MethodOptions, Unroll
 from bil.diagnosis import numerics as diagnose
 from bil.diagnosis.curvature import curvature_warnings
+from bil.diagnosis.support import empty_support_warnings
 
 
 class Program:
@@ -293,7 +294,8 @@ class Program:
                       converged=bool(res.converged), reason=str(res.reason), state=res.state,
                       error=self._failure(str(res.reason), hypers=getattr(res, "failed_at", None) or res.hypers,
                                           res=res),
-                      warnings=curvature_warnings(self, res.hypers, x) if np.isfinite(upper) else [])
+                      warnings=(curvature_warnings(self, res.hypers, x) + empty_support_warnings(self, res.hypers, x)
+                                if np.isfinite(upper) else []))
 
     def result_from_state(self, state: dict, reason: str) -> "Result":
         """The :class:`Result` of a run that ended with the resumable ``state`` and stop

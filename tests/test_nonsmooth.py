@@ -338,3 +338,17 @@ def test_unsupported_or_negative_axis_forms_are_located_errors(extra, hypers, ob
 def test_norms_over_an_axis_of_other_expressions_stay_smooth():
     prog = bil.compile(_spec("hyper lam : positive = 1.0", "lam * sum(norm(reshape(Xtr @ w - ytr, 13, 17), axis=1))"))
     assert "nonsmooth" not in prog.state.structure
+
+
+def test_an_empty_support_at_the_learned_hypers_is_a_warning(lasso):
+    """A penalty so large that w = 0: the hypergradient is exactly 0 there (the run stops where it
+    started), and the result warns at the lower objective with a hint to start smaller; a solution
+    with a nonempty support gets no such warning."""
+    from bil.diagnosis.support import empty_support_warnings
+
+    res = bil.compile(_spec("hyper lam : positive = 1e5", "lam * l1(w)")).run()
+    assert res.error is None and np.all(res.lower["w"] == 0) and float(res.hypers["lam"]) == pytest.approx(1e5, rel=1e-9)
+    texts = [str(w) for w in res.warnings]
+    assert any("every entry of w at 0" in t and "l1(w) weighted by lam" in t and "smaller" in t for t in texts)
+    w, _, _ = _solve(lasso, {"lam": 3.0})
+    assert np.any(w != 0) and empty_support_warnings(lasso, {"lam": 3.0}, {"w": w}) == []
