@@ -177,5 +177,5 @@ def _declarations(st: CompileState) -> list[str]:
             return " + ".join(f"{fs.row_counts[g]} rows of {g}" for g in groups) or "no sampled data"
 
         lines.append(f"sampled rows: lower objective proved a mean over {over(fs.lower.groups)}, upper over "
-                     f"{over(fs.upper.groups)} (minibatch methods: soba, saba)")
+                     f"{over(fs.upper.groups)} (minibatch methods: soba, saba, adaptive)")
     return lines
