@@ -110,3 +110,16 @@ def test_start_point_is_the_upper_value_at_the_initial_hypers(tmp_path):
     rows = plots.with_start(_history([0.3], [{"lam": 3.0}]), back)
     assert [r["iter"] for r in rows] == [0, 1] and rows[0]["hyper.lam"] == 2.0
     assert plots.read_start(tmp_path / "missing.npz") is None
+
+
+def test_sample_gradients_axis_when_the_history_counts_them(tmp_path, figs):
+    """A history with ``sample_grads`` gets upper_vs_samples.png, from iteration 0 at 0 samples;
+    an older history without the column gets the three other plots only."""
+    hist = [dict(r, sample_grads=500 * (i + 1)) for i, r in enumerate(_history([2.0, 1.5, 1.2], [{"w": 1.0}] * 3))]
+    paths = plots.plot_history(hist, tmp_path, start=_start(3.0, {"w": 1.0}, {"w": False}))
+    assert [p.name for p in paths] == ["upper_vs_cost.png", "upper_vs_samples.png", "upper_vs_time.png", "hypers.png"]
+    ax = figs["upper_vs_samples.png"].axes[0]
+    x, _ = ax.lines[0].get_data()
+    assert list(x) == [0, 500, 1000, 1500] and "sample gradients" in ax.get_xlabel()
+    old = plots.plot_history(_history([2.0, 1.5], [{"w": 1.0}] * 2), tmp_path / "old")
+    assert [p.name for p in old] == ["upper_vs_cost.png", "upper_vs_time.png", "hypers.png"]

@@ -1,7 +1,9 @@
 """Plots of a run (matplotlib, Agg; no display needed).
 
 * ``upper_vs_cost.png``: upper value against cumulative lower + CG iterations;
-* ``upper_vs_time.png``: upper value against wall time; both from iteration 0 (the
+* ``upper_vs_samples.png``: upper value against cumulative sample gradients (the
+  history's ``sample_grads``: one axis for full-batch and minibatch methods alike);
+* ``upper_vs_time.png``: upper value against wall time; all from iteration 0 (the
   starting point, from ``start.npz``), on a log scale of F where F spans decades, else of
   F − final F (``result.json``'s ``upper``; the best recorded F where a recorded value is
   below it), the reference value stated, where that gap spans decades;
@@ -122,7 +124,7 @@ def with_start(history: list[dict], start: dict | None) -> list[dict]:
     ``start`` (:func:`read_start`) is known and the history does not already begin there."""
     if not start or (history and int(float(history[0].get("iter", 1))) == 0):
         return list(history)
-    rec = dict(iter=0, upper=start["upper"], lower_iters_total=0, cg_iters_total=0, wall_s=0.0)
+    rec = dict(iter=0, upper=start["upper"], lower_iters_total=0, cg_iters_total=0, sample_grads=0, wall_s=0.0)
     cols = set(history[0]) if history else set()
     rec.update({k: v for k, v in hyper_fields(start["hypers"]).items() if k in cols})
     return [rec, *history]
@@ -131,7 +133,7 @@ def with_start(history: list[dict], start: dict | None) -> list[dict]:
 def plot_history(history: list[dict], plots_dir: str | os.PathLike, problem: str = "",
                  start: dict | None = None, final: Mapping[str, Any] | None = None,
                  final_upper: float | None = None) -> list[Path]:
-    """Draw the three history plots into ``plots_dir``; return their paths.
+    """Draw the history plots (three, four with ``sample_grads``) into ``plots_dir``; return their paths.
 
     ``start`` (:func:`read_start`) adds the starting point as iteration 0 and tells which hypers
     are ``positive`` (log axes); ``final`` (the learned hypers, ``hypers.npz``) gives the hypers
@@ -141,13 +143,18 @@ def plot_history(history: list[dict], plots_dir: str | os.PathLike, problem: str
     history = with_start(history, start)
     cost = _col(history, "lower_iters_total") + _col(history, "cg_iters_total")
     prefix = f"{problem}: " if problem else ""
-    return [
+    paths = [
         _upper_plot(history, cost, "cumulative lower + CG iterations", f"{prefix}upper value vs cost",
                     d / "upper_vs_cost.png", final_upper),
         _upper_plot(history, _col(history, "wall_s"), "wall time (s)", f"{prefix}upper value vs time",
                     d / "upper_vs_time.png", final_upper),
         _save(hypers_figure(history, start=start, final=final), d / "hypers.png"),
     ]
+    if history and all("sample_grads" in r for r in history):   # histories written before the column lack it
+        paths.insert(1, _upper_plot(history, _col(history, "sample_grads"), "cumulative sample gradients (rows)",
+                                    f"{prefix}upper value vs sample gradients", d / "upper_vs_samples.png",
+                                    final_upper))
+    return paths
 
 
 # ---------------------------------------------------------------- the starting point
