@@ -163,7 +163,7 @@ def test_run_end_to_end(full_run):
         assert float(z["lam"]) == res["hypers"]["lam"]
     with np.load(out / "lower.npz") as z:
         assert z["w"].shape == (3,)
-    for name in ("upper_vs_cost.png", "upper_vs_time.png", "hypers.png"):
+    for name in ("upper_vs_cost.png", "upper_vs_samples.png", "upper_vs_time.png", "hypers.png"):
         p = out / "plots" / name
         assert p.is_file() and p.stat().st_size > 1000, name
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -181,8 +181,9 @@ def test_plot_regenerates_from_history(full_run, capsys):
         p.unlink()
     code, stdout, err = bil_main(capsys, "plot", out)
     assert code == 0, err
-    assert len(stdout.split()) == 3
-    for name in ("upper_vs_cost.png", "upper_vs_time.png", "hypers.png"):
+    names = ("upper_vs_cost.png", "upper_vs_samples.png", "upper_vs_time.png", "hypers.png")
+    assert sorted(stdout.split()) == sorted(str(out / "plots" / name) for name in names)
+    for name in names:
         assert (out / "plots" / name).stat().st_size > 1000
 
 
