@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import bil
-from bil.runtime.outer.adaptive import AdaptiveOptions, batch_sizes, run_adaptive
+from bil.runtime.outer.adaptive import AdaptiveOptions, batch_sizes, chunk_counts, chunk_rows, run_adaptive
 from bil.runtime.outer.adaptive_ops import BatchOps, RowProblem
 
 
@@ -40,13 +40,35 @@ def quadratic_rows(n=512, m=64, d=4, p=2, seed=0):
 def test_batch_sizes_double_up_to_n():
     assert batch_sizes(1000, 128) == [128, 256, 512, 1000]
     assert batch_sizes(100, 128) == [100]
+    assert chunk_counts(31, 4) == [4, 8, 16, 31]          # in chunks: the last is every row
+    assert chunk_rows(AdaptiveOptions(batch0=1024, replicates=4)) == 256
+
+
+def test_batch_means_over_chunks_equal_the_means_over_their_rows():
+    """A batch of chunks (and the full batch, remainder rows included) gives the objectives of its rows."""
+    rows, _, _, data = quadratic_rows(n=203, m=37)
+    ops = BatchOps(rows, chunk=16)                      # 12 chunks of 16 rows, 11 left for the full batch
+    ops.permute(5)
+    assert (ops.q, ops.chunk) == (12, 16)
+    u, x, v = {"theta": jnp.array([0.3, -0.2])}, jnp.array([0.1, -0.4, 0.2, 0.5]), jnp.zeros(4)
+    for b in (ops.batch(3, start=2), ops.batch(12)):
+        xs, _, _, f, _ = ops.trial(u, x, v, 1e-12, b)
+        inner = {k: a[b.start * 16:(b.start + b.count) * 16] for k, a in ops.inner_perm.items()} if not b.full \
+            else ops.inner_perm
+        outer = {k: a[b.ostart * 3:(b.ostart + b.ocount) * 3] for k, a in ops.outer_perm.items()} if not b.full \
+            else ops.outer_perm
+        g = lambda xx: rows.g(xx, u, inner)  # noqa: E731
+        import jax
+        assert float(jnp.linalg.norm(jax.grad(g)(xs))) <= 1e-10          # solved on exactly these rows
+        np.testing.assert_allclose(f, rows.f(xs, u, outer), rtol=1e-12)
+    assert ops.batch(12).full and ops.batch(12).rows == 203 and ops.batch(12).orows == 37
 
 
 @pytest.fixture(scope="module")
 def small():
     """One small problem and its compiled batch operations, shared by the runs (2 batch sizes)."""
     rows, theta_star, F, _ = quadratic_rows(n=256)
-    return rows, theta_star, F, BatchOps(rows)
+    return rows, theta_star, F, BatchOps(rows, chunk=chunk_rows(AdaptiveOptions(batch0=128, replicates=2)))
 
 
 @pytest.mark.slow   # ~15 s unloaded (compiles the solves at four row counts); the seed test below is the cheap sibling

@@ -25,7 +25,7 @@ from jax.flatten_util import ravel_pytree
 from bil.runtime.outer.adaptive_ops import BatchOps, RowProblem
 from bil.runtime.outer.stops import Stop
 
-__all__ = ["AdaptiveOptions", "AdaptiveRun", "run_adaptive", "batch_sizes"]
+__all__ = ["AdaptiveOptions", "AdaptiveRun", "run_adaptive", "batch_sizes", "chunk_counts", "chunk_rows"]
 
 
 @dataclass(frozen=True)
@@ -49,12 +49,26 @@ class AdaptiveOptions:
 
 
 def batch_sizes(n: int, b0: int) -> list[int]:
-    """The batch sizes a run may use: b₀·2ʲ below n, then n (one compilation each)."""
+    """The batch sizes a run may use: b₀·2ʲ below n, then n (when b₀ is a whole number of chunks)."""
     out, b = [], max(1, min(int(b0), n))
     while b < n:
         out.append(b)
         b *= 2
     return out + [n]
+
+
+def chunk_rows(opts: AdaptiveOptions) -> int:
+    """Rows per chunk: the first batch's sub-batches (``batch0 / replicates``) are whole chunks."""
+    return max(1, int(opts.batch0) // max(1, int(opts.replicates)))
+
+
+def chunk_counts(q: int, k0: int) -> list[int]:
+    """The batches a run may use, in chunks of a problem cut into q: k₀·2ʲ below q, then q (every row)."""
+    out, k = [], max(1, min(int(k0), q))
+    while k < q:
+        out.append(k)
+        k *= 2
+    return out + [q]
 
 
 @dataclass
@@ -66,6 +80,7 @@ class AdaptiveRun:
     v: Any
     z: Any = None
     f: float = math.nan
+    fhat: float = math.nan                  # f corrected for the lower solve's error (the line search's value)
     level: int = 0                          # index into batch_sizes
     sigma_z: float = math.nan               # per-row sd of z (sd of z_S = sigma_z·s(b))
     sigma_g: float = math.nan               # per-row sd of ∇ₓg_i
@@ -86,20 +101,19 @@ class Adaptive:
 
     def __init__(self, problem: RowProblem, opts: AdaptiveOptions = AdaptiveOptions(), ops: BatchOps | None = None):
         self.p, self.o = problem, opts
-        self.ops = ops if ops is not None else BatchOps(problem)
+        self.ops = ops if ops is not None else BatchOps(problem, chunk=chunk_rows(opts))
         self.ops.permute(opts.seed)
-        self.sizes = batch_sizes(problem.n, opts.batch0)
+        k0 = max(1, round(opts.batch0 / self.ops.chunk))
+        self.batches = [self.ops.batch(k) for k in chunk_counts(self.ops.q, k0)]
+        self.sizes = [b.rows for b in self.batches]
         u0, self.unravel = ravel_pytree(problem.u0)
         self.u0 = np.asarray(u0)
 
     # ---- sizes and noise levels
     def size(self, level: int) -> tuple[int, int]:
         """(lower rows, upper rows) of the batch at ``level`` (the upper set in the same fraction)."""
-        b = self.sizes[level]
-        return b, (math.ceil(b / self.p.n * self.p.m - 1e-9) if self.p.m else 0)
-
-    def batch(self, level: int):
-        return self.ops.rows(self.sizes[level] / self.p.n)
+        b = self.batches[level]
+        return b.rows, b.orows
 
     def factor(self, level: int) -> float:
         """s(b) = √(1/b − 1/n): the sd of a batch mean relative to the per-row sd (without replacement)."""
@@ -117,60 +131,55 @@ class Adaptive:
     def spend(self, s: AdaptiveRun, n: int) -> None:
         s.samples += int(n)
 
-    def solve(self, s: AdaptiveRun, u, x, tol: float):
-        b, _ = self.size(s.level)
-        rows_in, _ = self.batch(s.level)
-        x, it, st = self.ops._solve(self.unravel(u), x, rows_in, tol)
-        self.spend(s, int(it) * b)     # one gradient per iteration (the cost axis' convention)
+    def trial(self, s: AdaptiveRun, u, tol: float, batch=None):
+        """The lower solve at ``u`` (warm-started at s.x) on ``batch`` (the current one by default),
+        and the corrected upper value there."""
+        b = self.batches[s.level] if batch is None else batch
+        x, it, st, _, fhat = self.ops.trial(self.unravel(u), s.x, s.v, tol, b)
+        # one gradient per iteration (the cost axis' convention), ∇ₓg at its end, the upper value
+        self.spend(s, (int(it) + 1) * b.rows + b.orows)
         s.lower_iters += int(it)
-        return x, int(st)
+        return x, int(st), float(fhat)
 
     def adjoint(self, s: AdaptiveRun, u, x, v, tol: float):
         b, t = self.size(s.level)
-        rows_in, rows_out = self.batch(s.level)
-        f, z, v, it, st = self.ops._adjoint(self.unravel(u), x, v, rows_in, rows_out, tol)
-        self.spend(s, int(it) * b + b + t)   # HVPs, the cross product Jᵀv, the upper gradient
+        f, fhat, z, v, it, st = self.ops.adjoint(self.unravel(u), x, v, tol, self.batches[s.level])
+        self.spend(s, int(it) * b + b + t)   # HVPs, the cross product Jᵀv (with ∇ₓg), the upper gradient
         s.cg_iters += int(it)
-        return float(f), np.asarray(ravel_pytree(z)[0]), v, int(st)
+        return float(f), float(fhat), np.asarray(ravel_pytree(z)[0]), v, int(st)
 
     def estimate(self, s: AdaptiveRun) -> None:
         """Per-row spreads at (x, v) and the replicate variance of z at the current batch."""
         self.estimate_spreads_only(s)
         b, t = self.size(s.level)
         k = self.o.replicates
-        if (b < self.p.n or not s.sigma_z > 0) and b // k >= 2:
+        per = self.batches[s.level].count // k     # chunks per sub-batch
+        if (b < self.p.n or not s.sigma_z > 0) and per >= 1 and per * self.ops.chunk >= 2:
             tol_x, tol_v = self.tolerances(s, math.nan)
-            frac, zs = self.sizes[s.level] / self.p.n, []
+            u, zs = self.unravel(s.u), []
             for j in range(k):
-                bi, bo = self.ops.block(frac, j, k)
-                xk, li, _ = self.ops._solve(self.unravel(s.u), s.x, bi, tol_x)
-                _, zk, _, ci, _ = self.ops._adjoint(self.unravel(s.u), xk, s.v, bi, bo, tol_v)
-                self.spend(s, (int(li) + int(ci) + 1) * (b // k) + t // k)
-                s.lower_iters += int(li)
+                blk = self.ops.batch(per, start=j * per)
+                xk, _, _ = self.trial(s, s.u, tol_x, blk)
+                _, _, zk, _, ci, _ = self.ops.adjoint(u, xk, s.v, tol_v, blk)
+                self.spend(s, (int(ci) + 1) * blk.rows + blk.orows)
                 s.cg_iters += int(ci)
                 zs.append(np.asarray(ravel_pytree(zk)[0]))
             flat = np.stack(zs)
             var_sub = float(np.sum(np.var(flat, axis=0, ddof=1)))
-            n = self.p.n
-            s.sigma_z = math.sqrt(var_sub / max(k / b - 1.0 / n, 1e-300))
-
-    def value(self, s: AdaptiveRun, u, x) -> float:
-        _, t = self.size(s.level)
-        _, rows_out = self.batch(s.level)
-        self.spend(s, t)
-        return float(self.ops._value(x, self.unravel(u), rows_out))
+            bk = per * self.ops.chunk                   # rows of one sub-batch
+            s.sigma_z = math.sqrt(var_sub / max(1.0 / bk - 1.0 / self.p.n, 1e-300))
 
     def evaluate(self, s: AdaptiveRun, znorm: float) -> str | None:
         """x, v, f and z at (s.u, current batch), warm-started; a stop reason on a failed solve."""
         tol_x, tol_v = self.tolerances(s, znorm)
         s.tol_x, s.tol_v = tol_x, tol_v
-        x, st = self.solve(s, s.u, s.x, tol_x)
+        x, st, _ = self.trial(s, s.u, tol_x)
         if st == 2:
             return Stop.LOWER_NONFINITE
-        f, z, v, cst = self.adjoint(s, s.u, x, s.v, tol_v)
+        f, fhat, z, v, cst = self.adjoint(s, s.u, x, s.v, tol_v)
         if not (math.isfinite(f) and np.all(np.isfinite(z))):
             return Stop.NONFINITE_HYPERGRAD
-        s.x, s.v, s.f, s.z = x, v, f, z
+        s.x, s.v, s.f, s.fhat, s.z = x, v, f, fhat, z
         return None
 
     # ---- the loop
@@ -186,8 +195,7 @@ class Adaptive:
 
     def estimate_spreads_only(self, s: AdaptiveRun) -> None:
         b, t = self.size(s.level)
-        rows_in, rows_out = self.batch(s.level)
-        vg, vhv, vfx = (float(a) for a in self.ops._spread(self.unravel(s.u), s.x, s.v, rows_in, rows_out))
+        vg, vhv, vfx = (float(a) for a in self.ops.spread(self.unravel(s.u), s.x, s.v, self.batches[s.level]))
         self.spend(s, 2 * b + t)
         s.sigma_g = math.sqrt(vg)
         s.sigma_r = math.sqrt(vhv + (vfx * self.p.n / self.p.m if self.p.m else 0.0))
@@ -245,9 +253,8 @@ class Adaptive:
         tol_x, _ = self.tolerances(s, zn)
         for k in range(self.o.max_backtracks + 1):
             u1 = s.u - alpha * d
-            x1, st = self.solve(s, u1, s.x, tol_x)
-            f1 = self.value(s, u1, x1) if st != 2 else math.inf
-            if math.isfinite(f1) and f1 <= s.f - self.o.c1 * alpha * slope:
+            x1, st, f1 = self.trial(s, u1, tol_x)
+            if st != 2 and math.isfinite(f1) and f1 <= s.fhat - self.o.c1 * alpha * slope:
                 return self.accept(s, u1, x1, alpha, k, t0)
             alpha *= self.o.rho
         # the batch's values cannot certify a decrease along d: more samples, or tighter solves at b = n

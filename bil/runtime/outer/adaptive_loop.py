@@ -15,7 +15,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from bil.runtime.outer.adaptive import Adaptive, AdaptiveOptions, AdaptiveRun
+from bil.runtime.outer.adaptive import Adaptive, AdaptiveOptions, AdaptiveRun, chunk_rows
 from bil.runtime.outer.adaptive_ops import BatchOps, RowProblem
 from bil.runtime.outer.driver import Tracker
 from bil.runtime.outer.history import OuterResult, pack_tree, unpack_tree
@@ -28,12 +28,30 @@ _OPTION_NAMES = ("batch0", "theta", "kappa", "replicates", "c1", "rho", "max_bac
 
 
 def rows_problem(oracles) -> RowProblem:
-    """The :class:`RowProblem` of a :class:`StochasticOracles`: batches are row-index dicts."""
-    lower = {gr: jnp.arange(oracles.row_counts[gr], dtype=jnp.int32) for gr in oracles.lower_groups}
-    upper = {gr: jnp.arange(oracles.row_counts[gr], dtype=jnp.int32) for gr in oracles.upper_groups} or None
+    """The :class:`RowProblem` of a :class:`StochasticOracles`.  A row of group ``gr`` is its index
+    (``__i``, which reads the hypers given per row) and its rows of every `sampled` statement of
+    ``gr``: batches carry the data themselves, permuted once, never gathered again."""
+    names = oracles.data["names"]
+
+    def group(gr):
+        row = {"__i": jnp.arange(oracles.row_counts[gr], dtype=jnp.int32)}
+        row.update({n: names[n] for n, g in oracles.rows_of.sampled.items() if g == gr})
+        return row
+
+    lower = {gr: group(gr) for gr in oracles.lower_groups}
+    upper = {gr: group(gr) for gr in oracles.upper_groups} or None
     if not lower:
         raise ValueError("adaptive: the lower objective reads no `sampled` data (nothing to sample)")
-    return RowProblem(oracles.lower_value, lambda x, u, idx: oracles.upper_value(x, u, idx or {}),
+
+    def objective(rows_fn):
+        def fn(x, u, rows):
+            rows = rows or {}
+            idx = {gr: r["__i"] for gr, r in rows.items()}
+            taken = {n: a for r in rows.values() for n, a in r.items() if n != "__i"}
+            return rows_fn(x, oracles.to_user(u), oracles.data, idx, taken)
+        return fn
+
+    return RowProblem(objective(oracles.rows_of.g), objective(oracles.rows_of.f),
                       lower, upper, oracles.x_init(oracles.u0), oracles.u0)
 
 
@@ -53,16 +71,17 @@ class AdaptiveLoop:
         """The loop for the full ``adaptive(...)`` options; ``oracles`` are minibatch oracles, or a
         full-batch engine whose program's minibatch oracles are built here."""
         owner = oracles
-        cached = getattr(owner, "_adaptive_cache", None)   # compiled batch operations, reused by later runs
-        if cached is None:
+        opts = AdaptiveOptions(**{k: o[k] for k in _OPTION_NAMES})
+        chunk = chunk_rows(opts)
+        cache = owner.__dict__.setdefault("_adaptive_cache", {})   # compiled batch operations, reused by later runs
+        if chunk not in cache:
             if not hasattr(oracles, "lower_terms"):
                 from bil.runtime.stochastic.loop import _oracles
 
                 oracles = _oracles(oracles.low, "adaptive")
             problem = rows_problem(oracles)
-            cached = (oracles, problem, BatchOps(problem))
-            owner._adaptive_cache = cached
-        opts = AdaptiveOptions(**{k: o[k] for k in _OPTION_NAMES})
+            cache[chunk] = (oracles, problem, BatchOps(problem, chunk=chunk))
+        cached = cache[chunk]
         return cls(cached[0], opts, o.get("budget"), cached[1], cached[2])
 
     @property
@@ -109,7 +128,7 @@ class AdaptiveLoop:
         pack_tree("u", self.core.unravel(jnp.asarray(s.u)), st)
         pack_tree("x", s.x, st)
         pack_tree("q", s.v, st)
-        for k in ("f", "level", "sigma_z", "sigma_g", "sigma_r", "kappa", "samples", "lower_iters", "cg_iters",
+        for k in ("f", "fhat", "level", "sigma_z", "sigma_g", "sigma_r", "kappa", "samples", "lower_iters", "cg_iters",
                   "tol_x", "tol_v"):
             st[f"adaptive/{k}"] = getattr(s, k)
         p = len(s.u)
@@ -121,7 +140,7 @@ class AdaptiveLoop:
         s = AdaptiveRun(u=np.asarray(saved["adaptive/u"], dtype=float), x=unpack_tree("x", saved, self.core.p.x0),
                         v=unpack_tree("q", saved, self.core.p.x0))
         s.z = np.asarray(saved["adaptive/z"], dtype=float)
-        for k, cast in (("f", float), ("level", int), ("sigma_z", float), ("sigma_g", float), ("sigma_r", float),
+        for k, cast in (("f", float), ("fhat", float), ("level", int), ("sigma_z", float), ("sigma_g", float), ("sigma_r", float),
                         ("kappa", float), ("samples", int), ("lower_iters", int), ("cg_iters", int),
                         ("tol_x", float), ("tol_v", float)):
             setattr(s, k, cast(saved[f"adaptive/{k}"]))

@@ -3,41 +3,38 @@
 A *row problem* is a bilevel problem whose lower objective is the mean over the
 rows of ``inner`` of ``g_row(x, u, row)`` and whose upper objective is the mean over
 the rows of ``outer`` of ``f_row(x, u, row)`` (a share of a regulariser may sit in
-every row).  The rows are permuted once with the run's seed; a batch of size b is
-the first b rows (nested batches: growing a batch adds rows, so every solve on the
-new batch is warm-started close to its solution).  Each operation is jitted once
-per batch size; the batch sizes are b₀·2ʲ (and n), so a run compiles O(log n/b₀)
-times.  Sample-gradient cost is counted per row: a lower gradient, a Hessian-vector
-product, a cross-derivative product and an upper gradient of one row each count 1.
-Derivation and rules: docs/ALGORITHMS.md, "adaptive: growing minibatches".
+every row).  The rows are permuted once with the run's seed (the data themselves, so
+that a batch is a contiguous slice) and cut into Q equal *chunks*; a batch is a run
+of consecutive chunks (the first k of them for the run's batches, nested: growing a
+batch adds rows, so every solve on the new batch is warm-started close to its
+solution), or every row.  The mean over a batch is the mean of its chunks' means, a
+``lax.fori_loop`` whose start and length are arguments: each operation is compiled
+twice per problem (chunks, every row), whatever the batch sizes a run goes through.
+Sample-gradient cost is counted per row by the caller: a lower gradient, a
+Hessian-vector product, a cross-derivative product and an upper gradient of one row
+each count 1.  Derivation and rules: docs/ALGORITHMS.md, "adaptive: growing minibatches".
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
-
 import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax.tree_utils as otu
 
 from bil.runtime.linear import cg
 from bil.runtime.solvers import lbfgs
 
-__all__ = ["RowProblem", "BatchOps", "first_rows", "tree_norm"]
+__all__ = ["RowProblem", "BatchOps", "Batch", "tree_norm"]
 
 
 def tree_norm(t):
     return jnp.sqrt(otu.tree_vdot(t, t))
-
-
-def first_rows(data, frac: float):
-    """The first ⌈frac·N⌉ rows of every leaf of ``data`` (N its row count; a static slice)."""
-    if data is None:
-        return None
-    return jax.tree_util.tree_map(lambda a: a[: max(1, min(a.shape[0], math.ceil(frac * a.shape[0] - 1e-9)))], data)
 
 
 @dataclass(frozen=True)
@@ -45,10 +42,10 @@ class RowProblem:
     """Minibatch lower and upper objectives over two row sets (see the module docstring).
 
     ``g(x, u, rows)`` and ``f(x, u, rows)`` are the objectives on a batch ``rows``: a pytree
-    whose leaves have a leading row axis (the data rows themselves, or row indices into
-    them); every leaf of ``inner`` (``outer``) lists all rows of the lower (upper) set.  A
-    batch holds the same fraction of every leaf's rows.  ``outer`` is None when the upper
-    objective reads no sampled rows (then ``f`` ignores its batch)."""
+    whose leaves have a leading row axis (the data rows themselves, with whatever else a
+    row carries, e.g. its index); every leaf of ``inner`` (``outer``) lists all rows of the
+    lower (upper) set.  A batch holds the same fraction of every leaf's rows.  ``outer`` is
+    None when the upper objective reads no sampled rows (then ``f`` ignores its batch)."""
 
     g: Callable[[Any, Any, Any], Any]
     f: Callable[[Any, Any, Any], Any]
@@ -86,93 +83,239 @@ def _one_row(row):
     return jax.tree_util.tree_map(lambda a: a[None], row)
 
 
-class BatchOps:
-    """The jitted batch operations of one :class:`RowProblem` (cached per batch size)."""
+class Batch(NamedTuple):
+    """Which rows an operation reads: ``count`` chunks of the lower rows from chunk ``start`` and
+    ``ocount`` chunks of the upper rows from ``ostart``; or, with ``full``, every row.  ``rows`` and
+    ``orows`` are the numbers of rows read (the cost of one pass)."""
 
-    def __init__(self, problem: RowProblem, *, lower_max_iter: int = 1000, cg_max_iter: int = 1000,
-                 memory: int = 10):
+    full: bool
+    start: int
+    count: int
+    ostart: int
+    ocount: int
+    rows: int
+    orows: int
+
+
+class _Chunks:
+    """One row set cut into ``q`` chunks: every leaf's rows are permuted, then leaf ℓ's chunk j
+    is its rows [j·cℓ, (j+1)·cℓ) (cℓ = Nℓ // q; the Nℓ − q·cℓ rows left over are read only by
+    the full batch)."""
+
+    def __init__(self, data, q: int):
+        self.data = data
+        self.q = q
+        self.sizes = jax.tree_util.tree_map(lambda a: int(a.shape[0]) // q, data)
+        self.n = _count(data)
+        self.chunk = self.n // q
+
+    def take(self, data, j):
+        return jax.tree_util.tree_map(lambda a, c: jax.lax.dynamic_slice_in_dim(a, j * c, c), data, self.sizes)
+
+    def mean(self, fn, data, start, count):
+        """The mean over chunks [start, start + count) of ``fn(chunk)`` (a pytree of arrays)."""
+        shape = jax.eval_shape(fn, self.take(data, 0))
+        zero = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shape)
+
+        def body(j, acc):
+            return jax.tree_util.tree_map(jnp.add, acc, fn(self.take(data, j)))
+
+        tot = jax.lax.fori_loop(start, start + count, body, zero)
+        return jax.tree_util.tree_map(lambda t: t / count, tot)
+
+
+class BatchOps:
+    """The jitted batch operations of one :class:`RowProblem` (see the module docstring).
+
+    ``chunk`` is the number of lower rows per chunk (batches hold whole chunks)."""
+
+    def __init__(self, problem: RowProblem, *, chunk: int = 256, lower_max_iter: int = 1000,
+                 cg_max_iter: int = 1000, memory: int = 10):
         self.p = problem
         self.g, self.f = problem.g, problem.f
         self.lower_max_iter, self.cg_max_iter, self.memory = lower_max_iter, cg_max_iter, memory
-        self._solve = jax.jit(self._solve_impl)
-        self._adjoint = jax.jit(self._adjoint_impl)
-        self._spread = jax.jit(self._spread_impl)
-        self._value = jax.jit(lambda x, u, rows_out: self.f(x, u, rows_out))
+        n = problem.n
+        leaves = jax.tree_util.tree_leaves(problem.inner)
+        q = max(1, min(n // max(1, min(int(chunk), n)), min(int(a.shape[0]) for a in leaves)))
+        self.q = q
+        self.chunk = n // q
+        self.inner_chunks = _Chunks(problem.inner, q)
+        if problem.outer is not None:
+            m_leaves = jax.tree_util.tree_leaves(problem.outer)
+            self.oq = max(1, min(q, min(int(a.shape[0]) for a in m_leaves)))
+            self.outer_chunks = _Chunks(problem.outer, self.oq)
+        else:
+            self.oq, self.outer_chunks = 0, None
+        self.seed = None
+        jit = partial(jax.jit, static_argnames=("full",))
+        self._trial = jit(self._trial_impl)
+        self._adjoint = jit(self._adjoint_impl)
+        self._spread = jit(self._spread_impl)
 
-    # ---- lower solve on a batch: ‖∇ₓg_S(x)‖ ≤ tol
-    def _solve_impl(self, u, x0, rows_in, tol):
-        fun = lambda x, p: self.g(x, p[0], p[1])  # noqa: E731
-        r = lbfgs(fun, x0, (u, rows_in), tol, self.lower_max_iter, memory=self.memory)
-        return r.x, r.iters, r.status
-
-    # ---- adjoint on a batch: ‖H_S v − ∇ₓf_T‖ ≤ tol, then z = ∇θf_T − J_Sᵀv and f_T
-    def _adjoint_impl(self, u, x, v0, rows_in, rows_out, tol):
-        gx = lambda xx: jax.grad(self.g, 0)(xx, u, rows_in)  # noqa: E731
-        mv = lambda w: jax.jvp(gx, (x,), (w,))[1]  # noqa: E731
-        fval, (fx, fu) = jax.value_and_grad(self.f, (0, 1))(x, u, rows_out)
-        r = cg(mv, fx, v0, tol, self.cg_max_iter)
-        jtv = jax.grad(lambda uu: otu.tree_vdot(jax.grad(self.g, 0)(x, uu, rows_in), r.x))(u)
-        z = otu.tree_sub(fu, jtv)
-        return fval, z, r.x, r.iters, r.status
-
-    # ---- per-row spreads at (x, v): traces of the per-row covariances of ∇ₓg_i, H_i v and ∇ₓf_j
-    def _spread_impl(self, u, x, v, rows_in, rows_out):
-        def row_in(row):
-            gi = lambda xx: jax.grad(self.g, 0)(xx, u, _one_row(row))  # noqa: E731
-            g, hv = jax.jvp(gi, (x,), (v,))
-            return g, hv
-
-        def row_out(row):
-            return jax.grad(self.f, 0)(x, u, _one_row(row))
-
-        g, hv = jax.vmap(row_in)(rows_in)
-        vfx = _trace_cov(jax.vmap(row_out)(rows_out)) if rows_out is not None else jnp.zeros(())
-        return _trace_cov(g), _trace_cov(hv), vfx
-
-    # ---- host-facing calls
-    def rows(self, frac: float):
-        """The batch holding the fraction ``frac`` of the (permuted) rows: (lower rows, upper rows)."""
-        return first_rows(self.inner_perm, frac), first_rows(self.outer_perm, frac)
-
-    def block(self, frac: float, j: int, k: int):
-        """The j-th of k equal disjoint blocks of the batch ``rows(frac)`` (lower rows, upper rows)."""
-        def cut(data):
-            if data is None:
-                return None
-
-            def leaf(a):
-                size = max(1, min(a.shape[0], math.ceil(frac * a.shape[0] - 1e-9))) // k
-                return a[j * size:(j + 1) * size]
-            return jax.tree_util.tree_map(leaf, data)
-        return cut(self.inner_perm), cut(self.outer_perm)
+    # ---- batches
+    def batch(self, count: int, start: int = 0) -> Batch:
+        """``count`` lower chunks from ``start`` (every row when they are all of them), the upper rows in
+        the same proportion."""
+        if start == 0 and count >= self.q:
+            return Batch(True, 0, self.q, 0, self.oq, self.p.n, self.p.m)
+        o0 = (start * self.oq) // self.q
+        o1 = max(o0 + 1, ((start + count) * self.oq) // self.q) if self.oq else 0
+        return Batch(False, start, count, o0, o1 - o0, count * self.chunk,
+                     (o1 - o0) * self.outer_chunks.chunk if self.oq else 0)
 
     def permute(self, seed: int) -> None:
-        """Permute the rows of every leaf once with ``seed`` (batches are then prefixes)."""
-        key = jax.random.PRNGKey(int(seed))
+        """Permute the rows of every leaf once with ``seed`` (batches are then runs of chunks); the
+        leaves of one row count share one permutation (their rows stay aligned)."""
+        if self.seed == int(seed):
+            return
+        rng = np.random.default_rng([int(seed), 0x6164])   # host-side: nothing to compile
 
-        def shuffle(data, key):
+        def shuffle(data):
             if data is None:
                 return None
             leaves, tree = jax.tree_util.tree_flatten(data)
-            keys = jax.random.split(key, len(leaves))
-            # leaves of one row count share one permutation (their rows stay aligned)
-            perms = {}
-            out = []
-            for a, kk in zip(leaves, keys):
+            perms, out = {}, []
+            for a in leaves:
                 nrow = int(a.shape[0])
                 if nrow not in perms:
-                    perms[nrow] = jax.random.permutation(kk, nrow)
-                out.append(a[perms[nrow]])
+                    perms[nrow] = rng.permutation(nrow)
+                out.append(jnp.asarray(np.asarray(a)[perms[nrow]]))
             return jax.tree_util.tree_unflatten(tree, out)
 
-        k_in, k_out = jax.random.split(key)
-        self.inner_perm = shuffle(self.p.inner, k_in)
-        self.outer_perm = shuffle(self.p.outer, k_out)
+        self.inner_perm = shuffle(self.p.inner)
+        self.outer_perm = shuffle(self.p.outer)
+        self.seed = int(seed)
+
+    # ---- means over a batch
+    def _lower_mean(self, fn, rows, b: Batch, full: bool):
+        if full:
+            return fn(rows)
+        return self.inner_chunks.mean(fn, rows, b.start, b.count)
+
+    def _upper_mean(self, fn, rows, b: Batch, full: bool):
+        if rows is None:
+            return fn(None)
+        if full:
+            return fn(rows)
+        return self.outer_chunks.mean(fn, rows, b.ostart, b.ocount)
+
+    def _lower_fun(self, u, rows, b, full):
+        """g_S(·, u) as a function of x with a reverse-mode rule (the mean over chunks is a loop
+        of dynamic length, which JAX cannot differentiate in reverse by itself)."""
+
+        @jax.custom_vjp
+        def fun(x):
+            return self._lower_mean(lambda r: self.g(x, u, r), rows, b, full)
+
+        def fwd(x):
+            val, grad = self._lower_mean(lambda r: jax.value_and_grad(self.g)(x, u, r), rows, b, full)
+            return val, grad
+
+        def bwd(grad, ct):
+            return (jax.tree_util.tree_map(lambda t: ct * t, grad),)
+
+        fun.defvjp(fwd, bwd)
+        return fun
+
+    def _gx(self, x, u, rows, b, full):
+        return self._lower_mean(lambda r: jax.grad(self.g)(x, u, r), rows, b, full)
+
+    def _corrected(self, x, u, v, rows, orows, b, full):
+        """(f_S(x), f_S(x) − vᵀ∇ₓg_S(x)): the upper value and its first-order correction for an
+        inexact lower solution (with H v = ∇ₓf the correction removes the term linear in x − x*)."""
+        f = self._upper_mean(lambda r: self.f(x, u, r), orows, b, full)
+        return f, f - otu.tree_vdot(v, self._gx(x, u, rows, b, full))
+
+    # ---- the lower solve on a batch (‖∇ₓg_S(x)‖ ≤ tol), then the corrected upper value there
+    #      (one program for every solve: the lower solver is the largest thing to compile)
+    def _trial_impl(self, u, x0, v, rows, orows, b, tol, *, full):
+        fun = self._lower_fun(u, rows, b, full)
+        r = lbfgs(lambda x, _: fun(x), x0, None, tol, self.lower_max_iter, memory=self.memory)
+        f, fhat = self._corrected(r.x, u, v, rows, orows, b, full)
+        return r.x, r.iters, r.status, f, fhat
+
+    # ---- adjoint on a batch: ‖H_S v − ∇ₓf_T‖ ≤ tol, then z = ∇θf_T − J_Sᵀv, f_T and its corrected value
+    def _adjoint_impl(self, u, x, v0, rows, orows, b, tol, *, full):
+        def hvp(w):
+            return self._lower_mean(lambda r: jax.jvp(lambda xx: jax.grad(self.g)(xx, u, r), (x,), (w,))[1],
+                                    rows, b, full)
+
+        fval, (fx, fu) = self._upper_mean(lambda r: jax.value_and_grad(self.f, (0, 1))(x, u, r), orows, b, full)
+        r = cg(hvp, fx, v0, tol, self.cg_max_iter)
+
+        def cross(rw):   # (∇ₓg, J_Sᵀv) of a chunk: one VJP of ∇ₓg in u with cotangent v
+            gx, back = jax.vjp(lambda uu: jax.grad(self.g)(x, uu, rw), u)
+            return gx, back(r.x)[0]
+
+        gx, jtv = self._lower_mean(cross, rows, b, full)
+        z = otu.tree_sub(fu, jtv)
+        return fval, fval - otu.tree_vdot(r.x, gx), z, r.x, r.iters, r.status
+
+    # ---- per-row spreads at (x, v): traces of the per-row covariances of ∇ₓg_i, H_i v and ∇ₓf_j
+    def _spread_impl(self, u, x, v, rows, orows, b, *, full):
+        def moments(fn):   # per output of fn: (mean over the chunk's rows, mean squared norm)
+            def chunk(r):
+                vals = jax.vmap(lambda row: fn(_one_row(row)))(r)
+                return tuple(_moments(a) for a in vals)
+            return chunk
+
+        def row_in(r1):
+            gi = lambda xx: jax.grad(self.g)(xx, u, r1)  # noqa: E731
+            return jax.jvp(gi, (x,), (v,))
+
+        def row_out(r1):
+            return (jax.grad(self.f)(x, u, r1),)
+
+        m_g, m_hv = self._lower_mean(moments(row_in), rows, b, full)
+        vg, vhv = _trace_cov(*m_g, b.rows), _trace_cov(*m_hv, b.rows)
+        if orows is None:
+            return vg, vhv, jnp.zeros(())
+        (m_f,) = self._upper_mean(moments(row_out), orows, b, full)
+        return vg, vhv, _trace_cov(*m_f, b.orows)
+
+    # ---- host-facing calls (b: a Batch)
+    def _rows(self):
+        return self.inner_perm, self.outer_perm
+
+    def trial(self, u, x0, v, tol, b: Batch):
+        rows, orows = self._rows()
+        return self._trial(u, x0, v, rows, orows, _dyn(b), tol, full=b.full)
+
+    def adjoint(self, u, x, v0, tol, b: Batch):
+        rows, orows = self._rows()
+        return self._adjoint(u, x, v0, rows, orows, _dyn(b), tol, full=b.full)
+
+    def spread(self, u, x, v, b: Batch):
+        rows, orows = self._rows()
+        return self._spread(u, x, v, rows, orows, _dyn(b), full=b.full)
 
 
-def _trace_cov(a):
-    """tr Cov over the leading axis (unbiased), for a pytree of per-row values."""
-    leaves = jax.tree_util.tree_leaves(a)
-    n = leaves[0].shape[0]
-    tot = sum(jnp.sum((l - jnp.mean(l, axis=0)) ** 2) for l in leaves)
-    return tot / max(n - 1, 1)
+class _Range(NamedTuple):
+    """A :class:`Batch` without ``full``, every field an int32 array: what the compiled operations
+    take (arguments, not constants, so that no batch size recompiles them)."""
+
+    start: Any
+    count: Any
+    ostart: Any
+    ocount: Any
+    rows: Any
+    orows: Any
+
+
+def _dyn(b: Batch) -> _Range:
+    i = lambda k: jnp.asarray(k, jnp.int32)  # noqa: E731
+    return _Range(i(b.start), i(b.count), i(b.ostart), i(b.ocount), i(b.rows), i(b.orows))
+
+
+def _moments(vals):
+    """(mean over rows, mean over rows of the squared norm) of a pytree of per-row values."""
+    leaves = jax.tree_util.tree_leaves(vals)
+    mean = [jnp.mean(l, axis=0) for l in leaves]
+    sq = sum(jnp.mean(jnp.sum(jnp.reshape(l, (l.shape[0], -1)) ** 2, axis=1)) for l in leaves)
+    return mean, sq
+
+
+def _trace_cov(mean, mean_sq, n):
+    """tr Cov over n rows (unbiased) from the mean and the mean squared norm."""
+    tot = mean_sq - sum(jnp.sum(m ** 2) for m in mean)
+    return jnp.maximum(tot, 0.0) * n / jnp.maximum(n - 1, 1)

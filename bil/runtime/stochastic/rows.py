@@ -32,12 +32,15 @@ class Rows:
 
 
 def minibatch_fn(evaluate: Callable, row_counts: dict, sampled: dict, row_hypers, dtype) -> Callable:
-    """``fn(x, theta, d, idx)``: ``evaluate(env)`` (an objective's minibatch form) on the rows
-    ``idx[group]`` of the sampled data, with ``__scale_GROUP`` = N / B and the hypers indexed by
-    row read at those rows."""
+    """``fn(x, theta, d, idx, taken=None)``: ``evaluate(env)`` (an objective's minibatch form) on
+    the rows ``idx[group]`` of the sampled data, with ``__scale_GROUP`` = N / B and the hypers
+    indexed by row read at those rows.  ``taken`` (data name -> its rows ``idx`` already read,
+    e.g. a slice of data permuted once) replaces the gather for the names it holds."""
 
-    def fn(x, theta, d, idx):
-        names = {n: (a[idx[sampled[n]]] if n in sampled and sampled[n] in idx else a) for n, a in d["names"].items()}
+    def fn(x, theta, d, idx, taken=None):
+        taken = taken or {}
+        names = {n: (taken[n] if n in taken else a[idx[sampled[n]]] if n in sampled and sampled[n] in idx else a)
+                 for n, a in d["names"].items()}
         extra = {f"__scale_{gr}": jnp.asarray(row_counts[gr] / i.shape[0], dtype) for gr, i in idx.items()}
         extra.update({f"__row_{gr}_{h}": theta[h][idx[gr]] for gr, h in row_hypers})
         return jnp.asarray(evaluate({**names, **theta, **x, **extra}, d["consts"]), dtype)
