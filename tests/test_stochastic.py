@@ -93,7 +93,9 @@ def test_sampled_is_ignored_by_full_batch_methods(twins):
     assert [r["upper"] for r in runs[0].history] == [r["upper"] for r in runs[1].history]
     last = runs[1].history[-1]
     hypergrads = len(runs[1].history) + 1          # one per iteration and one at θ₀
-    assert last["sample_grads"] == last["lower_iters_total"] + last["cg_iters_total"] + 2 * hypergrads
+    n_x = twins[False].engine.factor_cost()        # a direct() solve forms the 5×5 Hessian: 5 HVPs
+    assert n_x == 5
+    assert last["sample_grads"] == last["lower_iters_total"] + last["cg_iters_total"] + (2 + n_x) * hypergrads
 
 
 # ---------------------------------------------------------------- cost axis
@@ -106,8 +108,9 @@ def test_sample_grads_count_rows_for_full_batch_methods(twins, method):
     grads = [r["sample_grads"] for r in h]
     assert grads == sorted(grads) and grads[0] > 0
     iters = h[-1]["lower_iters_total"] + h[-1]["cg_iters_total"]
-    if method == "gd":   # one hypergradient (an upper gradient and a cross product) per iteration and at θ₀
-        assert grads[-1] == iters * n_lower + (len(h) + 1) * (n_lower + n_upper)
+    if method == "gd":   # one hypergradient (an upper gradient, a cross product and the direct solve's
+        n_x = 5          # 5 Hessian columns) per iteration and at θ₀
+        assert grads[-1] == iters * n_lower + (len(h) + 1) * ((1 + n_x) * n_lower + n_upper)
     else:                # at least the iterations and one upper value; every count a whole number of rows
         assert grads[-1] >= iters * n_lower + n_upper and grads[-1] % 100 == 0
 

@@ -29,7 +29,7 @@ from bil.runtime.lower_solve import LowerSolve, Solved, _cap, _scalar
 from bil.runtime.oracles import AbstractOracles
 from bil.runtime.train import Training
 from bil.runtime.unroll import Unrolling
-from bil.stdlib.methods import IMPLICIT_METHODS, Fista
+from bil.stdlib.methods import IMPLICIT_METHODS, Direct, Fista
 
 __all__ = ["Engine", "Solved", "reduced_operator", "IMPLICIT_METHODS", "_cap", "_scalar"]
 
@@ -84,6 +84,14 @@ class Engine(Batching, LowerSolve, Training, Adjoint, Hypergradients, Unrolling,
             return 1, 1
         return (sum(rows.row_counts[g] for g in rows.lower_groups) or 1,
                 sum(rows.row_counts[g] for g in rows.upper_groups) or 1)
+
+    def factor_cost(self) -> int:
+        """Hessian-vector products one lower solve spends forming the dense Hessian: one per lower
+        variable (of one sample) with ``direct``, else 0 (the cost axis, docs/ALGORITHMS.md)."""
+        if not isinstance(self.solver, Direct):
+            return 0
+        shapes = jax.eval_shape(self.init_lower, self.u0)
+        return sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes)) // max(self.n, 1)
 
     def log_hypers(self) -> dict:
         return {n: how == "exp" for n, (how, _) in self.low.transform.maps.items()}

@@ -53,7 +53,7 @@ def certify(loop, s, it, tr) -> None:
         f, li, ci, ls, cs, gx, qn = (np.asarray(v) for v in jax.device_get(
             (hg.f, hg.lower_iters, hg.cg_iters, hg.lower_status, hg.cg_status, hg.gx_norm, hg.q_norm)))
         f, gx, qn, ls, cs = float(f), float(gx), float(qn), int(ls), int(cs)
-        tr.spend(int(li), int(ci), ls, cs, upper=1, cross=1)
+        tr.spend(int(li), int(ci), ls, cs, upper=1, cross=1, solves=1)
         if tr.cut:
             # cut short by the budget: keep the partial iterates as the warm start of a resume
             s.x, s.q = hg.x, hg.q

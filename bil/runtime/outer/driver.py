@@ -63,6 +63,7 @@ def drive(loop: OuterLoop, callback: Callable | None = None, saved: dict | None 
     """Run ``loop`` to its stop, from the checkpoint ``saved`` when given."""
     tr = Tracker(loop.name, loop.budget, callback, saved)
     tr.rows = row_costs(getattr(loop, "oracles", None))
+    tr.factor = factor_cost(getattr(loop, "oracles", None))
     if saved is None:
         state, reason = loop.init(tr)
     else:
@@ -106,7 +107,7 @@ def hypergrad_step(oracles, tr: "Tracker", u, x, q, eps: float, delta: float):
     a lower or CG solve that hit its iteration cap: z is not at the accuracy asked for)."""
     hg = oracles.hypergrad(u, x, q, eps, delta, cap=tr.remaining())
     f, li, ci, ls, cs = jax.device_get((hg.f, hg.lower_iters, hg.cg_iters, hg.lower_status, hg.cg_status))
-    tr.spend(int(li), int(ci), ls, cs, upper=1, cross=1)
+    tr.spend(int(li), int(ci), ls, cs, upper=1, cross=1, solves=1)
     f = float(f)
     z = to_host(hg.z)
     if tr.cut:
@@ -128,6 +129,13 @@ def row_costs(oracles) -> tuple[int, int]:
     return fn() if fn is not None else (1, 1)
 
 
+def factor_cost(oracles) -> int:
+    """Hessian-vector products one lower solve spends forming a dense Hessian (``direct``), 0 for
+    iterative solvers: in sample gradients, each costs as much as a lower iteration."""
+    fn = getattr(oracles, "factor_cost", None)
+    return int(fn()) if fn is not None else 0
+
+
 class Tracker:
     """Counters, wall time, history and the callback protocol of one run."""
 
@@ -140,6 +148,8 @@ class Tracker:
         self.sample_total = 0
         #: (rows of a full lower gradient, of a full upper gradient): see :func:`row_costs`
         self.rows = (1, 1)
+        #: Hessian-vector products of one lower solve's factorisation: see :func:`factor_cost`
+        self.factor = 0
         self.iteration = 0
         self.wall_prev = 0.0
         self.history: list[dict] = []
@@ -171,13 +181,15 @@ class Tracker:
             self.it_lower = 0
             self.it_cg = 0
 
-    def spend(self, lower: int, cg: int = 0, *statuses, upper: int = 0, cross: int = 0) -> None:
+    def spend(self, lower: int, cg: int = 0, *statuses, upper: int = 0, cross: int = 0, solves: int = 0) -> None:
         """Count an oracle call's iterations; ``statuses`` are its lower/CG statuses:
         one that says the budget cut the call short ends the run (:meth:`exhausted`).
-        ``upper``: upper values/gradients it computed, ``cross``: cross products Jᵀq; with
-        the lower and CG iterations they are counted in sample gradients (:attr:`rows`)."""
+        ``upper``: upper values/gradients it computed, ``cross``: cross products Jᵀq, ``solves``:
+        lower solves (each forms the Hessian with a direct solver: :attr:`factor`); with the
+        lower and CG iterations they are counted in sample gradients (:attr:`rows`)."""
         self.begin()
-        self.sample_total += (int(lower) + int(cg) + int(cross)) * self.rows[0] + int(upper) * self.rows[1]
+        passes = int(lower) + int(cg) + int(cross) + int(solves) * self.factor
+        self.sample_total += passes * self.rows[0] + int(upper) * self.rows[1]
         if any(int(s) == Status.BUDGET for s in statuses):
             self.cut = True
         self.it_lower += int(lower)

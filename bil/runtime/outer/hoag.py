@@ -127,7 +127,7 @@ class Hoag:
         e = schedule_eps(self.schedule, self.eps0, 0)
         v = o.value(u, x, max(e * abs_scale, self.floor[0]), cap=tr.remaining())
         vli, vgx, vls = jax.device_get((v.lower_iters, v.gx_norm, v.lower_status))
-        tr.spend(int(vli), 0, vls, upper=1)
+        tr.spend(int(vli), 0, vls, upper=1, solves=1)
         gx0 = float(vgx)
         delta_scale = gx0 if (math.isfinite(gx0) and gx0 > 0) else 1.0
         s = HoagState(u, v.x, q, None, math.nan, e, math.nan, abs_scale, delta_scale)

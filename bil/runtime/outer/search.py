@@ -100,7 +100,7 @@ def _screened_value(loop, s, it, dr: Direction, u_try, alpha: float, xs, tr):
         v = loop.oracles.value(u_try, xs, e_t, cap=tr.remaining())
         vf, vli, vls, vgx = (np.asarray(a) for a in jax.device_get((v.f, v.lower_iters, v.lower_status, v.gx_norm)))
         vf, vgx, vls = float(vf), float(vgx), int(vls)
-        tr.spend(int(vli), 0, vls, upper=1)
+        tr.spend(int(vli), 0, vls, upper=1, solves=1)
         if e_t <= s.eps or vls != Status.OK or not (math.isfinite(vf) and math.isfinite(vgx)):
             return v, vf, vgx, vls, e_t
         hi_t, lo_t, _ = point_bracket(vf, vgx, e_t, s.consts)
@@ -145,7 +145,7 @@ def _adjoint_trial(loop, s, it, t: Trial, qs, rate: float, tr) -> Trial:
     h2 = loop.oracles.hypergrad(t.u, t.x, qs, s.eps, s.delta, cap=tr.remaining())
     hf, hli, hci, hls, hcs, hgx, hqn = (np.asarray(a) for a in jax.device_get(
         (h2.f, h2.lower_iters, h2.cg_iters, h2.lower_status, h2.cg_status, h2.gx_norm, h2.q_norm)))
-    tr.spend(int(hli), int(hci), hls, hcs, upper=1, cross=1)
+    tr.spend(int(hli), int(hci), hls, hcs, upper=1, cross=1, solves=1)
     if int(hls) == Status.OK and int(hcs) == Status.OK and math.isfinite(float(hf)):
         adj = (qr_of(h2), float(hqn), s.delta)
         it.tried[-1] = (t.u, (h2.x, h2.q))
