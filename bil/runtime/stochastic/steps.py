@@ -48,13 +48,20 @@ def saga(new, mem: dict, idx):
     memory's mean is updated by Σ (new − old) / N over the *distinct* rows of the batch (a row
     drawn twice has one value: each copy is weighted by 1 / its count)."""
     n = jax.tree.leaves(mem["rows"])[0].shape[0]
-    old = jax.tree.map(lambda m: m[idx], mem["rows"])
+    old = jax.tree.map(lambda m: m.at[idx].get(mode="promise_in_bounds"), mem["rows"])
     diff = jax.tree.map(jnp.subtract, new, old)
     est = jax.tree.map(lambda d, m: jnp.mean(d, axis=0) + m, diff, mem["mean"])
     w = 1.0 / jnp.sum(idx[:, None] == idx[None, :], axis=1)
     mean = jax.tree.map(lambda m, d: m + jnp.tensordot(w.astype(d.dtype), d, axes=1) / n, mem["mean"], diff)
-    rows = jax.tree.map(lambda m, a: m.at[idx].set(a), mem["rows"], new)
+    # the memory gets new − old added (each copy of a repeated row weighted 1/its count): the write
+    # then depends on the read, so XLA updates the memory in place; a plain `set` let it copy
+    # the whole memory every iteration (O(N) per step)
+    rows = jax.tree.map(lambda m, d: m.at[idx].add(_rows_scaled(w, d), mode="promise_in_bounds"), mem["rows"], diff)
     return est, {"rows": rows, "mean": mean}
+
+
+def _rows_scaled(w, d):
+    return d * w.astype(d.dtype).reshape((-1,) + (1,) * (d.ndim - 1))
 
 
 def _level(o: StochasticOracles, level: str):
