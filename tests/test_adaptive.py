@@ -42,6 +42,7 @@ def test_batch_sizes_double_up_to_n():
     assert batch_sizes(100, 128) == [100]
     assert chunk_counts(31, 4) == [4, 8, 16, 31]          # in chunks: the last is every row
     assert chunk_rows(AdaptiveOptions(batch0=1024, replicates=4)) == 256
+    assert chunk_rows(AdaptiveOptions(), 200) == 50     # fewer rows than batch0: still 4 sub-batches
 
 
 def test_batch_means_over_chunks_equal_the_means_over_their_rows():

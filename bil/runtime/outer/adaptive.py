@@ -57,9 +57,11 @@ def batch_sizes(n: int, b0: int) -> list[int]:
     return out + [n]
 
 
-def chunk_rows(opts: AdaptiveOptions) -> int:
-    """Rows per chunk: the first batch's sub-batches (``batch0 / replicates``) are whole chunks."""
-    return max(1, int(opts.batch0) // max(1, int(opts.replicates)))
+def chunk_rows(opts: AdaptiveOptions, n: int | None = None) -> int:
+    """Rows per chunk: the first batch's sub-batches (``batch0 / replicates`` rows, or n / replicates
+    when there are fewer than ``batch0`` rows) are whole chunks."""
+    b0 = int(opts.batch0) if n is None else min(int(opts.batch0), int(n))
+    return max(1, b0 // max(1, int(opts.replicates)))
 
 
 def chunk_counts(q: int, k0: int) -> list[int]:
@@ -101,7 +103,7 @@ class Adaptive:
 
     def __init__(self, problem: RowProblem, opts: AdaptiveOptions = AdaptiveOptions(), ops: BatchOps | None = None):
         self.p, self.o = problem, opts
-        self.ops = ops if ops is not None else BatchOps(problem, chunk=chunk_rows(opts))
+        self.ops = ops if ops is not None else BatchOps(problem, chunk=chunk_rows(opts, problem.n))
         self.ops.permute(opts.seed)
         k0 = max(1, round(opts.batch0 / self.ops.chunk))
         self.batches = [self.ops.batch(k) for k in chunk_counts(self.ops.q, k0)]

@@ -72,16 +72,18 @@ class AdaptiveLoop:
         full-batch engine whose program's minibatch oracles are built here."""
         owner = oracles
         opts = AdaptiveOptions(**{k: o[k] for k in _OPTION_NAMES})
-        chunk = chunk_rows(opts)
         cache = owner.__dict__.setdefault("_adaptive_cache", {})   # compiled batch operations, reused by later runs
-        if chunk not in cache:
+        if "problem" not in cache:
             if not hasattr(oracles, "lower_terms"):
                 from bil.runtime.stochastic.loop import _oracles
 
                 oracles = _oracles(oracles.low, "adaptive")
-            problem = rows_problem(oracles)
-            cache[chunk] = (oracles, problem, BatchOps(problem, chunk=chunk))
-        cached = cache[chunk]
+            cache["problem"] = (oracles, rows_problem(oracles))
+        oracles, problem = cache["problem"]
+        chunk = chunk_rows(opts, problem.n)
+        if chunk not in cache:
+            cache[chunk] = BatchOps(problem, chunk=chunk)
+        cached = (oracles, problem, cache[chunk])
         return cls(cached[0], opts, o.get("budget"), cached[1], cached[2])
 
     @property
