@@ -142,3 +142,30 @@ def test_adaptive_resume_is_bit_identical(spec_folder):
     resumed = prog.run(max_iter=6, state=saved)
     assert np.array_equal(full.hypers["theta"], resumed.hypers["theta"])
     assert [h["upper"] for h in full.history] == [h["upper"] for h in resumed.history]
+
+
+class _CapsAfter(BatchOps):
+    """Batch operations whose lower solves report their iteration cap from the ``k``-th call on."""
+
+    def __init__(self, rows, k, **kw):
+        super().__init__(rows, **kw)
+        self.calls, self.k = 0, k
+
+    def trial(self, *a):
+        x, it, st, f, fhat = super().trial(*a)
+        self.calls += 1
+        return x, it, (1 if self.calls >= self.k else st), f, fhat
+
+
+def test_a_capped_solve_stops_at_the_accuracy_floor_after_progress_and_fails_before(small):
+    """A lower solve that cannot reach its tolerance: after accepted steps the run has reached what
+    the problem allows (a success with the floor's reason, the last accepted point kept); at the
+    start it is a failure."""
+    rows, theta_star, F, _ = small
+    opts = AdaptiveOptions(batch0=128, replicates=2, max_iter=60, tol=1e-12)
+    late = run_adaptive(rows, opts, _CapsAfter(rows, 12, chunk=64))
+    assert str(late.reason).startswith("accuracy floor reached") and "iteration cap" in str(late.reason)
+    assert any(r["step"] > 0 for r in late.records)
+    assert F(np.asarray(late.u)) < F(np.zeros(2))                  # kept the progress it made
+    early = run_adaptive(rows, opts, _CapsAfter(rows, 1, chunk=64))
+    assert str(early.reason) == "lower solve hit its iteration cap" and not early.records

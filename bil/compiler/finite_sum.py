@@ -214,6 +214,9 @@ class _Analysis:
         if all(k.tag == "const" for k in kinds):
             return CONST, rebuild([a for (_, a), _ in args] + [a for (_, a), _ in kws])
         parts = [(k, orig, a) for ((k, a), orig) in args] + [(k, kw.value, a) for ((k, a), kw) in kws]
+        if (e.func in ("mean", "sum") and len(parts) == 1 and parts[0][0].tag == "sum"
+                and self.shape(e.args[0]) == ()):   # `mean(logistic_loss(...))`: the mean of one number is it
+            return parts[0][0], rebuild([parts[0][2]])
         if e.func in REDUCTIONS and self.reduces_rows(e):
             kind, new = self.broadcast(e, parts, rebuild)
             if REDUCTIONS[e.func] == "sum":

@@ -23,7 +23,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from bil.runtime.outer.adaptive_ops import BatchOps, RowProblem
-from bil.runtime.outer.stops import Stop
+from bil.runtime.outer.floor import floor_reason
+from bil.runtime.outer.stops import Status, Stop
 
 __all__ = ["AdaptiveOptions", "AdaptiveRun", "run_adaptive", "batch_sizes", "chunk_counts", "chunk_rows"]
 
@@ -137,11 +138,11 @@ class Adaptive:
         """The lower solve at ``u`` (warm-started at s.x) on ``batch`` (the current one by default),
         and the corrected upper value there."""
         b = self.batches[s.level] if batch is None else batch
-        x, it, st, _, fhat = self.ops.trial(self.unravel(u), s.x, s.v, tol, b)
+        x, it, st, f, fhat = self.ops.trial(self.unravel(u), s.x, s.v, tol, b)
         # one gradient per iteration (the cost axis' convention), ∇ₓg at its end, the upper value
         self.spend(s, (int(it) + 1) * b.rows + b.orows)
         s.lower_iters += int(it)
-        return x, int(st), float(fhat)
+        return x, int(st), float(f), float(fhat)
 
     def adjoint(self, s: AdaptiveRun, u, x, v, tol: float):
         b, t = self.size(s.level)
@@ -161,7 +162,7 @@ class Adaptive:
             u, zs = self.unravel(s.u), []
             for j in range(k):
                 blk = self.ops.batch(per, start=j * per)
-                xk, _, _ = self.trial(s, s.u, tol_x, blk)
+                xk, _, _, _ = self.trial(s, s.u, tol_x, blk)
                 _, _, zk, _, ci, _ = self.ops.adjoint(u, xk, s.v, tol_v, blk)
                 self.spend(s, (int(ci) + 1) * blk.rows + blk.orows)
                 s.cg_iters += int(ci)
@@ -175,14 +176,29 @@ class Adaptive:
         """x, v, f and z at (s.u, current batch), warm-started; a stop reason on a failed solve."""
         tol_x, tol_v = self.tolerances(s, znorm)
         s.tol_x, s.tol_v = tol_x, tol_v
-        x, st, _ = self.trial(s, s.u, tol_x)
-        if st == 2:
+        x, st, f, _ = self.trial(s, s.u, tol_x)
+        if st == Status.NONFINITE:
             return Stop.LOWER_NONFINITE
+        if st == Status.CAP:
+            s.f = f
+            return self.limit(s, Stop.LOWER_CAP, f"the lower solve hit its iteration cap at tolerance {tol_x:.2g}")
         f, fhat, z, v, cst = self.adjoint(s, s.u, x, s.v, tol_v)
         if not (math.isfinite(f) and np.all(np.isfinite(z))):
             return Stop.NONFINITE_HYPERGRAD
+        if cst != Status.OK:
+            s.x, s.f = x, f
+            if cst == Status.CAP:
+                return self.limit(s, Stop.CG_CAP, f"CG hit its iteration cap at tolerance {tol_v:.2g}")
+            return Stop.NOT_PD if cst == Status.NOT_PD else Stop.CG_NONFINITE
         s.x, s.v, s.f, s.fhat, s.z = x, v, f, fhat, z
         return None
+
+    def limit(self, s: AdaptiveRun, failure: Stop, why: str) -> str:
+        """A solve that cannot reach the accuracy asked for: after accepted steps, the run has reached
+        the accuracy this problem allows (a success); before any, a failure."""
+        if any(r["step"] > 0 for r in s.records):
+            return floor_reason(s.tol_x, why)
+        return failure
 
     # ---- the loop
     def init(self) -> AdaptiveRun:
@@ -255,8 +271,9 @@ class Adaptive:
         tol_x, _ = self.tolerances(s, zn)
         for k in range(self.o.max_backtracks + 1):
             u1 = s.u - alpha * d
-            x1, st, f1 = self.trial(s, u1, tol_x)
-            if st != 2 and math.isfinite(f1) and f1 <= s.fhat - self.o.c1 * alpha * slope:
+            x1, st, _, f1 = self.trial(s, u1, tol_x)
+            # only a converged solve can certify the decrease (a capped one's value is not at tol_x)
+            if st == Status.OK and math.isfinite(f1) and f1 <= s.fhat - self.o.c1 * alpha * slope:
                 return self.accept(s, u1, x1, alpha, k, t0)
             alpha *= self.o.rho
         # the batch's values cannot certify a decrease along d: more samples, or tighter solves at b = n
