@@ -181,3 +181,18 @@ upper minimize sumsq(w - 1)
     r = (low.data["names"]["X"][rows] @ x["w"] - low.data["names"]["y"][rows]) ** 2
     want = 20 / 2 * np.sum(theta["c"][rows] * r) / 20 + 3.0
     assert math.isclose(float(low.rows.g(x, theta, low.data, {"X": rows})), want, rel_tol=1e-12)
+
+
+def test_the_mean_of_a_closed_loss_is_that_loss():
+    """`mean(mse(...))` (a mean of one number, as users write around a loss) is accepted and is the
+    loss itself, while `sumsq` of it stays a located error (a square of a mean)."""
+    goal = "mean(mse(X @ w, y)) + lam * sumsq(w)"
+    prog = bil.compile(LOWER.replace("GOAL", goal))
+    low = prog.lowered
+    x, theta = {"w": np.array([0.3, -0.1, 0.2])}, {"lam": np.asarray(1.0)}
+    full = low.g(x, theta, low.data)
+    every = {"X": np.arange(20)}
+    assert math.isclose(float(low.rows.g(x, theta, low.data, every)), float(full), rel_tol=1e-12)
+    with pytest.raises(bil.BilError) as info:
+        bil.compile(LOWER.replace("GOAL", "sumsq(mse(X @ w, y)) + lam * sumsq(w)"))
+    assert "nonlinear function of a mean" in info.value.message
