@@ -135,6 +135,7 @@ upper minimize sumsq(w - 1)
     ("sumsq(transpose(X) @ y - w) + lam * sumsq(w)", "transpose(X)", "transpose", "not known to act row by row"),
     ("mean((X @ w) * (Z @ w)) + lam * sumsq(w)", "X @ w * (Z @ w)", "(X @ w) *", "different `sampled` statements"),
     ("sumsq(mean(X, axis=0) - w) + lam * sumsq(w)", "mean(X, axis=0)", "mean(X, axis", "keeps other axes"),
+    ("mean(w * mse(X @ w, y)) + lam * sumsq(w)", "mean(w * mse(X @ w, y))", "mean(w", "already a mean over the rows"),
 ])
 def test_an_objective_that_is_not_a_mean_over_rows_is_located(goal, shown, start, words):
     """The error names the offending subexpression and points at it, with a hint."""

@@ -218,6 +218,14 @@ class _Analysis:
                 and self.shape(e.args[0]) == ()):   # `mean(logistic_loss(...))`: the mean of one number is it
             return parts[0][0], rebuild([parts[0][2]])
         if e.func in REDUCTIONS and self.reduces_rows(e):
+            closed = _closed_loss(e.args[0]) if any(k.tag == "sum" for k, _, _ in parts) else None
+            if closed is not None:
+                raise self.error(e, f"reduces `{ir.show(closed)}`, which is already a mean over the rows (one "
+                                    "number), after combining it with an array",
+                                 "for one loss per row write it out, e.g. `-sum(log_softmax(X @ W) * onehot(y, "
+                                 "nclasses(y)), axis=1)` for cross-entropy, `(X @ w - y)^2` for squared error, "
+                                 "`softplus(-s * (X @ w))` for the logistic loss with labels s = ±1; then "
+                                 "`mean(c * losses)` weights the rows")
             kind, new = self.broadcast(e, parts, rebuild)
             if REDUCTIONS[e.func] == "sum":
                 new = ir.Binary(e.span, "*", ir.Name(e.span, f"__scale_{kind.group}"), new)
@@ -259,6 +267,17 @@ class _Analysis:
         if isinstance(v, tuple):
             return ir.TupleExpr(e.span, tuple(ir.Num(e.span, int(i)) for i in v))
         return ir.Num(e.span, v)
+
+
+def _closed_loss(e: ir.Expr):
+    """A loss call inside ``e`` that returns the mean over its rows (``cross_entropy(...)``), or None."""
+    if isinstance(e, ir.Call) and e.func in ("mse", "logistic_loss", "cross_entropy"):
+        return e
+    for c in ir.children(e):
+        found = _closed_loss(c)
+        if found is not None:
+            return found
+    return None
 
 
 def analyse(st: CompileState, e: ir.Expr, what: str) -> SumForm:
