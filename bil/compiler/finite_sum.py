@@ -218,7 +218,8 @@ class _Analysis:
                 and self.shape(e.args[0]) == ()):   # `mean(logistic_loss(...))`: the mean of one number is it
             return parts[0][0], rebuild([parts[0][2]])
         if e.func in REDUCTIONS and self.reduces_rows(e):
-            closed = _closed_loss(e.args[0]) if any(k.tag == "sum" for k, _, _ in parts) else None
+            closed = (_closed_loss(e.args[0]) if any(k.tag == "sum" for k, _, _ in parts)
+                      and self.shape(e.args[0]) != () else None)
             if closed is not None:
                 raise self.error(e, f"reduces `{ir.show(closed)}`, which is already a mean over the rows (one "
                                     "number), after combining it with an array",
