@@ -3,8 +3,8 @@
 For such a g the gradient is affine, ∇g(x) = H x − b with H constant, so the
 minimiser solves one linear system:
 
-* :func:`direct` materialises H (``jax.jacfwd`` of the gradient on the
-  flattened variables: n forward passes), factors it once (Cholesky; LU where
+* :func:`direct` materialises H (directional derivatives of the gradient along the
+  unit vectors of the flattened variables: n forward passes), factors it once (Cholesky; LU where
   Cholesky breaks down, e.g. a near-singular H that roundoff made indefinite)
   and takes Newton steps x ← x − H⁻¹∇g(x) with that factor until
   ‖∇g(x)‖ ≤ tol.  The first step is exact up to roundoff; the following ones
