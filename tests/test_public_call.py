@@ -130,3 +130,23 @@ def test_small_data_is_baked_in_and_large_data_passed(prog, monkeypatch):
     hg = big._hypergrad({"lam": 2.0}, 1e-10, big._method(None))
     assert not calls[1:] and f == pytest.approx(float(hg.f), rel=1e-9)
     np.testing.assert_allclose(g["s"], np.asarray(hg.z["s"]), rtol=1e-7)
+
+
+def test_small_calls_run_on_the_calling_thread(prog, monkeypatch):
+    """With little data (on CPU) the compiled call holds a host callback in a branch never
+    taken, which makes XLA:CPU run it on the calling thread; with more data it does not."""
+    import jax
+
+    from bil.runtime import public_call
+
+    def lowered_text(p):
+        fn, args = p._public_call._prepared({"lam": 2.0}, 1e-10, None)
+        return fn.lower(*args).as_text()
+
+    if jax.default_backend() == "cpu":
+        assert "callback" in lowered_text(prog)
+    monkeypatch.setattr(public_call, "_ON_CALLER_BYTES", 100)
+    big = bil.compile(SPEC)
+    assert "callback" not in lowered_text(big)
+    f, g = big.value_and_hypergrad({"lam": 2.0}, tol=1e-11)
+    assert abs(f - _reference(big, 2.0, 0.2, np.zeros(3))[0]) <= 1e-9 * f

@@ -10,7 +10,8 @@ statuses are not both 0 is handed back to the program's general path, which repe
 the solves and raises its located error with the same diagnosis as before.
 
 Four things keep that call short on a small problem (measured on ridge, README "Against
-jaxopt and optimistix"): on CPU the program runs on the calling thread (:func:`_on_caller`);
+jaxopt and optimistix"): on CPU, with little data, the program runs on the calling thread
+(:func:`_on_caller`);
 hypers given as numbers and tolerances are remembered, checked, as device
 arrays (a numpy argument is copied to the device on every call); data of at most
 ``_CONST_BYTES`` on one device is a constant of the compiled program, as a peer that
@@ -41,6 +42,9 @@ _SEEN = 64
 #: data of at most this many bytes (on one device) is baked into the compiled call (digits:
 #: 0.9 MB, its call 10% faster so; XLA lays out and folds constants at compile time)
 _CONST_BYTES = 2 << 20
+#: with at most this many bytes of data the call runs on the calling thread (:func:`_on_caller`):
+#: ridge (35 kB) 87 -> 29 µs; digits (0.9 MB, 18 ms a call) was 3-5% slower so
+_ON_CALLER_BYTES = 256 << 10
 
 
 def _on_caller(out, tol):
@@ -141,12 +145,13 @@ class PublicCall:
 
     # ------------------------------------------------------------------ call
     @functools.cached_property
+    def _data_bytes(self) -> int:
+        return sum(int(np.size(a)) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(self.program.lowered.data))
+
+    @functools.cached_property
     def _baked(self) -> bool:
         """Is the data small and on one device (then a constant of the compiled call)?"""
-        if self.eng.low.layout is not None:
-            return False
-        return sum(int(np.size(a)) * np.dtype(a.dtype).itemsize
-                   for a in jax.tree.leaves(self.program.lowered.data)) <= _CONST_BYTES
+        return self.eng.low.layout is None and self._data_bytes <= _CONST_BYTES
 
     def _fn(self, m, key):
         """The jitted call: ``fn(theta, tol)`` where the data is baked in, else ``fn(theta, tol, data)``."""
@@ -165,7 +170,8 @@ class PublicCall:
                 out = jnp.concatenate([head] + [jnp.ravel(jnp.asarray(hg.z[k], dt)) for k in names])
                 return _on_caller(out, tol) if on_cpu else out
 
-            on_cpu = self.eng.low.layout is None and jax.default_backend() == "cpu"
+            on_cpu = (self.eng.low.layout is None and jax.default_backend() == "cpu"
+                      and self._data_bytes <= _ON_CALLER_BYTES)
 
             if self._baked:
                 data = self.program.lowered.data
