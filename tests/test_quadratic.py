@@ -198,3 +198,25 @@ def test_cg_default_solves_a_large_quadratic():
     # (I + 2·lam·DᵀD) w = y, D the forward difference
     D = np.diff(np.eye(n), axis=0)
     np.testing.assert_allclose(w, np.linalg.solve(np.eye(n) + D.T @ D, y), atol=1e-9)
+
+
+def test_one_pass_direct_certifies_its_single_solve():
+    """Inside ``quadratic.one_pass()`` direct takes one Cholesky solve and reports status 0 only
+    where ‖∇g‖ ≤ tol (1 above it, 2 where H is indefinite); the adjoint likewise."""
+    A, b = _ill_conditioned(12, 1e6)
+    p = {"A": jnp.asarray(A), "b": jnp.asarray(b)}
+    x0 = {"u": jnp.zeros(4), "v": jnp.zeros((2, 4))}
+    with quadratic.one_pass():
+        ok = solve("direct", _quad, x0, p, 1e-6, 10)
+        tight = solve("direct", _quad, x0, p, 1e-30, 10)
+        bad = solve("direct", _quad, x0, {"A": -p["A"], "b": p["b"]}, 1e-6, 10)
+    assert (int(ok.status), int(ok.iters)) == (0, 1) and float(ok.grad_norm) <= 1e-6
+    assert int(tight.status) == 1 and int(bad.status) == 2
+    x = np.concatenate([np.asarray(ok.x["u"]), np.asarray(ok.x["v"]).ravel()])
+    np.testing.assert_allclose(x, np.linalg.solve(A, b), rtol=1e-6)
+    hv = lambda v: {"u": v["u"] * 2.0, "v": v["v"] * 2.0}   # noqa: E731
+    F = quadratic.Factor(jnp.sqrt(2.0) * jnp.eye(12), jnp.arange(12, dtype=jnp.int32), jnp.bool_(True))
+    with quadratic.one_pass():
+        q, k, res, st = quadratic.factor_adjoint(F, hv, {"u": jnp.ones(4), "v": jnp.ones((2, 4))}, 1e-12)
+    assert int(st) == 0 and float(res) <= 1e-12
+    np.testing.assert_allclose(np.asarray(q["u"]), 0.5, rtol=1e-14)

@@ -51,8 +51,7 @@ class Adjoint:
         by_factor = isinstance(method, Implicit) and isinstance(self.solver, Direct)
 
         def one(theta, d, x, b, q0, fac):
-            def hv(v):
-                return linear.hvp(self._g1, x, (theta, d), v)
+            hv = linear.hessian_operator(self._g1, x, (theta, d))
 
             if by_factor:
                 if fac is None:

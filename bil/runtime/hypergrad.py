@@ -25,7 +25,7 @@ class Hypergradients:
         """The adjoint and z = ∇ₚf − Jᵀq at a lower solution X (held fixed).
 
         One reverse pass of f gives f, B = ∇ₓf and ∇ₚf together; q solves
-        H q = B (warm-started at Q0, residual delta); Jᵀq = ∇ₚ⟨∇ₓg, q⟩.
+        H q = B (warm-started at Q0, None: from 0; residual delta); Jᵀq = ∇ₚ⟨∇ₓg, q⟩.
         Returns (f, z, B, Q, (cg iters, residual, cg status), ‖Jᵀq‖, ⟨q, ∇ₓg⟩).
         """
         X = jax.lax.stop_gradient(X)

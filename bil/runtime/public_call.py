@@ -8,10 +8,22 @@ adjoint and forms z, with everything the caller needs packed into one flat array
 transfer of that array to the host.  A call whose
 statuses are not both 0 is handed back to the program's general path, which repeats
 the solves and raises its located error with the same diagnosis as before.
+
+Four things keep that call short on a small problem (measured on ridge, README "Against
+jaxopt and optimistix"): on CPU, with little data, the program runs on the calling thread
+(:func:`_on_caller`);
+hypers given as numbers and tolerances are remembered, checked, as device
+arrays (a numpy argument is copied to the device on every call); data of at most
+``_CONST_BYTES`` on one device is a constant of the compiled program, as a peer that
+closes over its data has it (XLA folds what does not depend on the hypers, e.g. XᵀX);
+and a ``direct`` lower solver runs its one-pass form (:func:`bil.runtime.quadratic.one_pass`:
+one Cholesky solve each way, certified by the same residuals), whose failed certificate
+sends the call to the general path like any failed solve.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Mapping
 
@@ -19,12 +31,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bil.runtime import quadratic
+
 #: the packed output's head: f, lower status, ‖∇ₓg‖, adjoint status, adjoint residual
 _HEAD = 5
 #: value types checked here; anything else goes through the program's own checks
 _NUMBERS = (float, int, np.float64, np.float32)
 #: how many checked hyper dicts :meth:`PublicCall.theta` remembers
 _SEEN = 64
+#: data of at most this many bytes (on one device) is baked into the compiled call (digits:
+#: 0.9 MB, its call 10% faster so; XLA lays out and folds constants at compile time)
+_CONST_BYTES = 2 << 20
+#: with at most this many bytes of data the call runs on the calling thread (:func:`_on_caller`):
+#: ridge (35 kB) 87 -> 29 µs; digits (0.9 MB, 18 ms a call) was 3-5% slower so
+_ON_CALLER_BYTES = 256 << 10
+
+
+def _on_caller(out, tol):
+    """``out``, from a program XLA:CPU runs on the calling thread.
+
+    A program that holds a host callback is executed synchronously on CPU (IFRT sets it, so
+    that a callback may call back into JAX); any other one above ~1000 flops is handed to a
+    worker thread and awaited, which cost ~55 µs a call on the loaded 2-core machine (XLA
+    estimates 5 µs on an idle one), four times ridge's whole solve.  The public call awaits
+    its result at once, so running it here loses nothing: the callback sits in a branch
+    never taken (``tol`` < 0, which the API refuses), as lineax's error checks do."""
+    def never(o):
+        return jax.pure_callback(np.asarray, jax.ShapeDtypeStruct(o.shape, o.dtype), o)
+
+    return jax.lax.cond(tol < 0, never, lambda o: o, out)
 
 
 class PublicCall:
@@ -55,7 +90,8 @@ class PublicCall:
         self._fns: dict = {}
         self._methods: dict = {}
         self._seen: dict = {}   # ((name, value), ...) -> checked theta
-        self._tols: dict = {}   # tol -> numpy scalar of the program's dtype
+        self._tols: dict = {}   # tol -> device scalar of the program's dtype
+        self._ready: dict = {}  # (hyper items, tol, method) -> (jitted call, arguments)
 
     # ---------------------------------------------------------------- inputs
     def theta(self, hypers: Mapping[str, Any] | None) -> dict | None:
@@ -85,14 +121,17 @@ class PublicCall:
         if hit is None:
             if len(self._seen) >= _SEEN:
                 self._seen.clear()
-            # numpy, as every call passes (numpy and device arrays are separate entries of jit's cache)
-            hit = self._seen[key] = {**self.theta0, **{k: np.asarray(x) for k, x in key}}
+            # on the device, as every call passes them (numpy and device arrays are separate
+            # entries of jit's cache; a numpy argument is copied on every call)
+            hit = self._seen[key] = jax.device_put({**self.theta0, **{k: np.asarray(x) for k, x in key}})
         return hit
 
     def _checked(self, hypers) -> dict | None:
         theta = self.program._theta(hypers)
         if any(isinstance(v, jax.core.Tracer) for v in theta.values()):
             return None
+        # numpy: checked anew on every call, and jit copies numpy faster than device_put
+        # (its second entry for them reuses the compiled program)
         return theta
 
     def method(self, method):
@@ -105,26 +144,56 @@ class PublicCall:
         return got
 
     # ------------------------------------------------------------------ call
+    @functools.cached_property
+    def _data_bytes(self) -> int:
+        return sum(int(np.size(a)) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(self.program.lowered.data))
+
+    @functools.cached_property
+    def _baked(self) -> bool:
+        """Is the data small and on one device (then a constant of the compiled call)?"""
+        return self.eng.low.layout is None and self._data_bytes <= _CONST_BYTES
+
     def _fn(self, m, key):
+        """The jitted call: ``fn(theta, tol)`` where the data is baked in, else ``fn(theta, tol, data)``."""
         fn = self._fns.get(key)
         if fn is None:
             eng = self.eng
             names = [k for k, _, _ in self.layout]
 
             def packed(theta, tol, d):
-                X0 = eng.X_init(theta, d)
-                Q0 = jax.tree.map(jnp.zeros_like, X0)
-                hg, (gn, res) = eng._hypergrad_impl(theta, X0, Q0, tol, tol, d, "theta", m)
+                with quadratic.one_pass():   # trace time: a direct solver's one-pass form
+                    X0 = eng.X_init(theta, d)
+                    # adjoint from 0 (None: its residual is the right-hand side, no product)
+                    hg, (gn, res) = eng._hypergrad_impl(theta, X0, None, tol, tol, d, "theta", m)
                 dt = eng.low.dtype
                 head = jnp.stack([jnp.asarray(v, dt) for v in (hg.f, hg.lower_status, gn, hg.cg_status, res)])
-                return jnp.concatenate([head] + [jnp.ravel(jnp.asarray(hg.z[k], dt)) for k in names])
+                out = jnp.concatenate([head] + [jnp.ravel(jnp.asarray(hg.z[k], dt)) for k in names])
+                return _on_caller(out, tol) if on_cpu else out
 
-            fn = self._fns[key] = jax.jit(packed)
+            on_cpu = (self.eng.low.layout is None and jax.default_backend() == "cpu"
+                      and self._data_bytes <= _ON_CALLER_BYTES)
+
+            if self._baked:
+                data = self.program.lowered.data
+                fn = jax.jit(lambda theta, tol: packed(theta, tol, data))
+            else:
+                fn = jax.jit(packed)
+            self._fns[key] = fn
         return fn
 
-    def __call__(self, hypers, tol: float, method=None):
-        """``(f, {hyper: gradient})``, or None where the general path must answer (traced
-        hypers, or a failed solve it has to diagnose)."""
+    def _prepared(self, hypers, tol: float, method):
+        """(jitted call, its arguments), or None for traced hypers.  Calls with
+        the same numbers are remembered by value (the checks passed once: numbers that
+        compare equal are checked alike; an array or anything unhashable is checked on every
+        call)."""
+        try:
+            seen = (tuple(hypers.items()) if type(hypers) is dict else None if hypers is None else (),
+                    tol, method)
+            ready = self._ready.get(seen) if seen[0] != () else None
+        except TypeError:
+            seen = ready = None
+        if ready is not None:
+            return ready
         theta = self.theta(hypers)
         if theta is None:
             return None
@@ -133,8 +202,22 @@ class PublicCall:
         if t is None:
             if len(self._tols) >= _SEEN:
                 self._tols.clear()
-            t = self._tols[tol] = np.asarray(tol, self.dtype)
-        out = np.asarray(self._fn(m, key)(theta, t, self.program.lowered.data))
+            t = self._tols[tol] = jax.device_put(np.asarray(tol, self.dtype))
+        ready = (self._fn(m, key), (theta, t) if self._baked else (theta, t, self.program.lowered.data))
+        if seen is not None and seen[0] != ():
+            if len(self._ready) >= _SEEN:
+                self._ready.clear()
+            self._ready[seen] = ready
+        return ready
+
+    def __call__(self, hypers, tol: float, method=None):
+        """``(f, {hyper: gradient})``, or None where the general path must answer (traced
+        hypers, or a failed solve it has to diagnose)."""
+        ready = self._prepared(hypers, tol, method)
+        if ready is None:
+            return None
+        fn, args = ready
+        out = np.asarray(fn(*args))
         f, lower_status, _, cg_status, _ = out[:_HEAD].tolist()
         if lower_status != 0 or cg_status != 0:
             return None
