@@ -100,8 +100,9 @@ def _start(vg, measure, x0, aux):
     return _Carry(x0, f0, g0, gn0.astype(f0.dtype), jnp.int32(0), flag, aux)
 
 
-def _run(step, carry0, tol, max_iter) -> SolveResult:
-    """Iterate ``step`` while not converged, under budget and not flagged."""
+def _run(step, carry0, tol, max_iter, with_grad: bool = False):
+    """Iterate ``step`` while not converged, under budget and not flagged; with ``with_grad``,
+    also the gradient at the final iterate (the solver has it: no extra evaluation)."""
     tol = jnp.asarray(tol)
 
     def cond(c):
@@ -110,8 +111,8 @@ def _run(step, carry0, tol, max_iter) -> SolveResult:
     c = jax.lax.while_loop(cond, step, carry0)
     status = jnp.where(c.flag == NONFINITE, NONFINITE,
                        jnp.where(c.gnorm <= tol, CONVERGED, MAX_ITER))
-    return SolveResult(x=c.x, iters=c.k, grad_norm=c.gnorm,
-                       status=status.astype(jnp.int32))
+    res = SolveResult(x=c.x, iters=c.k, grad_norm=c.gnorm, status=status.astype(jnp.int32))
+    return (res, c.g) if with_grad else res
 
 
 def _accept(c, ok, x1, f1, g1, gn1, fail_flag, aux):

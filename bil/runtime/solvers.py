@@ -41,8 +41,10 @@ __all__ = ["SolveResult", "SOLVERS", "solve", "projector", "strong_convexity_est
 # solvers
 
 
-def lbfgs(fun, x0, params, tol, max_iter: int, bounds=None, prox=None, *, memory: int = 10):
-    """L-BFGS with optax's zoom (strong Wolfe) line search. Unbounded and smooth only."""
+def lbfgs(fun, x0, params, tol, max_iter: int, bounds=None, prox=None, *, memory: int = 10,
+          with_grad: bool = False):
+    """L-BFGS with optax's zoom (strong Wolfe) line search. Unbounded and smooth only.
+    ``with_grad``: return (result, the gradient at its final iterate)."""
     if bounds is not None or prox is not None:
         raise ValueError("lbfgs does not support bounded variables or non-smooth terms; use fista or gd")
     opt = optax.lbfgs(memory_size=int(memory))
@@ -67,7 +69,7 @@ def lbfgs(fun, x0, params, tol, max_iter: int, bounds=None, prox=None, *, memory
         fail = jnp.where(finite, MAX_ITER, NONFINITE)
         return _accept(c, ok, x1, f1, g1, gn1, fail, s)
 
-    return _run(step, _start(vg, measure, x0, opt.init(x0)), tol, max_iter)
+    return _run(step, _start(vg, measure, x0, opt.init(x0)), tol, max_iter, with_grad)
 
 
 def fista(fun, x0, params, tol, max_iter: int, bounds=None, prox=None, *, mu=None, L0=1.0):

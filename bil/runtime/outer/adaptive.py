@@ -139,7 +139,7 @@ class Adaptive:
         and the corrected upper value there."""
         b = self.batches[s.level] if batch is None else batch
         x, it, st, f, fhat = self.ops.trial(self.unravel(u), s.x, s.v, tol, b)
-        # one gradient per iteration (the cost axis' convention), ∇ₓg at its end, the upper value
+        # one gradient per iteration (the cost axis' convention) and the start's, the upper value
         self.spend(s, (int(it) + 1) * b.rows + b.orows)
         s.lower_iters += int(it)
         return x, int(st), float(f), float(fhat)
@@ -147,16 +147,21 @@ class Adaptive:
     def adjoint(self, s: AdaptiveRun, u, x, v, tol: float):
         b, t = self.size(s.level)
         f, fhat, z, v, it, st = self.ops.adjoint(self.unravel(u), x, v, tol, self.batches[s.level])
-        self.spend(s, int(it) * b + b + t)   # HVPs, the cross product Jᵀv (with ∇ₓg), the upper gradient
+        # HVPs: CG's iterations, its first residual and (after iterations) its closing residual check;
+        # the cross product Jᵀv (with ∇ₓg), the upper gradient
+        self.spend(s, (int(it) + (2 if int(it) else 1)) * b + b + t)
         s.cg_iters += int(it)
         return float(f), float(fhat), np.asarray(ravel_pytree(z)[0]), v, int(st)
 
-    def estimate(self, s: AdaptiveRun) -> None:
-        """Per-row spreads at (x, v) and the replicate variance of z at the current batch."""
+    def estimate(self, s: AdaptiveRun, blocks: int | None = None) -> None:
+        """Per-row spreads at (x, v), and σ_z from K disjoint sub-batches of the batch at level
+        ``blocks`` (the current one by default; a growing run passes the level it grew from: σ_z
+        is a per-row quantity, which sub-batches of the smaller batch estimate at a fraction of
+        the cost)."""
         self.estimate_spreads_only(s)
         b, t = self.size(s.level)
         k = self.o.replicates
-        per = self.batches[s.level].count // k     # chunks per sub-batch
+        per = self.batches[s.level if blocks is None else blocks].count // k     # chunks per sub-batch
         if (b < self.p.n or not s.sigma_z > 0) and per >= 1 and per * self.ops.chunk >= 2:
             tol_x, tol_v = self.tolerances(s, math.nan)
             u, zs = self.unravel(s.u), []
@@ -164,7 +169,7 @@ class Adaptive:
                 blk = self.ops.batch(per, start=j * per)
                 xk, _, _, _ = self.trial(s, s.u, tol_x, blk)
                 _, _, zk, _, ci, _ = self.ops.adjoint(u, xk, s.v, tol_v, blk)
-                self.spend(s, (int(ci) + 1) * blk.rows + blk.orows)
+                self.spend(s, (int(ci) + (2 if int(ci) else 1) + 1) * blk.rows + blk.orows)
                 s.cg_iters += int(ci)
                 zs.append(np.asarray(ravel_pytree(zk)[0]))
             flat = np.stack(zs)
@@ -172,11 +177,13 @@ class Adaptive:
             bk = per * self.ops.chunk                   # rows of one sub-batch
             s.sigma_z = math.sqrt(var_sub / max(1.0 / bk - 1.0 / self.p.n, 1e-300))
 
-    def evaluate(self, s: AdaptiveRun, znorm: float) -> str | None:
-        """x, v, f and z at (s.u, current batch), warm-started; a stop reason on a failed solve."""
+    def evaluate(self, s: AdaptiveRun, znorm: float, solved=None) -> str | None:
+        """x, v, f and z at (s.u, current batch), warm-started; a stop reason on a failed solve.
+        ``solved``: (x, f) of a converged lower solve at s.u on this batch to these tolerances
+        (an accepted line-search trial), which is then not repeated."""
         tol_x, tol_v = self.tolerances(s, znorm)
         s.tol_x, s.tol_v = tol_x, tol_v
-        x, st, f, _ = self.trial(s, s.u, tol_x)
+        x, st, f = (*solved[:1], Status.OK, solved[1]) if solved is not None else self.trial(s, s.u, tol_x)[:3]
         if st == Status.NONFINITE:
             return Stop.LOWER_NONFINITE
         if st == Status.CAP:
@@ -212,9 +219,11 @@ class Adaptive:
         return s
 
     def estimate_spreads_only(self, s: AdaptiveRun) -> None:
-        b, t = self.size(s.level)
-        vg, vhv, vfx = (float(a) for a in self.ops.spread(self.unravel(s.u), s.x, s.v, self.batches[s.level]))
-        self.spend(s, 2 * b + t)
+        """σ_g, σ_r: per-row statistics at (x, v), estimated on the first batch's rows (a subset of
+        every batch; their accuracy does not improve with the batch size in any way that matters)."""
+        first = self.batches[0]
+        vg, vhv, vfx = (float(a) for a in self.ops.spread(self.unravel(s.u), s.x, s.v, first))
+        self.spend(s, 2 * first.rows + first.orows)
         s.sigma_g = math.sqrt(vg)
         s.sigma_r = math.sqrt(vhv + (vfx * self.p.n / self.p.m if self.p.m else 0.0))
 
@@ -227,10 +236,10 @@ class Adaptive:
         return lvl
 
     def grow(self, s: AdaptiveRun, level: int) -> str | None:
-        s.level = level
+        old, s.level = s.level, level
         why = self.evaluate(s, float(np.linalg.norm(s.z)))
         if why is None:
-            self.estimate(s)
+            self.estimate(s, blocks=old)
         return why
 
     def direction(self, s: AdaptiveRun) -> tuple[np.ndarray, bool]:
@@ -271,10 +280,10 @@ class Adaptive:
         tol_x, _ = self.tolerances(s, zn)
         for k in range(self.o.max_backtracks + 1):
             u1 = s.u - alpha * d
-            x1, st, _, f1 = self.trial(s, u1, tol_x)
+            x1, st, f1raw, f1 = self.trial(s, u1, tol_x)
             # only a converged solve can certify the decrease (a capped one's value is not at tol_x)
             if st == Status.OK and math.isfinite(f1) and f1 <= s.fhat - self.o.c1 * alpha * slope:
-                return self.accept(s, u1, x1, alpha, k, t0)
+                return self.accept(s, u1, (x1, f1raw), alpha, k, t0)
             alpha *= self.o.rho
         # the batch's values cannot certify a decrease along d: more samples, or tighter solves at b = n
         if s.level < len(self.sizes) - 1:
@@ -287,10 +296,12 @@ class Adaptive:
                 s.reason = self.evaluate(s, zn)
         return self.record(s, 0.0, self.o.max_backtracks + 1, t0)
 
-    def accept(self, s: AdaptiveRun, u1, x1, alpha: float, backtracks: int, t0) -> dict:
+    def accept(self, s: AdaptiveRun, u1, solved, alpha: float, backtracks: int, t0) -> dict:
+        """Move to u1, whose lower solve ``solved`` = (x, f) the search made to the evaluation's
+        tolerance (the same ‖z‖ sets both), then the adjoint and z there."""
         z0, u0 = s.z, s.u
-        s.u, s.x = u1, x1
-        s.reason = self.evaluate(s, float(np.linalg.norm(z0)))
+        s.u, s.x = u1, solved[0]
+        s.reason = self.evaluate(s, float(np.linalg.norm(z0)), solved)
         if s.reason is None:
             sv, yv = s.u - u0, s.z - z0
             if float(sv @ yv) > 1e-12 * float(np.linalg.norm(sv) * np.linalg.norm(yv)):

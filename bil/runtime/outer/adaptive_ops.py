@@ -217,22 +217,16 @@ class BatchOps:
         fun.defvjp(fwd, bwd)
         return fun
 
-    def _gx(self, x, u, rows, b, full):
-        return self._lower_mean(lambda r: jax.grad(self.g)(x, u, r), rows, b, full)
-
-    def _corrected(self, x, u, v, rows, orows, b, full):
-        """(f_S(x), f_S(x) − vᵀ∇ₓg_S(x)): the upper value and its first-order correction for an
-        inexact lower solution (with H v = ∇ₓf the correction removes the term linear in x − x*)."""
-        f = self._upper_mean(lambda r: self.f(x, u, r), orows, b, full)
-        return f, f - otu.tree_vdot(v, self._gx(x, u, rows, b, full))
-
-    # ---- the lower solve on a batch (‖∇ₓg_S(x)‖ ≤ tol), then the corrected upper value there
-    #      (one program for every solve: the lower solver is the largest thing to compile)
+    # ---- the lower solve on a batch (‖∇ₓg_S(x)‖ ≤ tol), then f_S and f_S − vᵀ∇ₓg_S at its end: the upper
+    #      value and its first-order correction for an inexact lower solution (with H v = ∇ₓf it
+    #      removes the term linear in x − x*; the solver's last gradient, no extra pass).  One
+    #      program for every solve: the lower solver is the largest thing to compile.
     def _trial_impl(self, u, x0, v, rows, orows, b, tol, *, full):
         fun = self._lower_fun(u, rows, b, full)
-        r = lbfgs(lambda x, _: fun(x), x0, None, tol, self.lower_max_iter, memory=self.memory)
-        f, fhat = self._corrected(r.x, u, v, rows, orows, b, full)
-        return r.x, r.iters, r.status, f, fhat
+        r, gx = lbfgs(lambda x, _: fun(x), x0, None, tol, self.lower_max_iter, memory=self.memory,
+                      with_grad=True)
+        f = self._upper_mean(lambda rw: self.f(r.x, u, rw), orows, b, full)
+        return r.x, r.iters, r.status, f, f - otu.tree_vdot(v, gx)
 
     # ---- adjoint on a batch: ‖H_S v − ∇ₓf_T‖ ≤ tol, then z = ∇θf_T − J_Sᵀv, f_T and its corrected value
     def _adjoint_impl(self, u, x, v0, rows, orows, b, tol, *, full):
