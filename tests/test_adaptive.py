@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import bil
-from bil.runtime.outer.adaptive import AdaptiveOptions, batch_sizes, chunk_counts, chunk_rows, run_adaptive
+from bil.runtime.outer.adaptive import AdaptiveOptions, chunk_counts, chunk_rows, run_adaptive
 from bil.runtime.outer.adaptive_ops import BatchOps, RowProblem
 
 
@@ -38,9 +38,8 @@ def quadratic_rows(n=512, m=64, d=4, p=2, seed=0):
 
 
 def test_batch_sizes_double_up_to_n():
-    assert batch_sizes(1000, 128) == [128, 256, 512, 1000]
-    assert batch_sizes(100, 128) == [100]
     assert chunk_counts(31, 4) == [4, 8, 16, 31]          # in chunks: the last is every row
+    assert chunk_counts(3, 4) == [3]
     assert chunk_rows(AdaptiveOptions(batch0=1024, replicates=4)) == 256
     assert chunk_rows(AdaptiveOptions(), 200) == 50     # fewer rows than batch0: still 4 sub-batches
 

@@ -26,7 +26,7 @@ from bil.runtime.outer.adaptive_ops import BatchOps, RowProblem
 from bil.runtime.outer.floor import floor_reason
 from bil.runtime.outer.stops import Status, Stop
 
-__all__ = ["AdaptiveOptions", "AdaptiveRun", "run_adaptive", "batch_sizes", "chunk_counts", "chunk_rows"]
+__all__ = ["AdaptiveOptions", "AdaptiveRun", "run_adaptive", "chunk_counts", "chunk_rows"]
 
 
 @dataclass(frozen=True)
@@ -47,15 +47,6 @@ class AdaptiveOptions:
     max_iter: int = 200
     budget: float | None = None  # sample gradients
     seed: int = 0
-
-
-def batch_sizes(n: int, b0: int) -> list[int]:
-    """The batch sizes a run may use: b₀·2ʲ below n, then n (when b₀ is a whole number of chunks)."""
-    out, b = [], max(1, min(int(b0), n))
-    while b < n:
-        out.append(b)
-        b *= 2
-    return out + [n]
 
 
 def chunk_rows(opts: AdaptiveOptions, n: int | None = None) -> int:
@@ -84,7 +75,7 @@ class AdaptiveRun:
     z: Any = None
     f: float = math.nan
     fhat: float = math.nan                  # f corrected for the lower solve's error (the line search's value)
-    level: int = 0                          # index into batch_sizes
+    level: int = 0                          # index into the run's batches (Adaptive.batches)
     sigma_z: float = math.nan               # per-row sd of z (sd of z_S = sigma_z·s(b))
     sigma_g: float = math.nan               # per-row sd of ∇ₓg_i
     sigma_r: float = math.nan               # per-row sd of the adjoint residual's rows
