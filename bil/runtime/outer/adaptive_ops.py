@@ -17,7 +17,6 @@ each count 1.  Derivation and rules: docs/ALGORITHMS.md, "adaptive: growing mini
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, NamedTuple
@@ -30,11 +29,7 @@ import optax.tree_utils as otu
 from bil.runtime.linear import cg
 from bil.runtime.solvers import lbfgs
 
-__all__ = ["RowProblem", "BatchOps", "Batch", "tree_norm"]
-
-
-def tree_norm(t):
-    return jnp.sqrt(otu.tree_vdot(t, t))
+__all__ = ["RowProblem", "BatchOps", "Batch"]
 
 
 @dataclass(frozen=True)
