@@ -94,8 +94,9 @@ class Batch(NamedTuple):
 
 class _Chunks:
     """One row set cut into ``q`` chunks: every leaf's rows are permuted, then leaf ℓ's chunk j
-    is its rows [j·cℓ, (j+1)·cℓ) (cℓ = Nℓ // q; the Nℓ − q·cℓ rows left over are read only by
-    the full batch)."""
+    is its rows [j·cℓ, (j+1)·cℓ) (cℓ = Nℓ // q).  The Nℓ − q·cℓ rows left over are read only
+    by the full batch: as a last block of the loop's mean when every leaf has the same row
+    count (``uniform``), else by a program of its own over all rows."""
 
     def __init__(self, data, q: int):
         self.data = data
@@ -103,12 +104,15 @@ class _Chunks:
         self.sizes = jax.tree_util.tree_map(lambda a: int(a.shape[0]) // q, data)
         self.n = _count(data)
         self.chunk = self.n // q
+        self.uniform = len({int(a.shape[0]) for a in jax.tree_util.tree_leaves(data)}) == 1
+        self.rest = self.n - q * self.chunk if self.uniform else 0
 
     def take(self, data, j):
         return jax.tree_util.tree_map(lambda a, c: jax.lax.dynamic_slice_in_dim(a, j * c, c), data, self.sizes)
 
-    def mean(self, fn, data, start, count):
-        """The mean over chunks [start, start + count) of ``fn(chunk)`` (a pytree of arrays)."""
+    def mean(self, fn, data, start, count, rest=None):
+        """The mean over the rows of chunks [start, start + count) of ``fn`` (a mean over the rows
+        it is given: a pytree of arrays), and of the left-over rows where ``rest`` (traced 0/1)."""
         shape = jax.eval_shape(fn, self.take(data, 0))
         zero = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shape)
 
@@ -116,7 +120,12 @@ class _Chunks:
             return jax.tree_util.tree_map(jnp.add, acc, fn(self.take(data, j)))
 
         tot = jax.lax.fori_loop(start, start + count, body, zero)
-        return jax.tree_util.tree_map(lambda t: t / count, tot)
+        if rest is None or self.rest == 0:
+            return jax.tree_util.tree_map(lambda t: t / count, tot)
+        left = jax.tree_util.tree_map(lambda a: a[self.q * self.chunk:], data)
+        extra = jax.lax.cond(rest > 0, lambda: fn(left), lambda: zero)
+        c, r = float(self.chunk), float(self.rest) * rest
+        return jax.tree_util.tree_map(lambda t, e: (c * t + r * e) / (c * count + r), tot, extra)
 
 
 class BatchOps:
@@ -181,18 +190,24 @@ class BatchOps:
         self.outer_perm = shuffle(self.p.outer)
         self.seed = int(seed)
 
-    # ---- means over a batch
+    # ---- means over a batch (``full``: the separate program over every row, only for a set whose
+    #      leaves have several row counts; otherwise the full batch is the loop's with ``b.rest``)
     def _lower_mean(self, fn, rows, b: Batch, full: bool):
         if full:
             return fn(rows)
-        return self.inner_chunks.mean(fn, rows, b.start, b.count)
+        return self.inner_chunks.mean(fn, rows, b.start, b.count, b.rest)
 
     def _upper_mean(self, fn, rows, b: Batch, full: bool):
         if rows is None:
             return fn(None)
         if full:
             return fn(rows)
-        return self.outer_chunks.mean(fn, rows, b.ostart, b.ocount)
+        return self.outer_chunks.mean(fn, rows, b.ostart, b.ocount, b.rest)
+
+    def _static_full(self, b: Batch) -> bool:
+        """Does ``b`` need the program over every row (a set whose leaves differ in row count)?"""
+        sets = [self.inner_chunks] + ([self.outer_chunks] if self.outer_chunks is not None else [])
+        return b.full and not all(c.uniform for c in sets)
 
     def _lower_fun(self, u, rows, b, full):
         """g_S(·, u) as a function of x with a reverse-mode rule (the mean over chunks is a loop
@@ -268,15 +283,15 @@ class BatchOps:
 
     def trial(self, u, x0, v, tol, b: Batch):
         rows, orows = self._rows()
-        return self._trial(u, x0, v, rows, orows, _dyn(b), tol, full=b.full)
+        return self._trial(u, x0, v, rows, orows, _dyn(b), tol, full=self._static_full(b))
 
     def adjoint(self, u, x, v0, tol, b: Batch):
         rows, orows = self._rows()
-        return self._adjoint(u, x, v0, rows, orows, _dyn(b), tol, full=b.full)
+        return self._adjoint(u, x, v0, rows, orows, _dyn(b), tol, full=self._static_full(b))
 
     def spread(self, u, x, v, b: Batch):
         rows, orows = self._rows()
-        return self._spread(u, x, v, rows, orows, _dyn(b), full=b.full)
+        return self._spread(u, x, v, rows, orows, _dyn(b), full=self._static_full(b))
 
 
 class _Range(NamedTuple):
@@ -289,11 +304,12 @@ class _Range(NamedTuple):
     ocount: Any
     rows: Any
     orows: Any
+    rest: Any     # 1 for the full batch: the rows left over by the chunks are read too
 
 
 def _dyn(b: Batch) -> _Range:
     i = lambda k: jnp.asarray(k, jnp.int32)  # noqa: E731
-    return _Range(i(b.start), i(b.count), i(b.ostart), i(b.ocount), i(b.rows), i(b.orows))
+    return _Range(i(b.start), i(b.count), i(b.ostart), i(b.ocount), i(b.rows), i(b.orows), i(int(b.full)))
 
 
 def _moments(vals):
