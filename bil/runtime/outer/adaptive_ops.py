@@ -8,8 +8,9 @@ that a batch is a contiguous slice) and cut into Q equal *chunks*; a batch is a 
 of consecutive chunks (the first k of them for the run's batches, nested: growing a
 batch adds rows, so every solve on the new batch is warm-started close to its
 solution), or every row.  The mean over a batch is the mean of its chunks' means, a
-``lax.fori_loop`` whose start and length are arguments: each operation is compiled
-twice per problem (chunks, every row), whatever the batch sizes a run goes through.
+``lax.fori_loop`` whose start and length are arguments (the full batch adds the rows the
+chunks leave over): each operation is compiled once per problem, whatever the batch
+sizes a run goes through.
 Sample-gradient cost is counted per row by the caller: a lower gradient, a
 Hessian-vector product, a cross-derivative product and an upper gradient of one row
 each count 1.  Derivation and rules: docs/ALGORITHMS.md, "adaptive: growing minibatches".
