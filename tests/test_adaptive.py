@@ -168,3 +168,35 @@ def test_a_capped_solve_stops_at_the_accuracy_floor_after_progress_and_fails_bef
     assert F(np.asarray(late.u)) < F(np.zeros(2))                  # kept the progress it made
     early = run_adaptive(rows, opts, _CapsAfter(rows, 1, chunk=64))
     assert str(early.reason) == "lower solve hit its iteration cap" and not early.records
+
+
+def test_a_row_set_of_two_row_counts_has_an_exact_full_batch():
+    """Two `sampled` statements of different row counts in the lower objective: chunk batches
+    hold the same fraction of each, and the full batch (a program of its own) every row."""
+    rng = np.random.default_rng(1)
+    a1, a2 = rng.standard_normal((203, 3)), rng.standard_normal((150, 3))
+    y1, y2 = rng.standard_normal(203), rng.standard_normal(150)
+    c, s = rng.standard_normal((40, 3)), rng.standard_normal(40)
+
+    def g(x, u, r):
+        return (0.5 * jnp.mean((r["one"]["a"] @ x - r["one"]["y"]) ** 2)
+                + 0.5 * jnp.mean((r["two"]["a"] @ x - r["two"]["y"] - u["t"]) ** 2) + 0.1 * (x @ x))
+
+    def f(x, u, r):
+        return 0.5 * jnp.mean((r["c"] @ x - r["s"]) ** 2)
+
+    inner = {"one": {"a": jnp.asarray(a1), "y": jnp.asarray(y1)}, "two": {"a": jnp.asarray(a2), "y": jnp.asarray(y2)}}
+    rows = RowProblem(g, f, inner, {"c": jnp.asarray(c), "s": jnp.asarray(s)}, jnp.zeros(3), {"t": jnp.zeros(())})
+    ops = BatchOps(rows, chunk=20)
+    ops.permute(0)
+    assert not ops.inner_chunks.uniform and ops.outer_chunks.uniform
+    u, v = {"t": jnp.asarray(0.3)}, jnp.zeros(3)
+    whole = {"one": {"a": a1, "y": y1}, "two": {"a": a2, "y": y2}}
+    import jax
+    for b, data in ((ops.batch(ops.q), whole), (ops.batch(2, start=1), None)):
+        xs, _, _, fv, _ = ops.trial(u, jnp.zeros(3), v, 1e-12, b)
+        if data is None:   # chunks 1, 2 of each statement: rows [c, 3c) of its permuted rows
+            data = jax.tree_util.tree_map(lambda a, k: a[k:3 * k], ops.inner_perm, ops.inner_chunks.sizes)
+        assert float(jnp.linalg.norm(jax.grad(g)(xs, u, data))) <= 1e-10
+    x_full, _, _, f_full, _ = ops.trial(u, jnp.zeros(3), v, 1e-12, ops.batch(ops.q))
+    np.testing.assert_allclose(f_full, f(x_full, u, {"c": c, "s": s}), rtol=1e-12)   # every upper row
