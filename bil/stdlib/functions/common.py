@@ -19,7 +19,7 @@ def _axis(x, axis, fname):
     """Normalise ``axis`` (None, int, or a list/tuple of ints) and check its range."""
     if axis is None:
         return None
-    ndim = jnp.ndim(x)
+    ndim = x.ndim if hasattr(x, "ndim") else np.ndim(x)   # (a tuple from a spec: jnp.ndim warns on it)
     many = isinstance(axis, (list, tuple))
     axes = tuple(axis) if many else (axis,)
     for a in axes:
