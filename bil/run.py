@@ -263,7 +263,8 @@ def _run_loop(req: RunRequest, program, spec: bytes, out: Path, ckpt: Path, stat
     """The run from the progress display on (the run, the final checkpoint and the outputs)."""
     import time
 
-    from bil.runtime import checkpoint, outdir
+    from bil.runtime import checkpoint, outdir, results
+    from bil.runtime.outer.history import history_from_state
     from bil.runtime.progress import RunProgress, print_summary
 
     outer = program.state.options["solve"]["outer"]
@@ -285,6 +286,8 @@ def _run_loop(req: RunRequest, program, spec: bytes, out: Path, ckpt: Path, stat
             if record["iter"] % every == 0:
                 st = distributed.to_host(st)   # (every process: gathering is collective)
                 if writer:
+                    # the history so far first, so that a run killed later leaves it beside its checkpoint
+                    results.write_history_csv(out / "history.csv", history_from_state(st))
                     checkpoint.save(ckpt, st, {**meta, "iteration": int(record["iter"])})
                 last["saved"] = int(record["iter"])
             if sleep:

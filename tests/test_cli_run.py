@@ -247,6 +247,9 @@ def test_resume_after_sigkill_equals_uninterrupted_run(full_run, spec_dir):
     state, meta = checkpoint.load(ckpt)
     assert 2 <= state["iteration"] < 6          # killed mid-run, after a checkpoint
     assert not (out / "result.json").exists()
+    partial = _history_rows(out / "history.csv")    # the history up to (at least) the checkpoint is there
+    assert len(partial) >= state["iteration"]
+    assert _without_wall(partial) == _without_wall(_history_rows(full / "history.csv"))[:len(partial)]
 
     r = bil_cmd("run", "tiny.bil", "--out", out, "--resume", cwd=spec_dir)
     assert r.returncode == 0, r.stderr
