@@ -34,6 +34,8 @@ from bil.stdlib import lookup
 #: reductions that close a row-wise term over the row axis: name -> "mean" or "sum"
 REDUCTIONS = {"mean": "mean", "sum": "sum", "sumsq": "sum", "l1": "sum", "huber": "sum", "mse": "mean",
               "logistic_loss": "mean", "cross_entropy": "mean"}
+#: losses that return the mean over their rows (one number)
+CLOSED_LOSSES = frozenset({"mse", "logistic_loss", "cross_entropy"})
 #: functions that keep the row axis, applied element by element (with broadcasting)
 ELEMENTWISE = frozenset({"exp", "log", "log1p", "sqrt", "abs", "square", "sign", "cos", "sin", "tanh", "sigmoid",
                          "softplus", "relu", "smooth_abs", "soft_threshold", "maximum", "minimum", "clip", "where"})
@@ -272,7 +274,7 @@ class _Analysis:
 
 def _closed_loss(e: ir.Expr):
     """A loss call inside ``e`` that returns the mean over its rows (``cross_entropy(...)``), or None."""
-    if isinstance(e, ir.Call) and e.func in ("mse", "logistic_loss", "cross_entropy"):
+    if isinstance(e, ir.Call) and e.func in CLOSED_LOSSES:
         return e
     for c in ir.children(e):
         found = _closed_loss(c)

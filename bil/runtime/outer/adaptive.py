@@ -65,6 +65,12 @@ def chunk_counts(q: int, k0: int) -> list[int]:
     return out + [q]
 
 
+def _cg_products(iters) -> int:
+    """Hessian-vector products of a warm-started CG of ``iters`` iterations: its iterations, its first
+    residual and, after iterations, its closing residual check."""
+    return int(iters) + (2 if int(iters) else 1)
+
+
 @dataclass
 class AdaptiveRun:
     """Everything the run has done: the iterate, the batch, the estimates and the records."""
@@ -99,7 +105,6 @@ class Adaptive:
         self.ops.permute(opts.seed)
         k0 = max(1, round(opts.batch0 / self.ops.chunk))
         self.batches = [self.ops.batch(k) for k in chunk_counts(self.ops.q, k0)]
-        self.sizes = [b.rows for b in self.batches]
         u0, self.unravel = ravel_pytree(problem.u0)
         self.u0 = np.asarray(u0)
 
@@ -138,9 +143,7 @@ class Adaptive:
     def adjoint(self, s: AdaptiveRun, u, x, v, tol: float):
         b, t = self.size(s.level)
         f, fhat, z, v, it, st = self.ops.adjoint(self.unravel(u), x, v, tol, self.batches[s.level])
-        # HVPs: CG's iterations, its first residual and (after iterations) its closing residual check;
-        # the cross product Jᵀv (with ∇ₓg), the upper gradient
-        self.spend(s, (int(it) + (2 if int(it) else 1)) * b + b + t)
+        self.spend(s, (_cg_products(it) + 1) * b + t)   # CG, the cross product Jᵀv (with ∇ₓg), ∇f
         s.cg_iters += int(it)
         return float(f), float(fhat), np.asarray(ravel_pytree(z)[0]), v, int(st)
 
@@ -160,7 +163,7 @@ class Adaptive:
                 blk = self.ops.batch(per, start=j * per)
                 xk, _, _, _ = self.trial(s, s.u, tol_x, blk)
                 _, _, zk, _, ci, _ = self.ops.adjoint(u, xk, s.v, tol_v, blk)
-                self.spend(s, (int(ci) + (2 if int(ci) else 1) + 1) * blk.rows + blk.orows)
+                self.spend(s, (_cg_products(ci) + 1) * blk.rows + blk.orows)
                 s.cg_iters += int(ci)
                 zs.append(np.asarray(ravel_pytree(zk)[0]))
             flat = np.stack(zs)
@@ -174,7 +177,10 @@ class Adaptive:
         (an accepted line-search trial), which is then not repeated."""
         tol_x, tol_v = self.tolerances(s, znorm)
         s.tol_x, s.tol_v = tol_x, tol_v
-        x, st, f = (*solved[:1], Status.OK, solved[1]) if solved is not None else self.trial(s, s.u, tol_x)[:3]
+        if solved is not None:
+            (x, f), st = solved, Status.OK
+        else:
+            x, st, f, _ = self.trial(s, s.u, tol_x)
         if st == Status.NONFINITE:
             return Stop.LOWER_NONFINITE
         if st == Status.CAP:
@@ -222,7 +228,7 @@ class Adaptive:
         """The smallest batch level whose sampling sd of z is ≤ theta·‖z‖ (at least the current one)."""
         zn = float(np.linalg.norm(s.z))
         lvl = s.level
-        while lvl < len(self.sizes) - 1 and s.sigma_z * self.factor(lvl) > self.o.theta * zn:
+        while lvl < len(self.batches) - 1 and s.sigma_z * self.factor(lvl) > self.o.theta * zn:
             lvl += 1
         return lvl
 
@@ -261,7 +267,7 @@ class Adaptive:
             if s.reason is not None:
                 return self.record(s, 0.0, 0, t0)
         zn = float(np.linalg.norm(s.z))
-        if s.level == len(self.sizes) - 1 and zn <= self.o.tol:
+        if s.level == len(self.batches) - 1 and zn <= self.o.tol:
             s.reason = Stop.CONVERGED
             return self.record(s, 0.0, 0, t0)
         d, qn = self.direction(s)
@@ -277,7 +283,7 @@ class Adaptive:
                 return self.accept(s, u1, (x1, f1raw), alpha, k, t0)
             alpha *= self.o.rho
         # the batch's values cannot certify a decrease along d: more samples, or tighter solves at b = n
-        if s.level < len(self.sizes) - 1:
+        if s.level < len(self.batches) - 1:
             s.reason = self.grow(s, s.level + 1)
         else:
             s.kappa *= 0.1
