@@ -158,12 +158,12 @@ class Program:
         runs its k terms whatever the residual).  ``method`` overrides the spec's ``hypergradient:``
         (``"implicit"``, ``"direct"``, ``"neumann"``, ``"unroll"``, ``"unroll(truncate=5)"``).
         """
-        tol = self._api_tol(tol)
         fast = self._public_call(hypers, tol, method)   # one jitted call (bil.runtime.public_call)
         if fast is not None:
             return fast
-        hg = self._hypergrad(hypers, tol, self._method(method))
-        return float(hg.f), {k: np.asarray(v) for k, v in hg.z.items()}
+        hg = self._hypergrad(hypers, self._api_tol(tol), self._method(method))
+        # a scalar hyper's gradient a numpy scalar (a float), as the one jitted call gives it
+        return float(hg.f), {k: np.asarray(v)[()] for k, v in hg.z.items()}
 
     @functools.cached_property
     def _public_call(self):

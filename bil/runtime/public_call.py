@@ -33,8 +33,11 @@ import numpy as np
 
 from bil.runtime import quadratic
 
-#: the packed output's head: f, lower status, ‖∇ₓg‖, adjoint status, adjoint residual
-_HEAD = 5
+#: the packed output's head: f, and 0 where the lower and adjoint solves both succeeded
+_HEAD = 2
+#: packed outputs of at most this many numbers are read back as one Python list (each numpy
+#: operation after the compiled call costs several times its usual time: ridge 43 -> 35 µs)
+_LIST = 64
 #: value types checked here; anything else goes through the program's own checks
 _NUMBERS = (float, int, np.float64, np.float32)
 #: how many checked hyper dicts :meth:`PublicCall.theta` remembers
@@ -87,6 +90,7 @@ class PublicCall:
         ends = np.cumsum([_HEAD] + [size for _, _, size in self.layout])
         #: (name, start, end, shape) of each hyper's gradient in the packed output
         self.slices = [(k, int(i), int(j), shape) for (k, shape, _), i, j in zip(self.layout, ends[:-1], ends[1:])]
+        self.unpack = _unpacker(self.slices, int(ends[-1]), self.dtype.type)
         self._fns: dict = {}
         self._methods: dict = {}
         self._seen: dict = {}   # ((name, value), ...) -> checked theta
@@ -94,11 +98,11 @@ class PublicCall:
         self._ready: dict = {}  # (hyper items, tol, method) -> (jitted call, arguments)
 
     # ---------------------------------------------------------------- inputs
-    def theta(self, hypers: Mapping[str, Any] | None) -> dict | None:
-        """Hypers as the jitted call takes them (numpy arrays), checked; None for traced
-        values, which only the general path takes.  Numbers for scalar hypers are checked by
-        a few comparisons and the last few such dicts remembered by value; anything else
-        goes through :meth:`bil.program.Program._theta`, which raises the usage errors."""
+    def theta(self, hypers: Mapping[str, Any] | None) -> tuple | None:
+        """Hypers as the jitted call takes them (in :attr:`layout` order), checked; None for
+        traced values, which only the general path takes.  Numbers for scalar hypers are
+        checked by a few comparisons and the last few such dicts remembered by value; anything
+        else goes through :meth:`bil.program.Program._theta`, which raises the usage errors."""
         if hypers is None:
             hypers = {}
         if type(hypers) is not dict:
@@ -123,16 +127,17 @@ class PublicCall:
                 self._seen.clear()
             # on the device, as every call passes them (numpy and device arrays are separate
             # entries of jit's cache; a numpy argument is copied on every call)
-            hit = self._seen[key] = jax.device_put({**self.theta0, **{k: np.asarray(x) for k, x in key}})
+            given = dict(key)
+            hit = self._seen[key] = tuple(jax.device_put([np.asarray(given.get(k, a)) for k, a in self.theta0.items()]))
         return hit
 
-    def _checked(self, hypers) -> dict | None:
+    def _checked(self, hypers) -> tuple | None:
         theta = self.program._theta(hypers)
         if any(isinstance(v, jax.core.Tracer) for v in theta.values()):
             return None
         # numpy: checked anew on every call, and jit copies numpy faster than device_put
         # (its second entry for them reuses the compiled program)
-        return theta
+        return tuple(theta[k] for k in self.theta0)
 
     def method(self, method):
         """The :class:`MethodOptions` for ``method`` (parsed once per text) and its cache key."""
@@ -154,19 +159,23 @@ class PublicCall:
         return self.eng.low.layout is None and self._data_bytes <= _CONST_BYTES
 
     def _fn(self, m, key):
-        """The jitted call: ``fn(theta, tol)`` where the data is baked in, else ``fn(theta, tol, data)``."""
+        """The jitted call: ``fn(*hypers, tol)`` where the data is baked in, else
+        ``fn(*hypers, tol, data)``; the hypers flat, in :attr:`layout` order (a dict costs
+        its flattening on every call)."""
         fn = self._fns.get(key)
         if fn is None:
             eng = self.eng
             names = [k for k, _, _ in self.layout]
 
-            def packed(theta, tol, d):
+            def packed(values, tol, d):
+                theta = dict(zip(names, values))
                 with quadratic.one_pass():   # trace time: a direct solver's one-pass form
                     X0 = eng.X_init(theta, d)
                     # adjoint from 0 (None: its residual is the right-hand side, no product)
-                    hg, (gn, res) = eng._hypergrad_impl(theta, X0, None, tol, tol, d, "theta", m)
+                    hg, _ = eng._hypergrad_impl(theta, X0, None, tol, tol, d, "theta", m)
                 dt = eng.low.dtype
-                head = jnp.stack([jnp.asarray(v, dt) for v in (hg.f, hg.lower_status, gn, hg.cg_status, res)])
+                failed = (hg.lower_status != 0) | (hg.cg_status != 0)
+                head = jnp.stack([jnp.asarray(hg.f, dt), failed.astype(dt)])
                 out = jnp.concatenate([head] + [jnp.ravel(jnp.asarray(hg.z[k], dt)) for k in names])
                 return _on_caller(out, tol) if on_cpu else out
 
@@ -175,17 +184,17 @@ class PublicCall:
 
             if self._baked:
                 data = self.program.lowered.data
-                fn = jax.jit(lambda theta, tol: packed(theta, tol, data))
+                fn = jax.jit(lambda *a: packed(a[:-1], a[-1], data))
             else:
-                fn = jax.jit(packed)
+                fn = jax.jit(lambda *a: packed(a[:-2], a[-2], a[-1]))
             self._fns[key] = fn
         return fn
 
-    def _prepared(self, hypers, tol: float, method):
-        """(jitted call, its arguments), or None for traced hypers.  Calls with
-        the same numbers are remembered by value (the checks passed once: numbers that
-        compare equal are checked alike; an array or anything unhashable is checked on every
-        call)."""
+    def _prepared(self, hypers, tol, method):
+        """(jitted call, its arguments), or None for traced hypers; ``tol`` as the caller gave
+        it (the program's default for None).  (``Program._api_tol`` checks it on a first call.)  Calls with the same numbers are remembered by
+        value (the checks passed once: numbers that compare equal are checked alike; an array
+        or anything unhashable is checked on every call)."""
         try:
             seen = (tuple(hypers.items()) if type(hypers) is dict else None if hypers is None else (),
                     tol, method)
@@ -194,6 +203,7 @@ class PublicCall:
             seen = ready = None
         if ready is not None:
             return ready
+        tol = self.program._api_tol(tol)   # a usage error for a bad one, before any work
         theta = self.theta(hypers)
         if theta is None:
             return None
@@ -203,22 +213,41 @@ class PublicCall:
             if len(self._tols) >= _SEEN:
                 self._tols.clear()
             t = self._tols[tol] = jax.device_put(np.asarray(tol, self.dtype))
-        ready = (self._fn(m, key), (theta, t) if self._baked else (theta, t, self.program.lowered.data))
+        ready = (self._fn(m, key), (*theta, t) if self._baked else (*theta, t, self.program.lowered.data))
         if seen is not None and seen[0] != ():
             if len(self._ready) >= _SEEN:
                 self._ready.clear()
             self._ready[seen] = ready
         return ready
 
-    def __call__(self, hypers, tol: float, method=None):
+    def __call__(self, hypers, tol: float | None, method=None):
         """``(f, {hyper: gradient})``, or None where the general path must answer (traced
         hypers, or a failed solve it has to diagnose)."""
-        ready = self._prepared(hypers, tol, method)
-        if ready is None:
-            return None
+        try:   # the common case, a dict of numbers seen before, in as few operations as can be
+            ready = self._ready[(tuple(hypers.items()), tol, method)]
+        except (KeyError, TypeError, AttributeError):
+            ready = self._prepared(hypers, tol, method)
+            if ready is None:
+                return None
         fn, args = ready
-        out = np.asarray(fn(*args))
-        f, lower_status, _, cg_status, _ = out[:_HEAD].tolist()
-        if lower_status != 0 or cg_status != 0:
-            return None
-        return f, {k: out[i:j].reshape(shape) for k, i, j, shape in self.slices}
+        return self.unpack(np.asarray(fn(*args)))
+
+
+def _unpacker(slices, size, scalar):
+    """``unpack(out) -> (f, {hyper: gradient})`` or None (a failed solve) for the packed output
+    of :meth:`PublicCall._fn`; a scalar hyper's gradient is a numpy scalar, an array hyper's a
+    view of ``out``.  Each operation after the compiled call is costly, so a short output is
+    read as one list."""
+    if size <= _LIST and all(shape == () for _, _, _, shape in slices):
+        def unpack(out):
+            h = out.tolist()
+            if h[1]:
+                return None
+            return h[0], {k: scalar(h[i]) for k, i, _, _ in slices}
+    else:
+        def unpack(out):
+            f, failed = out[:_HEAD].tolist()
+            if failed:
+                return None
+            return f, {k: out[i] if shape == () else out[i:j].reshape(shape) for k, i, j, shape in slices}
+    return unpack
