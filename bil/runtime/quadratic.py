@@ -4,14 +4,13 @@ For such a g the gradient is affine, ∇g(x) = H x − b with H constant, so the
 minimiser solves one linear system:
 
 * :func:`direct` materialises H (directional derivatives of the gradient along the
-  unit vectors of the flattened variables: n forward passes), factors it (Cholesky) and
-  takes one Newton step x ← x − H⁻¹∇g(x), none from a start that already has
-  ‖∇g(x)‖ ≤ tol.  Where the *true* gradient does not certify that step, a branch the common
-  case never takes factors again (LU where Cholesky broke down, e.g. a near-singular H
-  that roundoff made indefinite) and takes Newton steps with that factor until
-  ‖∇g(x)‖ ≤ tol: iterative refinement, which is what brings an ill-conditioned system
-  (kernel ridge) to its tolerance.  The factor is returned so the adjoint H q = ∇ₓf
-  reuses it (:func:`factor_adjoint`, certified and refined alike).
+  unit vectors of the flattened variables: n forward passes), factors it once (Cholesky; LU where
+  Cholesky breaks down, e.g. a near-singular H that roundoff made indefinite)
+  and takes Newton steps x ← x − H⁻¹∇g(x) with that factor until
+  ‖∇g(x)‖ ≤ tol.  The first step is exact up to roundoff; the following ones
+  are iterative refinement with the *true* gradient as residual, which is
+  what brings an ill-conditioned system (kernel ridge) to its tolerance.  The
+  factor is returned so the adjoint H q = ∇ₓf reuses it (:func:`factor_adjoint`).
 * :func:`cg` runs conjugate gradients on Hessian-vector products, warm
   started at x0: the residual of H d = −∇g(x0) *is* ∇g(x0 + d), so CG stops at
   the solver's own tolerance.  Matrix-free, for large n.
@@ -21,12 +20,13 @@ iterations reported: factorisation and refinement steps for ``direct``, Hessian
 products for ``cg``).  Neither supports bounds.
 
 Inside :func:`one_pass` (a trace-time switch) ``direct`` and :func:`factor_adjoint` take
-one Cholesky solve each, without the branch to refinement and LU, and report status
+one Cholesky solve each, with no refinement loop and no LU fallback, and report status
 0 only where the same certificates hold (‖∇g‖ ≤ tol, ‖Hq − b‖ ≤ tol, both from the true
 gradient and Hessian products): the public ``value_and_hypergrad`` traces its program
 so and repeats a call whose certificate failed on the general path.  On a small problem
-(ridge, 10 features) even the untaken branches cost microseconds that matter there
-(measured in README, "Against jaxopt and optimistix").
+(ridge, 10 features) the refinement loops and the fallback conds cost more than the
+solves, even where the fallback is never taken (measured in README, "Against jaxopt and
+optimistix").
 """
 
 from __future__ import annotations
@@ -150,35 +150,16 @@ def direct(fun, x0, params, tol, max_iter, bounds=None):
         raise ValueError("direct does not support bounded variables; use fista or gd")
     flat0, unravel, grad = _flat(fun, x0, params)
     H = _hessian(grad, flat0)
-    n = flat0.shape[0]
-    if isinstance(max_iter, int) and max_iter < 1:   # no step allowed: only the certificate at x0
-        F = factor(H)
-        x, k, gn, status = refine(grad, F, flat0, tol, 0)
-        return SolveResult(x=unravel(x), iters=k, grad_norm=gn.astype(flat0.dtype), status=status, factor=F)
-    # one Cholesky solve (none from a start that already meets tol), certified by the true gradient
-    L = jnp.linalg.cholesky(H)   # not finite where H is not positive definite
-    g0 = grad(flat0)
-    start = jnp.linalg.norm(g0) <= tol
-    x1 = jnp.where(start, flat0, flat0 - jsl.cho_solve((L, True), g0))
-    gn1 = jnp.linalg.norm(grad(x1))
-    k1 = jnp.where(start, 0, 1).astype(jnp.int32)
-    F1 = Factor(L, jnp.arange(n, dtype=jnp.int32), jnp.bool_(True))
-    if _ONE_PASS.get():
-        return SolveResult(x=unravel(x1), iters=k1, grad_norm=gn1.astype(flat0.dtype),
-                           status=_certified(gn1, tol), factor=F1)
-
-    # where that certificate fails: LU if Cholesky broke down, and refinement steps, in a
-    # branch the common case does not take (no loop, no LU cond on its path)
-    def done(_):
-        return x1, k1, gn1, jnp.int32(CONVERGED), F1
-
-    def refined(_):
-        F = factor(H)
-        steps = jnp.minimum(jnp.asarray(max_iter), 1 + MAX_REFINE)
-        x, k, gn, status = refine(grad, F, flat0, tol, steps)
-        return x, k, gn, status, F
-
-    x, k, gn, status, F = jax.lax.cond(gn1 <= tol, done, refined, None)
+    if _ONE_PASS.get() and not (isinstance(max_iter, int) and max_iter < 1):
+        L = jnp.linalg.cholesky(H)   # not finite where H is not positive definite: status 2
+        x = flat0 - jsl.cho_solve((L, True), grad(flat0))
+        gn = jnp.linalg.norm(grad(x))
+        F = Factor(L, jnp.arange(flat0.shape[0], dtype=jnp.int32), jnp.bool_(True))
+        return SolveResult(x=unravel(x), iters=jnp.int32(1), grad_norm=gn.astype(flat0.dtype),
+                           status=_certified(gn, tol), factor=F)
+    F = factor(H)
+    steps = jnp.minimum(jnp.asarray(max_iter), 1 + MAX_REFINE)
+    x, k, gn, status = refine(grad, F, flat0, tol, steps)
     return SolveResult(x=unravel(x), iters=k, grad_norm=gn.astype(flat0.dtype), status=status, factor=F)
 
 
@@ -205,20 +186,12 @@ def factor_adjoint(F: Factor, hv, b, tol):
     def residual(q):
         return ravel_pytree(hv(unravel(q)))[0] - flat_b
 
-    # one solve with a Cholesky factor, certified by a true Hessian product
-    q1 = jsl.cho_solve((F.mat, True), flat_b)
-    res1 = jnp.linalg.norm(residual(q1))
     if _ONE_PASS.get():
         # the factor is the one-pass solve's Cholesky (a failed one was reported there)
-        return unravel(q1), jnp.int32(1), res1, _certified(res1, tol)
-
-    def done(_):
-        return q1, jnp.int32(1), res1, jnp.int32(CONVERGED)
-
-    def refined(_):   # an LU factor, or a certificate that failed: refinement steps from 0
-        return refine(residual, F, jnp.zeros_like(flat_b), tol, 1 + MAX_REFINE)
-
-    q, k, res, status = jax.lax.cond(F.chol & (res1 <= tol), done, refined, None)
+        q = jsl.cho_solve((F.mat, True), flat_b)
+        res = jnp.linalg.norm(residual(q))
+        return unravel(q), jnp.int32(1), res, _certified(res, tol)
+    q, k, res, status = refine(residual, F, jnp.zeros_like(flat_b), tol, 1 + MAX_REFINE)
     return unravel(q), k, res, status
 
 
