@@ -88,9 +88,8 @@ def cg(matvec: Callable[[Any], Any], b, x0, tol, max_iter: int) -> CGResult:
         p1 = otu.tree_add_scale(r1, rr1 / rr, p)
         bad = bad | ~jnp.isfinite(rr1)
         st1 = jnp.where(bad, CG_NONFINITE, jnp.where(neg, CG_NEG_CURVATURE, -1))
-        keep = st1 >= 0  # on failure, keep the last good iterate
-        x1, r1, p1 = (otu.tree_where(keep, a, b_) for a, b_ in ((x, x1), (r, r1), (p, p1)))
-        rr1 = jnp.where(keep, rr, rr1)
+        # on failure the loop stops at the last good iterate (only x is read after the loop)
+        x1 = otu.tree_where(st1 >= 0, x, x1)
         # A failed step still cost one matvec: count it.
         return x1, r1, p1, rr1, k + 1, st1.astype(jnp.int32)
 
@@ -135,14 +134,16 @@ def hvp(fun: Callable, x, params, v):
 
 
 def hessian_operator(fun: Callable, x, params) -> Callable[[Any], Any]:
-    """``v ↦ ∇²ₓₓ fun(x, params) · v``, linearised once at x (``jax.linearize`` of the gradient).
+    """``v ↦ ∇²ₓₓ fun(x, params) · v``, linearised once at x: the VJP of the gradient (H is
+    symmetric, so vᵀH is Hv).
 
     What the products share (the gradient's own pass at x: logits, softmax, ...) is computed
-    once, outside the solver's loop, and each product is only the linear part; a
-    :func:`hvp` per product redoes the gradient's forward pass every time (on digits, 640
-    variables, the adjoint's 20 CG products took 1.3× as long that way)."""
-    _, lin = jax.linearize(lambda y: jax.grad(fun)(y, params), x)
-    return lin
+    once, outside the solver's loop, and each product is only the linear part.  On digits
+    (640 variables, 20 CG products) the VJP form made the public hypergradient ~4% faster
+    than ``jax.linearize``'s JVP form, which had been 1.3× faster than an :func:`hvp` per
+    product."""
+    _, vjp = jax.vjp(lambda y: jax.grad(fun)(y, params), x)
+    return lambda v: vjp(v)[0]
 
 
 def direct_solve(matvec: Callable[[Any], Any], b):
