@@ -1,24 +1,26 @@
 """The public ``value_and_hypergrad`` as one jitted call with little Python around it.
 
-On a small problem (ridge, 10 features) the solves take a few hundred microseconds, so
+On a small problem (ridge, 10 features) the solves take tens of microseconds, so
 the Python around them decides the time per call.  A call here is: the hypers checked
 (scalars given as numbers by a few comparisons, anything else by
-:meth:`bil.program.Program._theta`, which raises the usage errors), one jitted function that makes the lower start, solves the lower problem and the
-adjoint and forms z, with everything the caller needs packed into one flat array, and one
-transfer of that array to the host.  A call whose
-statuses are not both 0 is handed back to the program's general path, which repeats
-the solves and raises its located error with the same diagnosis as before.
+:meth:`bil.program.Program._theta`, which raises the usage errors), one jitted function
+that makes the lower start, solves the lower problem and the adjoint and forms z, with f,
+one failure flag and z packed into one flat array, and one transfer of that array to the
+host.  A call whose flag is set is handed back to the program's general path, which
+repeats the solves and raises its located error with the same diagnosis as before.
 
-Four things keep that call short on a small problem (measured on ridge, README "Against
-jaxopt and optimistix"): on CPU, with little data, the program runs on the calling thread
-(:func:`_on_caller`);
-hypers given as numbers and tolerances are remembered, checked, as device
-arrays (a numpy argument is copied to the device on every call); data of at most
-``_CONST_BYTES`` on one device is a constant of the compiled program, as a peer that
-closes over its data has it (XLA folds what does not depend on the hypers, e.g. XᵀX);
-and a ``direct`` lower solver runs its one-pass form (:func:`bil.runtime.quadratic.one_pass`:
+What keeps that call short on a small problem (measured on ridge, README "Against
+jaxopt and optimistix", docs/ALGORITHMS.md "Quadratic lower problems"): on CPU, with
+little data, the program runs on the calling thread (:func:`_on_caller`); hypers given as
+numbers and tolerances are remembered, checked, as device arrays (a numpy argument is
+copied on every call) and passed flat (a dict is flattened on every call); data of at
+most ``_CONST_BYTES`` on one device is a constant of the compiled program, as a peer that
+closes over its data has it (XLA folds what does not depend on the hypers, e.g. XᵀX); a
+``direct`` lower solver runs its one-pass form (:func:`bil.runtime.quadratic.one_pass`:
 one Cholesky solve each way, certified by the same residuals), whose failed certificate
-sends the call to the general path like any failed solve.
+sends the call to the general path like any failed solve; and a remembered call, its
+result read as one list, takes a handful of Python operations (each costs several times
+its usual time right after the compiled call).
 """
 
 from __future__ import annotations
