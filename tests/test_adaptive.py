@@ -52,7 +52,7 @@ def test_batch_means_over_chunks_equal_the_means_over_their_rows():
     assert (ops.q, ops.chunk) == (12, 16)
     u, x, v = {"theta": jnp.array([0.3, -0.2])}, jnp.array([0.1, -0.4, 0.2, 0.5]), jnp.zeros(4)
     for b in (ops.batch(3, start=2), ops.batch(12)):
-        xs, _, _, f, _ = ops.trial(u, x, v, 1e-12, b)
+        xs, _, _, f, _, _ = ops.trial(u, x, v, 1e-12, b)
         inner = {k: a[b.start * 16:(b.start + b.count) * 16] for k, a in ops.inner_perm.items()} if not b.full \
             else ops.inner_perm
         outer = {k: a[b.ostart * 3:(b.ostart + b.ocount) * 3] for k, a in ops.outer_perm.items()} if not b.full \
@@ -151,9 +151,9 @@ class _CapsAfter(BatchOps):
         self.calls, self.k = 0, k
 
     def trial(self, *a):
-        x, it, st, f, fhat = super().trial(*a)
+        x, it, st, f, fhat, factored = super().trial(*a)
         self.calls += 1
-        return x, it, (1 if self.calls >= self.k else st), f, fhat
+        return x, it, (1 if self.calls >= self.k else st), f, fhat, factored
 
 
 def test_a_capped_solve_stops_at_the_accuracy_floor_after_progress_and_fails_before(small):
@@ -194,9 +194,80 @@ def test_a_row_set_of_two_row_counts_has_an_exact_full_batch():
     whole = {"one": {"a": a1, "y": y1}, "two": {"a": a2, "y": y2}}
     import jax
     for b, data in ((ops.batch(ops.q), whole), (ops.batch(2, start=1), None)):
-        xs, _, _, fv, _ = ops.trial(u, jnp.zeros(3), v, 1e-12, b)
+        xs, _, _, fv, _, _ = ops.trial(u, jnp.zeros(3), v, 1e-12, b)
         if data is None:   # chunks 1, 2 of each statement: rows [c, 3c) of its permuted rows
             data = jax.tree_util.tree_map(lambda a, k: a[k:3 * k], ops.inner_perm, ops.inner_chunks.sizes)
         assert float(jnp.linalg.norm(jax.grad(g)(xs, u, data))) <= 1e-10
-    x_full, _, _, f_full, _ = ops.trial(u, jnp.zeros(3), v, 1e-12, ops.batch(ops.q))
+    x_full, _, _, f_full, _, _ = ops.trial(u, jnp.zeros(3), v, 1e-12, ops.batch(ops.q))
     np.testing.assert_allclose(f_full, f(x_full, u, {"c": c, "s": s}), rtol=1e-12)   # every upper row
+
+
+def ill_conditioned_rows(n=400, d=12, seed=0):
+    """Least squares with columns scaled over three decades and a tiny penalty: a batch Hessian
+    of condition ~10⁶, on which L-BFGS and CG take many more than d iterations."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((n, d)) * np.logspace(-3, 0, d)
+    y, C, s = rng.standard_normal(n), rng.standard_normal((50, d)), rng.standard_normal(50)
+    return RowProblem.from_rows(
+        lambda x, u, r: 0.5 * (r["a"] @ x - r["y"]) ** 2 + 0.5 * jnp.exp(u["t"]) * (x @ x),
+        lambda x, u, r: 0.5 * (r["c"] @ x - r["s"]) ** 2,
+        {"a": jnp.asarray(A), "y": jnp.asarray(y)}, {"c": jnp.asarray(C), "s": jnp.asarray(s)},
+        jnp.zeros(d), {"t": jnp.asarray(-14.0)})
+
+
+def test_direct_batch_solves_finish_with_newton_steps_where_lbfgs_is_slow():
+    """With ``direct`` (a quadratic lower objective) a batch solve that L-BFGS has not finished in
+    n_x iterations forms the batch's Hessian and takes Newton steps; an adjoint CG not finished in
+    n_x iterations restarts from the factor's solution.  Both agree with the plain operations,
+    which take many more iterations on this ill-conditioned batch."""
+    import jax
+
+    rows = ill_conditioned_rows()
+    plain, direct = BatchOps(rows, chunk=50), BatchOps(rows, chunk=50, direct=True)
+    plain.permute(5)
+    direct.permute(5)
+    assert direct.factor_passes == 12                           # n_x products per row form H
+    u, x0, v0 = {"t": jnp.asarray(-14.0)}, jnp.zeros(12), jnp.zeros(12)
+    for b in (direct.batch(4, start=2), direct.batch(direct.q)):
+        xd, itd, std, fd, _, fac = direct.trial(u, x0, v0, 1e-10, b)
+        xp, itp, stp, fp, _, fac_p = plain.trial(u, x0, v0, 1e-10, b)
+        assert int(std) == 0 and int(fac) == 1 and int(fac_p) == 0
+        assert int(itd) <= 12 + 3                                # n_x L-BFGS iterations, then Newton
+        # plain L-BFGS: 936 iterations on 200 rows, its cap of 1000 on every row
+        assert int(itp) > 30 * 12 and (int(stp) == 0 or int(itp) == plain.lower_max_iter)
+        if int(stp) == 0:
+            np.testing.assert_allclose(xd, xp, rtol=1e-6)      # both met ‖∇g_S‖ ≤ 1e-10 at condition ~1e6
+            np.testing.assert_allclose(fd, fp, rtol=1e-5)
+        inner = direct.inner_perm if b.full else jax.tree_util.tree_map(
+            lambda a: a[b.start * 50:(b.start + b.count) * 50], direct.inner_perm)
+        assert float(jnp.linalg.norm(jax.grad(rows.g)(xd, u, inner))) <= 1e-10
+        ad, ap = direct.adjoint(u, xd, v0, 1e-10, b), plain.adjoint(u, xd, v0, 1e-10, b)
+        assert int(ad[5]) == int(ap[5]) == 0 and int(ad[6]) == 1 and int(ad[4]) < int(ap[4])   # 12 < 23
+        np.testing.assert_allclose(ad[2]["t"], ap[2]["t"], rtol=1e-6)       # z
+    # a well-conditioned batch: L-BFGS finishes within n_x (13 of 16 iterations), no Hessian is formed
+    rows, _, _, _ = quadratic_rows(n=203, m=37, d=16)
+    ops = BatchOps(rows, chunk=16, direct=True)
+    ops.permute(0)
+    *_, fac = ops.trial({"theta": jnp.array([0.3, -0.2])}, jnp.zeros(16), jnp.zeros(16), 1e-8, ops.batch(ops.q))
+    assert int(fac) == 0
+
+
+def test_adaptive_with_direct_reaches_the_closed_form_optimum():
+    rows, theta_star, F, _ = quadratic_rows(n=256)
+    ops = BatchOps(rows, chunk=chunk_rows(AdaptiveOptions(batch0=128, replicates=2)), direct=True)
+    run = run_adaptive(rows, AdaptiveOptions(batch0=128, replicates=2, max_iter=60, tol=1e-9), ops)
+    assert str(run.reason) == "gradient norm below tol" and run.level == 1
+    np.testing.assert_allclose(np.asarray(run.u), theta_star, rtol=1e-5, atol=1e-6)
+    assert F(np.asarray(run.u)) - F(theta_star) <= 1e-8 * F(theta_star)
+
+
+def test_a_spec_solved_with_direct_gets_direct_batch_solves(spec_folder):
+    """The spec's lower solver decides: ``direct()`` (the default for this quadratic) gives Newton
+    batch solves, ``lbfgs()`` L-BFGS ones."""
+    from bil.runtime.outer.adaptive_loop import AdaptiveLoop
+
+    folder, _ = spec_folder
+    for solver, direct in (("direct()", True), ("lbfgs()", False)):
+        prog = bil.compile(SPEC.replace("SEED", "0"), base_dir=str(folder), overrides={"lower.solver": solver})
+        loop = AdaptiveLoop.from_options(prog.engine, dict(prog.state.options["solve"]["outer"].kwargs))
+        assert loop.core.ops.direct is direct

@@ -65,10 +65,11 @@ def chunk_counts(q: int, k0: int) -> list[int]:
     return out + [q]
 
 
-def _cg_products(iters) -> int:
+def _cg_products(iters, restarted=0) -> int:
     """Hessian-vector products of a warm-started CG of ``iters`` iterations: its iterations, its first
-    residual and, after iterations, its closing residual check."""
-    return int(iters) + (2 if int(iters) else 1)
+    residual and, after iterations, its closing residual check (each twice where it ``restarted``
+    from a factor's solution)."""
+    return int(iters) + (2 if int(iters) else 1) + 2 * int(restarted)
 
 
 @dataclass
@@ -134,16 +135,18 @@ class Adaptive:
         """The lower solve at ``u`` (warm-started at s.x) on ``batch`` (the current one by default),
         and the corrected upper value there."""
         b = self.batches[s.level] if batch is None else batch
-        x, it, st, f, fhat = self.ops.trial(self.unravel(u), s.x, s.v, tol, b)
-        # one gradient per iteration (the cost axis' convention) and the start's, the upper value
-        self.spend(s, (int(it) + 1) * b.rows + b.orows)
+        x, it, st, f, fhat, factored = self.ops.trial(self.unravel(u), s.x, s.v, tol, b)
+        # one gradient per iteration (the cost axis' convention) and the start's, the upper value,
+        # and the n_x products per row of a batch Hessian formed (``direct()``)
+        self.spend(s, (int(it) + 1 + int(factored) * self.ops.factor_passes) * b.rows + b.orows)
         s.lower_iters += int(it)
         return x, int(st), float(f), float(fhat)
 
     def adjoint(self, s: AdaptiveRun, u, x, v, tol: float):
         b, t = self.size(s.level)
-        f, fhat, z, v, it, st = self.ops.adjoint(self.unravel(u), x, v, tol, self.batches[s.level])
-        self.spend(s, (_cg_products(it) + 1) * b + t)   # CG, the cross product Jᵀv (with ∇ₓg), ∇f
+        f, fhat, z, v, it, st, factored = self.ops.adjoint(self.unravel(u), x, v, tol, self.batches[s.level])
+        # CG, the cross product Jᵀv (with ∇ₓg), ∇f, and a batch Hessian formed (``direct()``)
+        self.spend(s, (_cg_products(it, factored) + 1 + int(factored) * self.ops.factor_passes) * b + t)
         s.cg_iters += int(it)
         return float(f), float(fhat), np.asarray(ravel_pytree(z)[0]), v, int(st)
 
@@ -162,8 +165,8 @@ class Adaptive:
             for j in range(k):
                 blk = self.ops.batch(per, start=j * per)
                 xk, _, _, _ = self.trial(s, s.u, tol_x, blk)
-                _, _, zk, _, ci, _ = self.ops.adjoint(u, xk, s.v, tol_v, blk)
-                self.spend(s, (_cg_products(ci) + 1) * blk.rows + blk.orows)
+                _, _, zk, _, ci, _, fac = self.ops.adjoint(u, xk, s.v, tol_v, blk)
+                self.spend(s, (_cg_products(ci, fac) + 1 + int(fac) * self.ops.factor_passes) * blk.rows + blk.orows)
                 s.cg_iters += int(ci)
                 zs.append(np.asarray(ravel_pytree(zk)[0]))
             flat = np.stack(zs)

@@ -20,6 +20,7 @@ from bil.runtime.outer.adaptive_ops import BatchOps, RowProblem
 from bil.runtime.outer.driver import Tracker
 from bil.runtime.outer.history import OuterResult, pack_tree, unpack_tree
 from bil.runtime.outer.stops import Stop
+from bil.stdlib.methods import Direct
 
 __all__ = ["AdaptiveLoop", "rows_problem"]
 
@@ -82,7 +83,8 @@ class AdaptiveLoop:
         oracles, problem = cache["problem"]
         chunk = chunk_rows(opts, problem.n)
         if chunk not in cache:
-            cache[chunk] = BatchOps(problem, chunk=chunk)
+            # the spec's ``direct()`` (a quadratic lower objective) gives Newton solves on each batch
+            cache[chunk] = BatchOps(problem, chunk=chunk, direct=isinstance(getattr(owner, "solver", None), Direct))
         cached = (oracles, problem, cache[chunk])
         return cls(cached[0], opts, o.get("budget"), cached[1], cached[2])
 
