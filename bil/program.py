@@ -95,7 +95,7 @@ class Program:
                 raise BilUsageError(f"hyper `{k}` must be a number or an array broadcastable to shape "
                                     f"{tuple(theta[k].shape)}", h.node.span,
                                     f"its spec line declares it; got {v!r:.60}") from None
-            if not tracer:  # concrete values only: under jit the user owns the domain
+            if not tracer:  # concrete values only (traced ones: NaN from ``objective``, :meth:`_in_domain`)
                 a = theta[k]
                 if not np.all(np.isfinite(a)):
                     raise BilUsageError(f"hyper `{k}` must be finite", h.node.span, "got NaN or Inf")
@@ -106,6 +106,22 @@ class Program:
                     raise BilUsageError(f"hyper `{k}` is positive; got a value <= 0", h.node.span,
                                         "positive hypers are optimised in log coordinates: give a value > 0")
         return theta
+
+    def _in_domain(self, theta: dict, given: Mapping[str, Any] | None):
+        """A traced boolean: do the traced hypers of ``given`` lie in their domains (finite, inside
+        their bounds, positive)?  None where none is traced (concrete ones were checked by
+        :meth:`_theta`)."""
+        oks = []
+        for k, v in (given or {}).items():
+            if not isinstance(v, jax.core.Tracer):
+                continue
+            a, h = theta[k], self.state.hypers[k]
+            oks.append(jnp.all(jnp.isfinite(a)))
+            if h.bounds is not None:
+                oks.append(jnp.all((a > h.bounds[0]) & (a < h.bounds[1])))
+            if h.kind == "positive":
+                oks.append(jnp.all(a > 0))
+        return jnp.all(jnp.stack(oks)) if oks else None
 
     def _method(self, method: str | MethodOptions | None) -> MethodOptions:
         """A hypergradient method given as text (``"unroll(steps=3000)"``, ``"direct"``), parsed and checked
@@ -197,6 +213,7 @@ class Program:
         right-hand side (at least 1), so derivatives stay linear in the tangent
         and do not depend on the scale of the upper objective; where a solve does
         not get there (iteration cap, NaN) the value, or the derivative, is NaN.
+        Traced hypers (under ``jax.jit``) outside their domain give NaN, value and derivatives.
         Two methods are approximations by choice, and their derivatives are not
         those of the value: ``neumann(k=..)`` truncates the series for H⁻¹ (its
         residual is not checked), and ``unroll(truncate=K)`` differentiates only
@@ -230,7 +247,12 @@ class Program:
 
         def objective(theta):
             # _theta: unknown names, shapes and (for concrete values) domains are BilUsageErrors
-            return jitted(self._theta(theta), self.lowered.data)
+            th = self._theta(theta)
+            value = jitted(th, self.lowered.data)
+            ok = self._in_domain(th, theta)
+            # traced values outside their domain: NaN, and so are the derivatives (a product, not a
+            # select, whose derivative would be a plausible 0)
+            return value if ok is None else value * jnp.where(ok, 1.0, jnp.nan).astype(value.dtype)
 
         objective.__doc__ = Program.objective.__doc__
         objective._jitted = jitted  # the one compiled function (tests count its cache entries)

@@ -333,6 +333,30 @@ def test_hypers_outside_their_domain_are_rejected(ridge_prog):
         ridge_prog.run(max_iter=0)
 
 
+def test_traced_hypers_outside_their_domain_give_nan_not_a_plausible_value():
+    """Under jit (or grad) the hypers are traced and cannot be refused: a negative `lam`, or `b`
+    outside its bounds, gives NaN, value and gradient (it used to give finite numbers)."""
+    prog = bil.compile("""
+        data X, y = (randn(20, 3, seed=0), randn(20, seed=1))
+        hyper lam : positive[3] = 1.0
+        hyper b : real in [-1, 1] = 0.2
+        lower {
+            w : real[3] = 0
+            minimize 0.5 * sumsq(X @ w - y) + 0.5 * sum(lam * w^2) - b * sum(w)
+        }
+        upper minimize 0.5 * sumsq(X @ w - y)
+    """)
+    vg = jax.jit(jax.value_and_grad(prog.objective))
+    f, g = vg({"lam": jnp.array([1.0, 2.0, 0.5]), "b": jnp.asarray(0.3)})
+    assert np.isfinite(float(f)) and np.all(np.isfinite(np.asarray(g["lam"])))
+    for bad in ({"lam": jnp.array([-1.0, 1.0, 1.0])}, {"b": jnp.asarray(1.5)}, {"lam": jnp.array([1.0, jnp.nan, 1.0])}):
+        f, g = vg({"lam": jnp.ones(3), "b": jnp.asarray(0.0), **bad})
+        assert np.isnan(float(f)) and np.all(np.isnan(np.asarray(g["lam"])))
+    assert np.isnan(float(jax.grad(prog.objective)({"b": jnp.asarray(-2.0)})["b"]))   # traced by grad alone
+    with pytest.raises(bil.BilError, match="positive"):                               # concrete: refused
+        prog.objective({"lam": [-1.0, 1.0, 1.0]})
+
+
 def test_objective_is_nan_where_the_lower_solve_fails():
     """With max_iter 1 an iterative lower solve stops far from x*: the objective used to return a
     plausible wrong value (0.301 for 0.262) and a gradient of the wrong sign.  (lbfgs: the

@@ -150,3 +150,24 @@ def test_small_calls_run_on_the_calling_thread(prog, monkeypatch):
     assert "callback" not in lowered_text(big)
     f, g = big.value_and_hypergrad({"lam": 2.0}, tol=1e-11)
     assert abs(f - _reference(big, 2.0, 0.2, np.zeros(3))[0]) <= 1e-9 * f
+
+
+def test_array_hypers_are_remembered_by_content(prog, monkeypatch):
+    """A dict holding a numpy array is checked once per content: the same values again skip the
+    checks, and an array changed in place is a new call (checked, and answered for its values)."""
+    s = np.array([0.1, 0.0, -0.3])
+    f0, g0 = prog.value_and_hypergrad({"lam": 2.0, "s": s}, tol=1e-11)
+    checks = []
+    original = prog._theta
+    monkeypatch.setattr(prog, "_theta", lambda h: checks.append(1) or original(h))
+    f1, g1 = prog.value_and_hypergrad({"lam": 2.0, "s": s.copy()}, tol=1e-11)
+    assert not checks and f1 == f0 and np.array_equal(g1["s"], g0["s"])
+    s[1] = 0.5                                                # the same array object, new content
+    f2, g2 = prog.value_and_hypergrad({"lam": 2.0, "s": s}, tol=1e-11)
+    fr, gr = _reference(prog, 2.0, 0.2, s)
+    assert checks and abs(f2 - fr) <= 1e-9 * abs(fr)
+    np.testing.assert_allclose(g2["s"], gr["s"], rtol=1e-8, atol=1e-10)
+    with pytest.raises(BilUsageError, match="positive"):      # a bad array is refused every time
+        prog.value_and_hypergrad({"lam": np.array(-1.0), "s": s})
+    with pytest.raises(BilUsageError, match="positive"):
+        prog.value_and_hypergrad({"lam": np.array(-1.0), "s": s})

@@ -137,8 +137,8 @@ class PublicCall:
         theta = self.program._theta(hypers)
         if any(isinstance(v, jax.core.Tracer) for v in theta.values()):
             return None
-        # numpy: checked anew on every call, and jit copies numpy faster than device_put
-        # (its second entry for them reuses the compiled program)
+        # numpy: a call not remembered (see _prepared) is checked anew every time, and for it jit
+        # copies numpy faster than device_put (its second entry for them reuses the compiled program)
         return tuple(theta[k] for k in self.theta0)
 
     def method(self, method):
@@ -194,15 +194,12 @@ class PublicCall:
 
     def _prepared(self, hypers, tol, method):
         """(jitted call, its arguments), or None for traced hypers; ``tol`` as the caller gave
-        it (the program's default for None).  (``Program._api_tol`` checks it on a first call.)  Calls with the same numbers are remembered by
-        value (the checks passed once: numbers that compare equal are checked alike; an array
-        or anything unhashable is checked on every call)."""
-        try:
-            seen = (tuple(hypers.items()) if type(hypers) is dict else None if hypers is None else (),
-                    tol, method)
-            ready = self._ready.get(seen) if seen[0] != () else None
-        except TypeError:
-            seen = ready = None
+        it (the program's default for None; ``Program._api_tol`` checks it on a first call).
+        Calls with the same values are remembered (the checks passed once): numbers by value
+        (numbers that compare equal are checked alike), numpy arrays of at most ``_KEYED``
+        entries by content; anything else is checked on every call."""
+        seen = _key(hypers, tol, method)
+        ready = self._ready.get(seen) if seen is not None else None
         if ready is not None:
             return ready
         tol = self.program._api_tol(tol)   # a usage error for a bad one, before any work
@@ -215,8 +212,10 @@ class PublicCall:
             if len(self._tols) >= _SEEN:
                 self._tols.clear()
             t = self._tols[tol] = jax.device_put(np.asarray(tol, self.dtype))
+        if seen is not None:   # remembered: on the device once (jit copies a numpy argument every call)
+            theta = tuple(jax.device_put(list(theta)))
         ready = (self._fn(m, key), (*theta, t) if self._baked else (*theta, t, self.program.lowered.data))
-        if seen is not None and seen[0] != ():
+        if seen is not None:
             if len(self._ready) >= _SEEN:
                 self._ready.clear()
             self._ready[seen] = ready
@@ -233,6 +232,32 @@ class PublicCall:
                 return None
         fn, args = ready
         return self.unpack(np.asarray(fn(*args)))
+
+
+#: numpy hypers of at most this many entries are remembered by content (their bytes hashed)
+_KEYED = 1 << 16
+
+
+def _key(hypers, tol, method):
+    """A hashable key for a call with a dict of numbers and numpy arrays (arrays by dtype, shape
+    and bytes), else None: such a call is checked anew."""
+    if hypers is None or (type(hypers) is dict and not hypers):
+        return (None, tol, method)          # the initial hypers
+    if type(hypers) is not dict:
+        return None
+    items = []
+    for k, v in hypers.items():
+        if type(v) is np.ndarray:
+            if v.size > _KEYED or v.dtype == object:
+                return None
+            v = ("array", v.dtype.str, v.shape, v.tobytes())
+        items.append((k, v))
+    try:
+        key = (tuple(items), tol, method)
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def _unpacker(slices, size, scalar):

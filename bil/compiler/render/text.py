@@ -86,8 +86,18 @@ def option_rows(st: CompileState) -> list[tuple[str, str, bool]]:
     rows = []
     for block in ("lower", "solve"):
         for k, v in st.options.get(block, {}).items():
-            rows.append((f"{block}.{k}", v.show() if hasattr(v, "show") else repr(v), k not in given[block]))
+            text = v.show() if hasattr(v, "show") else repr(v)
+            if (block, k) == ("solve", "hypergradient") and _factor_adjoint(st, v):
+                text += "  (the adjoint uses direct()'s factor: its `linear` and `max_iter` are not used)"
+            rows.append((f"{block}.{k}", text, k not in given[block]))
     return rows
+
+
+def _factor_adjoint(st: CompileState, method) -> bool:
+    """Is the implicit adjoint solved with the ``direct()`` lower solver's factor (as the engine does)?"""
+    from bil.stdlib.methods import Direct, Implicit
+
+    return isinstance(method, Implicit) and isinstance(st.options.get("lower", {}).get("solver"), Direct)
 
 
 def standard_form(st: CompileState) -> str:
