@@ -385,8 +385,10 @@ def _unknown_hypers(names, known) -> BilUsageError:
     from bil.stdlib import closest
 
     guess = closest(names[0], sorted(known))
-    return BilUsageError(f"unknown hyper(s) {', '.join(f'`{n}`' for n in names)}", None,
-                         (f"did you mean `{guess}`? " if guess else "") + f"hypers are {', '.join(sorted(known))}")
+    word = "hyper" if len(names) == 1 else "hypers"
+    return BilUsageError(f"unknown {word} {', '.join(f'`{n}`' for n in names)}", None,
+                         (f"did you mean `{guess}`? " if guess else "")
+                         + f"the spec's hypers: {', '.join(f'`{k}`' for k in sorted(known))}")
 
 
 class Result:

@@ -255,4 +255,5 @@ def _unknown(st: CompileState, name: str, span, local) -> BilError:
         return BilError(f"unknown name `{name}`", span, f"booleans are written `{name.lower()}`")
     guess = closest(name, list(local)) or closest(name, list(st.symbols)) or closest(name, names())
     return BilError(f"unknown name `{name}`", span, f"did you mean `{guess}`?" if guess else
-                    "names must be declared by `data`, `hyper`, `def` or a lower variable before use")
+                    "names must be declared by `data`, `hyper`, `def` or a lower variable before use "
+                    "(data may also come from Python: `bil.compile(spec, data={...})`)")
