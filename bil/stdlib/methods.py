@@ -104,7 +104,8 @@ class NewtonCG(MethodOptions):
 @dataclass(frozen=True)
 class Direct(MethodOptions):
     """Quadratic objectives only: factor the Hessian once (Cholesky, LU fallback) and solve,
-    refined to `tol`; the adjoint reuses the factor.  Default for quadratic, unbounded lower
+    refined to `tol`; an implicit adjoint reuses the factor (whatever `linear=` says; the runs'
+    `cg_iters` then count its refinement steps).  Default for quadratic, unbounded lower
     problems with at most 2000 variables."""
 
 
