@@ -330,3 +330,22 @@ def test_api_tolerances_must_be_positive(bad):
         prog.solve_lower({"lam": 1.0}, tol=bad)
     with pytest.raises(bil.BilUsageError, match="tol must be a positive number"):
         prog.value_and_hypergrad({"lam": 1.0}, tol=bad)
+
+
+def test_a_data_scalar_is_a_size_in_initial_values_and_objectives():
+    """`data H = 4` sizes `zeros(H)` in a lower variable's initial value and `ones(H)` in the
+    objective, as it sizes `real[H]` (it used to be refused as "not a constant")."""
+    prog = bil.compile("""
+        data X, y = (randn(30, 4, seed=0), randn(30, seed=1))
+        data H = 4
+        hyper lam : positive = 1.0
+        lower {
+            w : real[H] = zeros(H) + 0.1 * randn(H, seed=3)
+            minimize 0.5 * sumsq(X @ w - y) + 0.5 * lam * sumsq(w - 0.1 * ones(H))
+        }
+        upper minimize sumsq(w)
+    """)
+    X = np.asarray(prog.state.data["X"])
+    y = np.asarray(prog.state.data["y"])
+    w = prog.solve_lower({"lam": 2.0})["w"]
+    np.testing.assert_allclose(w, np.linalg.solve(X.T @ X + 2 * np.eye(4), X.T @ y + 0.2 * np.ones(4)), rtol=1e-8)

@@ -228,8 +228,18 @@ class Evaluator:
         if fn.kind == "meta" and self.concrete is not None and all(
                 ir.free_names(a) <= self.concrete.keys() for a in [*e.args, *(k.value for k in e.kwargs)]):
             ev = Evaluator(self.concrete, self.consts)
-        args = [ev(a) for a in e.args]
-        kwargs = {k.name: ev(k.value) for k in e.kwargs}
+        exprs = [*e.args, *(k.value for k in e.kwargs)]
+        if ev is self and self.concrete is not None and fn.kind != "meta":
+            # static parameters (sizes, seeds) read the data's values, as `real[H]` does: an argument
+            # of data only is evaluated on them (the others stay abstract: data is not baked in)
+            static = _static_positions(e, fn)
+            const = Evaluator(self.concrete, self.consts)
+            vals = [const(a) if i in static and ir.free_names(a) <= self.concrete.keys() else ev(a)
+                    for i, a in enumerate(exprs)]
+        else:
+            vals = [ev(a) for a in exprs]
+        args = vals[:len(e.args)]
+        kwargs = {k.name: v for k, v in zip(e.kwargs, vals[len(e.args):])}
         try:
             bound = fn.bind(tuple(args), kwargs)
         except TypeError as err:
@@ -239,8 +249,10 @@ class Evaluator:
             if pname in fn.static or fn.kind in ("meta", "source"):
                 val = bound.arguments[pname]
                 if fn.kind != "meta" and not is_concrete(val):
+                    at = next((exprs[i].span for i in _static_positions(e, fn, pname)
+                               if not is_concrete(vals[i])), arg_span(e, fn, pname))
                     raise BilError(f"argument `{pname}` of `{e.func}` must be a constant (it may not depend on "
-                                   "hypers or lower variables)", arg_span(e, fn, pname),
+                                   "hypers or lower variables)", at,
                                    f"write a number or an expression of data here; signature: {fn.describe()}")
                 if fn.kind != "meta":
                     bound.arguments[pname] = to_static(val)
@@ -268,6 +280,20 @@ def _array_or_scalar(v: Any, e: ir.Expr):
         raise BilError(f"a tuple of {len(v)} values cannot be used as an array", e.span,
                        "bind its parts to names with `data a, b = ...`")
     return v
+
+
+def _static_positions(e: ir.Call, fn, pname: str | None = None) -> set[int]:
+    """Positions, in ``[*e.args, *e.kwargs]``, of the arguments bound to ``fn``'s static parameters
+    (or to ``pname`` only); a ``*shape`` parameter holds several."""
+    try:
+        bound = fn.bind(tuple(range(len(e.args))), {k.name: len(e.args) + j for j, k in enumerate(e.kwargs)})
+    except TypeError:
+        return set()
+    out = set()
+    for name, v in bound.arguments.items():
+        if (name in fn.static or fn.kind == "source") and (pname is None or name == pname):
+            out.update(v if isinstance(v, tuple) else (v,))
+    return {i for i in out if isinstance(i, int)}
 
 
 def arg_span(e: ir.Call, fn, pname: str | None):
