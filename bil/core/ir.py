@@ -8,6 +8,8 @@ dependencies.  :func:`show` gives an expression's deterministic text, from which
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Union
 
@@ -254,8 +256,14 @@ def called(e: Expr) -> set[str]:
 _PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "@": 2, "neg": 3, "^": 4}
 
 
-def show(e: Expr, parent: int = 0) -> str:
-    """Deterministic, fully parenthesised-where-needed text of an expression."""
+#: a constant's source text that needs no parentheses inside a larger expression
+_ATOM = re.compile(r"[\w.]+(\[[^\]]*\]|\([^()]*\))?")
+
+
+def show(e: Expr, parent: int = 0, keys: bool = False) -> str:
+    """Deterministic, fully parenthesised-where-needed text of an expression.  A folded constant
+    shows as the source text it came from (what a user wrote), or with ``keys`` (the IR dump) as
+    ``key<source text>``."""
     if isinstance(e, Num):
         return repr(e.value)
     if isinstance(e, Str):
@@ -265,30 +273,32 @@ def show(e: Expr, parent: int = 0) -> str:
     if isinstance(e, Name):
         return e.id
     if isinstance(e, Const):
-        return f"{e.key}<{e.label}>"
+        if keys:
+            return f"{e.key}<{e.label}>"
+        return f"({e.label})" if parent > 0 and not _ATOM.fullmatch(e.label) else e.label
     if isinstance(e, Unary):
-        s = e.op + show(e.operand, _PREC["neg"])
+        s = e.op + show(e.operand, _PREC["neg"], keys)
         return f"({s})" if parent > _PREC["neg"] else s
     if isinstance(e, Binary):
         p = _PREC[e.op]
         right_p = p + (0 if e.op == "^" else 1)
         left_p = p + (1 if e.op == "^" else 0)
-        s = f"{show(e.left, left_p)} {e.op} {show(e.right, right_p)}"
+        s = f"{show(e.left, left_p, keys)} {e.op} {show(e.right, right_p, keys)}"
         return f"({s})" if parent > p else s
     if isinstance(e, Call):
-        parts = [show(a) for a in e.args] + [f"{k.name}={show(k.value)}" for k in e.kwargs]
+        parts = [show(a, 0, keys) for a in e.args] + [f"{k.name}={show(k.value, 0, keys)}" for k in e.kwargs]
         return f"{e.func}({', '.join(parts)})"
     if isinstance(e, Index):
-        return f"{show(e.base, 9)}[{', '.join(show(i) for i in e.indices)}]"
+        return f"{show(e.base, 9, keys)}[{', '.join(show(i, 0, keys) for i in e.indices)}]"
     if isinstance(e, Slice):
-        lo = show(e.lo) if e.lo else ""
-        hi = show(e.hi) if e.hi else ""
-        return f"{lo}:{hi}" + (f":{show(e.step)}" if e.step else "")
+        lo = show(e.lo, 0, keys) if e.lo else ""
+        hi = show(e.hi, 0, keys) if e.hi else ""
+        return f"{lo}:{hi}" + (f":{show(e.step, 0, keys)}" if e.step else "")
     if isinstance(e, TupleExpr):
-        inner = ", ".join(show(i) for i in e.items)
+        inner = ", ".join(show(i, 0, keys) for i in e.items)
         return f"({inner},)" if len(e.items) == 1 else f"({inner})"
     if isinstance(e, ListExpr):
-        return "[" + ", ".join(show(i) for i in e.items) + "]"
+        return "[" + ", ".join(show(i, 0, keys) for i in e.items) + "]"
     raise TypeError(f"not an expression: {e!r}")
 
 

@@ -34,27 +34,27 @@ def dump_ir(st: CompileState) -> str:
         per = " per sample" if d.per_sample else " sampled" if d.sampled else ""
         for n in d.names:
             a = st.data[n]
-            out.append(f"data {n} : {a.dtype}{list(a.shape)}{per} = {ir.show(d.expr)}")
+            out.append(f"data {n} : {a.dtype}{list(a.shape)}{per} = {ir.show(d.expr, keys=True)}")
     for h in st.hypers.values():
         b = f" in [{h.bounds[0]!r}, {h.bounds[1]!r}]" if h.bounds else ""
         out.append(f"hyper {h.name} : {h.kind}{list(h.shape)}{b} = {_arr(h.init)}  # via {h.transform}")
     for d in sorted(st.defs):
         df = st.defs[d]
-        out.append(f"def {d}({', '.join(df.params)}) = {ir.show(df.body)}  # inlined")
+        out.append(f"def {d}({', '.join(df.params)}) = {ir.show(df.body, keys=True)}  # inlined")
     out.append("lower {")
     for v in st.lower_vars.values():
         b = f" in [{v.bounds[0]!r}, {v.bounds[1]!r}]" if v.bounds else ""
-        out.append(f"  var {v.name} : {v.kind}{list(v.shape)}{b} = {ir.show(v.init)}")
+        out.append(f"  var {v.name} : {v.kind}{list(v.shape)}{b} = {ir.show(v.init, keys=True)}")
     if st.is_train:
-        args = ", ".join(f"{k}={ir.show(e)}" for k, e in st.train_args.items())
-        out.append(f"  train {ir.show(st.goal)}")
+        args = ", ".join(f"{k}={ir.show(e, keys=True)}" for k, e in st.train_args.items())
+        out.append(f"  train {ir.show(st.goal, keys=True)}")
         out.append(f"    with {st.train_optimizer.name}({args}) for {st.train_steps} steps")
     else:
-        out.append(f"  minimize {ir.show(st.goal)}")
+        out.append(f"  minimize {ir.show(st.goal, keys=True)}")
     for k, v in st.options.get("lower", {}).items():
         out.append(f"  {k}: {v.show() if hasattr(v, 'show') else repr(v)}")
     out.append("}")
-    out.append(f"upper minimize {ir.show(st.upper_expr)}")
+    out.append(f"upper minimize {ir.show(st.upper_expr, keys=True)}")
     out.append("solve {")
     for k, v in st.options.get("solve", {}).items():
         out.append(f"  {k}: {v.show() if hasattr(v, 'show') else repr(v)}")
