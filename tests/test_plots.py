@@ -50,6 +50,26 @@ def test_iteration_zero_and_log_gap_axis(tmp_path, figs):
     assert len(labels) >= 2 and all("10^" not in s and "$" not in s for s in labels)   # plain numbers
 
 
+def test_a_run_cut_off_while_improving_gets_no_gap_axis(tmp_path, figs):
+    """F still falling when max_iter stopped the run: F − final F would dive to 0 at the end as if
+    it had converged (a new user read it so); F itself is drawn instead, also from a run folder."""
+    import json
+
+    uppers = [0.1038, 0.090, 0.082, 0.0771, 0.0757, 0.07512, 0.07510]
+    hist = _history(uppers, [{"w": 1.0}] * len(uppers))
+    plots.plot_history(hist, tmp_path, final_upper=0.07510, cut_off=True)
+    ax = figs["upper_vs_cost.png"].axes[0]
+    assert ax.get_yscale() == "linear" and ax.get_ylabel() == "upper objective F"
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), uppers)
+    plots.plot_history(hist, tmp_path, final_upper=0.07510)          # converged: the gap axis
+    assert "final F" in figs["upper_vs_cost.png"].axes[0].get_ylabel()
+    from bil.runtime.results import write_history_csv
+    write_history_csv(tmp_path / "history.csv", hist)
+    (tmp_path / "result.json").write_text(json.dumps({"upper": 0.0751, "reason": "max_iter reached"}))
+    plots.plot_run_dir(tmp_path)
+    assert figs["upper_vs_cost.png"].axes[0].get_yscale() == "linear"
+
+
 def test_linear_axes_for_small_ranges_and_real_hypers(tmp_path, figs):
     hist = _history([0.2626, 0.2614, 0.2596, 0.2571], [{"w": v} for v in (-1.0, 0.5, 2.0, 3.0)])
     plots.plot_history(hist, tmp_path, start=_start(0.2630, {"w": -2.0}, {"w": False}))

@@ -54,19 +54,23 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _upper_scale(y: np.ndarray, final: float | None) -> tuple[str, float, float, str]:
+def _upper_scale(y: np.ndarray, final: float | None, cut_off: bool = False) -> tuple[str, float, float, str]:
     """How to draw the upper values ``y``: ``("log", ...)`` for positive values spanning more than
     a decade (F itself on a log axis); ``("gap", ref, floor, name)`` when F − ref spans more than
     two decades: log of F − ref, so the progress near the optimum shows.  ref is the run's final
     value (``result.json``'s ``upper``, re-solved to ``lower.tol``) when no recorded value lies
     below it (by more than 1e-6 relative), else the smallest recorded value (an oscillating adam
     run, or values recorded at a loose accuracy); values within ``floor`` of ref (a tenth of the
-    smallest positive gap, at least 1e-6 relative) are drawn at ``floor``.  Else ``"linear"``."""
+    smallest positive gap, at least 1e-6 relative) are drawn at ``floor``.  Else ``"linear"``.
+    A run ``cut_off`` by its iteration cap or budget gets no gap axis: its last value is not an
+    optimum, and F − final F would fall to 0 at the end as if it had converged."""
     f = y[np.isfinite(y)]
     if f.size < 2:
         return "linear", 0.0, 0.0, ""
     if np.all(f > 0) and f.max() / f.min() > 10:
         return "log", 0.0, 0.0, ""
+    if cut_off:
+        return "linear", 0.0, 0.0, ""
     best = float(f.min())
     if final is not None and np.isfinite(final) and best >= final - 1e-6 * abs(final):
         ref, name = float(final), "final F"
@@ -79,12 +83,12 @@ def _upper_scale(y: np.ndarray, final: float | None) -> tuple[str, float, float,
 
 
 def _upper_plot(history: list[dict], x: np.ndarray, xlabel: str, title: str, path: Path,
-                final: float | None = None) -> Path:
+                final: float | None = None, cut_off: bool = False) -> Path:
     fig = _figure()
     ax = fig.add_subplot()
     y = _col(history, "upper")
     it = _col(history, "iter")
-    mode, ref, floor, refname = _upper_scale(y, final)
+    mode, ref, floor, refname = _upper_scale(y, final, cut_off)
     if len(x) and np.any(np.isfinite(y)):
         shown = np.maximum(y - ref, floor) if mode == "gap" else y
         ax.plot(x, shown, marker="o", markersize=3, linewidth=1.5)
@@ -132,28 +136,29 @@ def with_start(history: list[dict], start: dict | None) -> list[dict]:
 
 def plot_history(history: list[dict], plots_dir: str | os.PathLike, problem: str = "",
                  start: dict | None = None, final: Mapping[str, Any] | None = None,
-                 final_upper: float | None = None) -> list[Path]:
+                 final_upper: float | None = None, cut_off: bool = False) -> list[Path]:
     """Draw the history plots (three, four with ``sample_grads``) into ``plots_dir``; return their paths.
 
     ``start`` (:func:`read_start`) adds the starting point as iteration 0 and tells which hypers
     are ``positive`` (log axes); ``final`` (the learned hypers, ``hypers.npz``) gives the hypers
     of more than 16 entries, which the history leaves out, their histogram panels;
-    ``final_upper`` (``result.json``'s ``upper``) is the reference of a log-of-gap upper axis."""
+    ``final_upper`` (``result.json``'s ``upper``) is the reference of a log-of-gap upper axis,
+    which a run ``cut_off`` by its iteration cap or budget does not get."""
     d = Path(plots_dir)
     history = with_start(history, start)
     cost = _col(history, "lower_iters_total") + _col(history, "cg_iters_total")
     prefix = f"{problem}: " if problem else ""
     paths = [
         _upper_plot(history, cost, "cumulative lower + CG iterations", f"{prefix}upper value vs cost",
-                    d / "upper_vs_cost.png", final_upper),
+                    d / "upper_vs_cost.png", final_upper, cut_off),
         _upper_plot(history, _col(history, "wall_s"), "wall time (s)", f"{prefix}upper value vs time",
-                    d / "upper_vs_time.png", final_upper),
+                    d / "upper_vs_time.png", final_upper, cut_off),
         _save(hypers_figure(history, start=start, final=final), d / "hypers.png"),
     ]
     if history and all("sample_grads" in r for r in history):   # histories written before the column lack it
         paths.insert(1, _upper_plot(history, _col(history, "sample_grads"), "cumulative sample gradients (rows)",
                                     f"{prefix}upper value vs sample gradients", d / "upper_vs_samples.png",
-                                    final_upper))
+                                    final_upper, cut_off))
     return paths
 
 
@@ -209,14 +214,18 @@ def read_start(path: str | os.PathLike) -> dict | None:
     return out
 
 
-def _final_upper(path: Path) -> float | None:
-    """``upper`` of a run's ``result.json`` (None when unreadable)."""
+def _final(path: Path) -> tuple[float | None, bool]:
+    """(``upper`` of a run's ``result.json``, was the run cut off by max_iter or budget?);
+    (None, False) when unreadable."""
     import json
 
+    from bil.runtime.outer.stops import Stop
+
     try:
-        return float(json.loads(path.read_text())["upper"])
+        res = json.loads(path.read_text())
+        return float(res["upper"]), Stop.of(str(res.get("reason", ""))) in (Stop.MAX_ITER, Stop.BUDGET)
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        return None, False
 
 
 def _read_arrays(path: str | os.PathLike) -> dict | None:
@@ -323,6 +332,9 @@ def plot_montage(panels: dict, path: str | os.PathLike) -> Path:
                 title = f"sample {i}: " + title
             ax.set_title(title, fontsize=9)
             ax.set_axis_off()
+    # which peak: a spec's psnr(x, ref) defaults to peak 1, so say it
+    fig.supxlabel(f"PSNR peak: the {ref_name} image's value range (as scikit-image's data_range)",
+                  fontsize=8, color="0.35")
     return _save(fig, Path(path))
 
 
@@ -334,8 +346,9 @@ def plot_run_dir(out_dir: str | os.PathLike, history: list[dict] | None = None, 
     out = Path(out_dir)
     if history is None:
         history = read_history_csv(out / "history.csv")
+    upper, cut_off = _final(out / "result.json")
     paths = plot_history(history, out / "plots", problem, start=read_start(out / START_NAME),
-                         final=_read_arrays(out / "hypers.npz"), final_upper=_final_upper(out / "result.json"))
+                         final=_read_arrays(out / "hypers.npz"), final_upper=upper, cut_off=cut_off)
     panels = read_images(out / IMAGES_NAME)
     if panels is not None:
         paths.append(plot_montage(panels, out / "plots" / "montage.png"))
