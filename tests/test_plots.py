@@ -107,6 +107,22 @@ def test_many_entry_hyper_gets_histogram_and_heat_map(tmp_path, figs):
     assert axes[titles.index("lam: entries, start vs learned")].get_xscale() == "log"
 
 
+def test_a_stack_of_filters_is_drawn_as_tiles(tmp_path, figs):
+    """A hyper of 4 filters 3×3 (a new user's field of experts): four 3×3 tiles side by side,
+    labelled [0]..[3], not a 4×9 map with fractional ticks."""
+    rng = np.random.default_rng(1)
+    F = rng.standard_normal((4, 3, 3))
+    hist = _history([1.0, 0.5], [{"F": F}] * 2)
+    plots.plot_history(hist, tmp_path, start=_start(1.2, {"F": F * 0}, {"F": False}), final={"F": F})
+    axes = figs["hypers.png"].axes
+    ax = next(a for a in axes if a.get_title().startswith("F: learned values"))
+    img = ax.images[0].get_array()
+    assert img.shape == (3, 4 * 4 - 1)                                   # 3 rows, 4 tiles of 3 and 3 gaps
+    np.testing.assert_array_equal(np.asarray(img)[:, 4:7], F[1])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["[0]", "[1]", "[2]", "[3]"]
+    assert "4 matrices of 3×3" in ax.get_xlabel()
+
+
 def test_start_point_is_the_upper_value_at_the_initial_hypers(tmp_path):
     """start.npz holds F(θ₀) (the lower problem solved to lower.tol; here against ridge's closed
     form) and θ₀; with_start prepends them as iteration 0."""

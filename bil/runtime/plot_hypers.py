@@ -140,12 +140,25 @@ def _histogram(ax, name: str, learned: np.ndarray, start: np.ndarray | None, log
     ax.grid(True, alpha=0.3)
 
 
-def _heat_map(fig, ax, name: str, learned: np.ndarray, start: np.ndarray | None, log: bool) -> None:
-    """The learned values of a matrix hyper (log10 for a positive one), rows × columns; with a
-    constant start, a diverging map centred there (red above the start, blue below)."""
-    from matplotlib.colors import TwoSlopeNorm
+#: a 3-D hyper of at most this many matrices (filters) is drawn as that many tiles
+MAX_TILES = 16
 
-    a = learned.reshape(learned.shape[0], -1)
+
+def _heat_map(fig, ax, name: str, learned: np.ndarray, start: np.ndarray | None, log: bool) -> None:
+    """The learned values of a matrix hyper (log10 for a positive one), rows × columns, or of a
+    stack of at most ``MAX_TILES`` matrices (filters) side by side; with a constant start, a
+    diverging map centred there (red above the start, blue below)."""
+    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.ticker import MaxNLocator
+
+    tiled = learned.ndim == 3 and learned.shape[0] <= MAX_TILES
+    if tiled:   # a stack of small matrices (filters): side by side, one column of gap between them
+        k, h, w = learned.shape
+        a = np.full((h, k * (w + 1) - 1), np.nan)
+        for i in range(k):
+            a[:, i * (w + 1):i * (w + 1) + w] = learned[i]
+    else:
+        a = learned.reshape(learned.shape[0], -1)
     shown = np.log10(a) if log else a
     norm, cmap = None, "viridis"
     if start is not None and np.all(start == start.flat[0]):
@@ -153,12 +166,20 @@ def _heat_map(fig, ax, name: str, learned: np.ndarray, start: np.ndarray | None,
         lo, hi = float(np.nanmin(shown)), float(np.nanmax(shown))
         if lo < c < hi:
             norm, cmap = TwoSlopeNorm(vcenter=c, vmin=lo, vmax=hi), "RdBu_r"
-    im = ax.imshow(shown, aspect="auto", interpolation="nearest", cmap=cmap, norm=norm)
+    im = ax.imshow(shown, aspect="equal" if tiled else "auto", interpolation="nearest", cmap=cmap, norm=norm)
     centre = f" (white = start {start.flat[0]:.3g})" if norm is not None else ""
     fig.colorbar(im, ax=ax, label=f"log10 {name}" if log else name)
     ax.set_title(f"{name}: learned values{centre}", fontsize=10)
-    ax.set_xlabel(f"axis 1 ({a.shape[1]})")
-    ax.set_ylabel(f"axis 0 ({a.shape[0]})")
+    if tiled:
+        ax.set_xticks([(w - 1) / 2 + i * (w + 1) for i in range(k)], [f"[{i}]" for i in range(k)])
+        ax.set_yticks([])
+        ax.set_xlabel(f"{name}[i]: {k} matrices of {h}×{w}")
+    else:
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(MaxNLocator(integer=True))
+        shape = "×".join(map(str, learned.shape[1:]))
+        ax.set_xlabel(f"axis 1 ({a.shape[1]})" if learned.ndim == 2 else f"axes 1.. ({shape}, flattened)")
+        ax.set_ylabel(f"axis 0 ({a.shape[0]})")
 
 
 def hypers_figure(history: list[dict], start: dict | None = None, final: Mapping[str, Any] | None = None):
