@@ -105,8 +105,11 @@ def _trajectory(ax, history: list[dict], name: str, columns: list[str], positive
         ax.set_ylabel("log scale", fontsize=8)
     else:
         plain_numbers(ax.yaxis)
-    if 1 < len(columns) <= MAX_FLAT_HYPER:
-        ax.legend(fontsize=7 if len(columns) <= 8 else 5, ncols=1 if len(columns) <= 8 else 2)
+    if 1 < len(columns) <= 4:
+        ax.legend(fontsize=7)
+    elif 4 < len(columns) <= MAX_FLAT_HYPER:   # beside the axes: inside, so many entries hid the curves
+        ax.legend(fontsize=7 if len(columns) <= 8 else 6, ncols=1 if len(columns) <= 8 else 2,
+                  loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.set_title(name)
     ax.set_xlabel("outer iteration (0 = start)" if len(it) and it[0] == 0 else "outer iteration")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # no 1.5th iteration

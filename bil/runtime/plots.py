@@ -102,7 +102,7 @@ def _upper_plot(history: list[dict], x: np.ndarray, xlabel: str, title: str, pat
             low = np.isfinite(y) & (y - ref <= floor)
             ax.plot(x[low], shown[low], marker="v", markersize=7, color="C3", linestyle="none", fillstyle="none",
                     label=f"{refname} = {ref:.7g}\n(▽: within {floor:.1g} of it)")
-            ax.legend(fontsize=8, loc="upper right")
+            ax.legend(fontsize=8, loc="best")
     else:
         # (an all-NaN history, a run whose first solve failed, used to draw empty axes with a
         # made-up range and no word)
