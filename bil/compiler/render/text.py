@@ -51,8 +51,11 @@ def structure_lines(st: CompileState) -> list[str]:
     out = []
     if st.is_train:
         solve = st.options["solve"]["hypergradient"]
+        how = ("reverse mode through all of them" if getattr(solve, "truncate", None) is None
+               else f"reverse mode through the last {solve.truncate} of them") if solve.name == "unroll" \
+            else solve.show()
         out.append(f"the lower problem is a training procedure: {st.train_steps} steps of "
-                   f"{st.train_optimizer.name}; hypergradient by {solve.show()}")
+                   f"{st.train_optimizer.name}; hypergradient by {how}")
     elif st.structure.get("nonsmooth") is not None:
         split = st.structure["nonsmooth"]
         how = "chosen for the non-smooth terms" if split.switched else "as given"
@@ -89,6 +92,8 @@ def option_rows(st: CompileState) -> list[tuple[str, str, bool]]:
             text = v.show() if hasattr(v, "show") else repr(v)
             if (block, k) == ("solve", "hypergradient") and _factor_adjoint(st, v):
                 text += "  (the adjoint uses direct()'s factor: its `linear` and `max_iter` are not used)"
+            elif (block, k) == ("solve", "hypergradient") and st.is_train and getattr(v, "name", "") == "unroll":
+                text += f"  (the {st.train_steps} training steps are unrolled; `steps` is for argmin lower problems)"
             rows.append((f"{block}.{k}", text, k not in given[block]))
     return rows
 
