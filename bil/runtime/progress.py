@@ -93,8 +93,10 @@ class RunProgress:
     @staticmethod
     def stats(rec: Mapping[str, Any]) -> str:
         cost = int(rec.get("lower_iters_total", 0)) + int(rec.get("cg_iters_total", 0))
-        return (f"upper {_num(rec.get('upper'), '.6g')}  ‖z‖ {_num(rec.get('grad_norm'), '.2e')}  "
-                f"ε {_num(rec.get('eps'), '.1e')}  δ {_num(rec.get('delta'), '.1e')}  "
+        # ε and δ, unless both are 0 (an unrolled training procedure has no solve accuracies)
+        acc = (f"ε {_num(rec.get('eps'), '.1e')}  δ {_num(rec.get('delta'), '.1e')}  "
+               if rec.get("eps") or rec.get("delta") else "")
+        return (f"upper {_num(rec.get('upper'), '.6g')}  ‖z‖ {_num(rec.get('grad_norm'), '.2e')}  {acc}"
                 f"step {_num(rec.get('step'), '.2e')}  cost {cost}")
 
     def update(self, rec: Mapping[str, Any]) -> None:
