@@ -34,8 +34,7 @@ def accuracy(scores, labels):
 
 @register("psnr")
 def psnr(x, ref, peak=1.0):
-    """Peak signal-to-noise ratio 10 log10(peak^2 / mean((x - ref)^2)) in dB (images in [0, 1]: peak 1;
-    the runs' montage uses the reference's value range as its peak)."""
+    """Peak signal-to-noise ratio 10 log10(peak^2 / mean((x - ref)^2)) in dB (peak 1 for images in [0, 1])."""
     x, ref = jnp.asarray(x), jnp.asarray(ref)
     if x.shape != ref.shape:
         raise StdlibError(f"psnr: x of shape {tuple(x.shape)} and ref of shape {tuple(ref.shape)} differ",
