@@ -55,6 +55,8 @@ def test_gradcheck_on_an_ill_conditioned_lower_problem(tmp_path, capsys):
     assert main(["gradcheck", str(spec)]) == 0
     out = capsys.readouterr().out
     assert _rel(out, "implicit") < 1e-6 and _rel(out, "unroll") < 1e-6
+    # 11 hyper entries, 8 checked by default: said, not silent
+    assert "finite differences on 8 of 11 hyper entries" in out and "--entries 11" in out
 
 
 def test_gradcheck_default_unroll_converges_on_ridge(capsys):

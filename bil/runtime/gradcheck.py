@@ -182,6 +182,9 @@ def gradcheck(prog, hypers=None, *, tol: float = 1e-5, solve_tol: float = 1e-11,
     mags = [abs(float(np.asarray(ref[n])[idx])) for n, idx in entries]
     order = sorted(range(len(entries)), key=lambda i: -mags[i])[:max_entries]
     picked = [entries[i] for i in sorted(order)]
+    if len(picked) < len(entries):
+        notes.append(f"finite differences on {len(picked)} of {len(entries)} hyper entries, those with the largest "
+                     f"gradients (--entries {len(entries)} for all)")
     fd, noise = _finite_differences(prog, base, picked, rel_step, solve_tol, methods[key])
     if not np.all(np.isfinite(fd)):
         raise prog._failure(Stop.NONFINITE_HYPERGRAD, prefix="")
