@@ -69,6 +69,13 @@ class Program:
         """Initial hypers, name -> array, in user coordinates."""
         return {n: np.array(h.init) for n, h in self.state.hypers.items()}
 
+    @property
+    def data(self) -> dict[str, np.ndarray]:
+        """The spec's data, name -> array (copies), as its ``data`` statements (or ``data=``) made
+        them: ``per sample`` names with their sample axis first.  E.g. held-out data a spec
+        declares but does not use, to score the learned hypers on."""
+        return {n: np.array(v) for n, v in self.state.data.items()}
+
     @functools.cached_property
     def _theta0(self) -> dict:
         """The initial hypers as numpy arrays: what :meth:`_theta` passes for hypers left out, so

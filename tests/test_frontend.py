@@ -349,3 +349,13 @@ def test_a_data_scalar_is_a_size_in_initial_values_and_objectives():
     y = np.asarray(prog.state.data["y"])
     w = prog.solve_lower({"lam": 2.0})["w"]
     np.testing.assert_allclose(w, np.linalg.solve(X.T @ X + 2 * np.eye(4), X.T @ y + 0.2 * np.ones(4)), rtol=1e-8)
+
+
+def test_program_data_gives_the_specs_data():
+    """`prog.data`: every data name with its values (copies), held-out names included."""
+    prog = bil.compile(EXAMPLES / "ridge.bil")
+    d = prog.data
+    assert {"Xtr", "ytr", "Xval", "yval", "Xte", "yte"} <= set(d)
+    assert d["Xte"].shape[1] == d["Xtr"].shape[1] == 10
+    d["Xtr"][0, 0] = 1e9                                      # a copy: the program is untouched
+    assert prog.data["Xtr"][0, 0] != 1e9
