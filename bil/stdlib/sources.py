@@ -244,7 +244,7 @@ def _size(size, fname):
 
 @register("image", kind="source", static=("name", "size"))
 def image(name, size=None):
-    """A bundled scikit-image picture as a grayscale float64 array in [0, 1], resized to size x size if given."""
+    """A bundled scikit-image picture as a grayscale float64 array in [0, 1], resized to size x size if given (skimage.transform.resize, anti-aliased)."""
     if name not in _IMAGES:
         raise _unknown("image", name, _IMAGES)
     img = _gray(name)
@@ -257,7 +257,7 @@ def image(name, size=None):
 
 @register("denoising_pairs", kind="source", static=("names", "size", "sigma", "seed"))
 def denoising_pairs(names, size=None, sigma=0.1, seed=0):
-    """Stacked (clean, noisy) images [N, size, size]; noisy = clean + sigma * standard normal noise."""
+    """Stacked (clean, noisy) images [N, size, size] (each as image(name, size)); noisy = clean + sigma * numpy.random.default_rng(seed).standard_normal((N, size, size))."""
     if isinstance(names, str):
         names = [names]
     names = list(names)
