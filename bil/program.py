@@ -103,31 +103,16 @@ class Program:
                                     f"{tuple(theta[k].shape)}", h.node.span,
                                     f"its spec line declares it; got {v!r:.60}") from None
             if not tracer:  # concrete values only (traced ones: NaN from ``objective``, :meth:`_in_domain`)
-                a = theta[k]
-                if not np.all(np.isfinite(a)):
-                    raise BilUsageError(f"hyper `{k}` must be finite", h.node.span, "got NaN or Inf")
-                if h.bounds is not None and not np.all((a > h.bounds[0]) & (a < h.bounds[1])):
-                    raise BilUsageError(f"hyper `{k}` must lie strictly inside [{h.bounds[0]:g}, {h.bounds[1]:g}]",
-                                        h.node.span, "its domain is declared here")
-                if h.kind == "positive" and not np.all(a > 0):
-                    raise BilUsageError(f"hyper `{k}` is positive; got a value <= 0", h.node.span,
-                                        "positive hypers are optimised in log coordinates: give a value > 0")
+                for ok, message, hint in _domain(k, h, theta[k], np):
+                    if not ok:
+                        raise BilUsageError(message, h.node.span, hint)
         return theta
 
     def _in_domain(self, theta: dict, given: Mapping[str, Any] | None):
-        """A traced boolean: do the traced hypers of ``given`` lie in their domains (finite, inside
-        their bounds, positive)?  None where none is traced (concrete ones were checked by
-        :meth:`_theta`)."""
-        oks = []
-        for k, v in (given or {}).items():
-            if not isinstance(v, jax.core.Tracer):
-                continue
-            a, h = theta[k], self.state.hypers[k]
-            oks.append(jnp.all(jnp.isfinite(a)))
-            if h.bounds is not None:
-                oks.append(jnp.all((a > h.bounds[0]) & (a < h.bounds[1])))
-            if h.kind == "positive":
-                oks.append(jnp.all(a > 0))
+        """A traced boolean: do the traced hypers of ``given`` lie in their domains (the conditions
+        :meth:`_theta` checks on concrete values)?  None where none is traced."""
+        oks = [ok for k, v in (given or {}).items() if isinstance(v, jax.core.Tracer)
+               for ok, _, _ in _domain(k, self.state.hypers[k], theta[k], jnp)]
         return jnp.all(jnp.stack(oks)) if oks else None
 
     def _method(self, method: str | MethodOptions | None) -> MethodOptions:
@@ -386,6 +371,20 @@ class Program:
         lower_status, cg_status = stop.statuses
         err = self.engine.failure(int(lower_status), cg_status=int(cg_status))
         return BilRuntimeError(f"{prefix}{err.message}", err.span, err.hint)
+
+
+def _domain(name: str, h, a, xp) -> list:
+    """The domain conditions of hyper ``name`` (declared as ``h``) on its values ``a``, each
+    ``(holds, message, hint)``; ``xp`` is numpy for concrete values, jax.numpy for traced ones."""
+    out = [(xp.all(xp.isfinite(a)), f"hyper `{name}` must be finite", "got NaN or Inf")]
+    if h.bounds is not None:
+        out.append((xp.all((a > h.bounds[0]) & (a < h.bounds[1])),
+                    f"hyper `{name}` must lie strictly inside [{h.bounds[0]:g}, {h.bounds[1]:g}]",
+                    "its domain is declared here"))
+    if h.kind == "positive":
+        out.append((xp.all(a > 0), f"hyper `{name}` is positive; got a value <= 0",
+                    "positive hypers are optimised in log coordinates: give a value > 0"))
+    return out
 
 
 def _unknown_hypers(names, known) -> BilUsageError:

@@ -282,30 +282,30 @@ def _array_or_scalar(v: Any, e: ir.Expr):
     return v
 
 
-def _static_positions(e: ir.Call, fn, pname: str | None = None) -> set[int]:
-    """Positions, in ``[*e.args, *e.kwargs]``, of the arguments bound to ``fn``'s static parameters
-    (or to ``pname`` only); a ``*shape`` parameter holds several."""
+def _positions(e: ir.Call, fn) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> positions, in ``[*e.args, *e.kwargs]``, of the arguments bound to it (a
+    ``*shape`` parameter holds several); empty where the call does not bind."""
     try:
         bound = fn.bind(tuple(range(len(e.args))), {k.name: len(e.args) + j for j, k in enumerate(e.kwargs)})
     except TypeError:
-        return set()
-    out = set()
-    for name, v in bound.arguments.items():
-        if (name in fn.static or fn.kind == "source") and (pname is None or name == pname):
-            out.update(v if isinstance(v, tuple) else (v,))
-    return {i for i in out if isinstance(i, int)}
+        return {}
+    return {name: tuple(i for i in (v if isinstance(v, tuple) else (v,)) if isinstance(i, int))
+            for name, v in bound.arguments.items()}
+
+
+def _static_positions(e: ir.Call, fn, pname: str | None = None) -> set[int]:
+    """Positions of the arguments bound to ``fn``'s static parameters (or to ``pname`` only)."""
+    return {i for name, pos in _positions(e, fn).items()
+            if (name in fn.static or fn.kind == "source") and (pname is None or name == pname) for i in pos}
 
 
 def arg_span(e: ir.Call, fn, pname: str | None):
     """The span of the argument named ``pname`` in the call ``e`` (by keyword or by position
-    in ``fn``'s signature); the call's own span when it is not given there."""
-    for k in e.kwargs:
-        if k.name == pname:
-            return k.value.span
-    params = list(fn.signature.parameters)
-    if pname in params and params.index(pname) < len(e.args):
-        return e.args[params.index(pname)].span
-    return e.span
+    in ``fn``'s signature; the first of a ``*shape``); the call's own span when it is not given there."""
+    pos = _positions(e, fn).get(pname) if pname is not None else None
+    if not pos:
+        return e.span
+    return [*e.args, *(k.value for k in e.kwargs)][pos[0]].span
 
 
 def reporting_errors(e: ir.Call, fn) -> "_at":

@@ -9,7 +9,6 @@ dependencies.  :func:`show` gives an expression's deterministic text, from which
 from __future__ import annotations
 
 import re
-
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Union
 
